@@ -1,0 +1,1 @@
+//! Benchmarks of ringmx against its peers; see benches/.
