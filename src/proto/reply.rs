@@ -1,0 +1,159 @@
+//! Every reply the session can send, with its exact code and enhanced status code (RFC 3463).
+//!
+//! Codes follow RFC 5321 §4.2.3 and the distinction the reference text draws: 500 for what the
+//! server cannot recognize (unknown verb, overlong line, illegal characters), 501 for a known
+//! verb with bad arguments, 502 for a known verb not offered, 503 for a bad sequence.
+
+/// The kind of a reply; each kind is counted in [`crate::proto::Stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Reply {
+    Greeting,
+    Helo,
+    Ehlo,
+    Ok,
+    MailOk,
+    RcptOk,
+    Queued,
+    ChunkOk,
+    Vrfy,
+    Help,
+    StartData,
+    Bye,
+    ShuttingDown,
+    TooManyErrors,
+    Timeout,
+    CommitTimeout,
+    TooManyRecipients,
+    Storage,
+    Unrecognized,
+    LineTooLong,
+    IllegalChars,
+    EmptyLine,
+    Syntax,
+    BadSender,
+    BadRecipient,
+    NotImplemented,
+    NeedHelo,
+    NeedMail,
+    NeedRcpt,
+    NestedMail,
+    BadSequence,
+    DataAfterBdat,
+    BdatAfterData,
+    SizeExceeded,
+    MessageTooBig,
+    TextLineTooLong,
+    BareLf,
+    UnsupportedParam,
+    NonSmtp,
+}
+
+impl Reply {
+    /// Number of reply kinds, for counter arrays.
+    pub const COUNT: usize = Reply::NonSmtp as usize + 1;
+
+    /// Whether the reply counts towards the session's error limit (RFC 5321 §4.2.1: 4yz and
+    /// 5yz replies to commands; the 421 that ends the session and storage failures do not).
+    pub fn is_client_error(self) -> bool {
+        matches!(
+            self,
+            Reply::TooManyRecipients
+                | Reply::Unrecognized
+                | Reply::LineTooLong
+                | Reply::IllegalChars
+                | Reply::EmptyLine
+                | Reply::Syntax
+                | Reply::BadSender
+                | Reply::BadRecipient
+                | Reply::NotImplemented
+                | Reply::NeedHelo
+                | Reply::NeedMail
+                | Reply::NeedRcpt
+                | Reply::NestedMail
+                | Reply::BadSequence
+                | Reply::DataAfterBdat
+                | Reply::BdatAfterData
+                | Reply::SizeExceeded
+                | Reply::UnsupportedParam
+        )
+    }
+
+    /// The complete reply line for kinds whose text never varies.
+    pub(crate) fn fixed(self) -> &'static [u8] {
+        match self {
+            Reply::Ok => b"250 2.0.0 Ok\r\n",
+            Reply::MailOk => b"250 2.1.0 Ok\r\n",
+            Reply::RcptOk => b"250 2.1.5 Ok\r\n",
+            Reply::Vrfy => b"252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery\r\n",
+            Reply::Help => b"214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP\r\n",
+            Reply::StartData => b"354 End data with <CR><LF>.<CR><LF>\r\n",
+            Reply::Bye => b"221 2.0.0 Bye\r\n",
+            Reply::ShuttingDown => b"421 4.3.2 Service shutting down\r\n",
+            Reply::TooManyErrors => b"421 4.7.0 Error: too many errors\r\n",
+            Reply::Timeout => b"421 4.4.2 Error: timeout exceeded\r\n",
+            Reply::CommitTimeout => b"451 4.3.0 Error: storage did not answer in time\r\n",
+            Reply::TooManyRecipients => b"452 4.5.3 Error: too many recipients\r\n",
+            Reply::Storage => b"452 4.3.1 Insufficient system storage\r\n",
+            Reply::LineTooLong => b"500 5.5.2 Error: line too long\r\n",
+            Reply::IllegalChars => b"500 5.5.2 Error: illegal characters in command\r\n",
+            Reply::EmptyLine => b"500 5.5.2 Error: bad syntax\r\n",
+            Reply::BadSender => b"501 5.1.7 Bad sender address syntax\r\n",
+            Reply::BadRecipient => b"501 5.1.3 Bad recipient address syntax\r\n",
+            Reply::NotImplemented => b"502 5.5.1 Error: command not implemented\r\n",
+            Reply::NeedHelo => b"503 5.5.1 Error: send HELO/EHLO first\r\n",
+            Reply::NeedMail => b"503 5.5.1 Error: need MAIL command\r\n",
+            Reply::NeedRcpt => b"503 5.5.1 Error: need RCPT command\r\n",
+            Reply::NestedMail => b"503 5.5.1 Error: nested MAIL command\r\n",
+            Reply::BadSequence => b"503 5.5.1 Error: bad sequence of commands\r\n",
+            Reply::DataAfterBdat => b"503 5.5.1 Error: DATA after BDAT in one transaction\r\n",
+            Reply::BdatAfterData => b"503 5.5.1 Error: BDAT is not allowed here\r\n",
+            Reply::SizeExceeded => b"552 5.3.4 Message size exceeds fixed maximum message size\r\n",
+            Reply::MessageTooBig => b"552 5.3.4 Error: message too big\r\n",
+            Reply::TextLineTooLong => b"550 5.6.0 Error: message has a text line longer than allowed\r\n",
+            Reply::BareLf => b"550 5.5.2 Error: bare <LF> received\r\n",
+            Reply::UnsupportedParam => b"555 5.5.4 Unsupported parameter\r\n",
+            // The remaining kinds carry variable text and are written by `write_*` helpers.
+            Reply::Greeting
+            | Reply::Helo
+            | Reply::Ehlo
+            | Reply::Queued
+            | Reply::ChunkOk
+            | Reply::Unrecognized
+            | Reply::Syntax
+            | Reply::NonSmtp => unreachable!("reply {self:?} has variable text"),
+        }
+    }
+}
+
+/// Appends `500 5.5.1 Command unrecognized: "VERB"`, the verb escaped and cut to 32 characters
+/// so that hostile input cannot shape the reply.
+pub(crate) fn write_unrecognized(out: &mut Vec<u8>, verb: &[u8]) {
+    out.extend_from_slice(b"500 5.5.1 Command unrecognized: \"");
+    for &b in verb.iter().take(32) {
+        match b {
+            b'"' | b'\\' => out.extend_from_slice(&[b'\\', b]),
+            0x21..=0x7e => out.push(b),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                out.extend_from_slice(&[b'\\', b'x', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
+            }
+        }
+    }
+    out.extend_from_slice(b"\"\r\n");
+}
+
+/// Appends a decimal number without allocating.
+pub(crate) fn write_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}

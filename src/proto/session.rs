@@ -1,0 +1,803 @@
+//! One SMTP session as a deterministic state machine: bytes and the clock in, replies and events out.
+
+use super::address::{parse_mail_params, parse_path, MailParams, ParamError, PathError};
+use super::data::{DataReceiver, Flaw};
+use super::reply::{write_u64, write_unrecognized, Reply};
+use super::verb::{lookup, plausible_first_byte, Verb};
+use super::{NonSmtp, Stats};
+use crate::config::ProtoConfig;
+use memchr::memchr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The configuration plus the replies that depend only on it, rendered once.
+#[derive(Debug)]
+pub struct Settings {
+    pub config: ProtoConfig,
+    greeting: Vec<u8>,
+    helo: Vec<u8>,
+    ehlo: Vec<u8>,
+}
+
+impl Settings {
+    pub fn new(config: ProtoConfig) -> Arc<Settings> {
+        let host = config.hostname.as_bytes();
+        let greeting = [b"220 ", host, b" ESMTP ringmx\r\n"].concat();
+        let helo = [b"250 ", host, b"\r\n"].concat();
+        let mut ehlo = [b"250-", host, b"\r\n250-PIPELINING\r\n250-SIZE "].concat();
+        write_u64(&mut ehlo, config.limits.max_message_size);
+        ehlo.extend_from_slice(
+            b"\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250 CHUNKING\r\n",
+        );
+        Arc::new(Settings {
+            config,
+            greeting,
+            helo,
+            ehlo,
+        })
+    }
+}
+
+/// What the session asks of its caller. Polled in a fixed order: start, body, end, abort, close.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// A message begins (after `354`, or at the first BDAT chunk); [`Session::envelope`]
+    /// describes it until its end or abort.
+    MessageStart,
+    /// Message content, unstuffed and with line ends normalized. Valid until the next call.
+    Body(&'a [u8]),
+    /// The message is complete: commit it durably, then call [`Session::handle_commit`]. The
+    /// session reads no further input until then, so pipelined replies keep their order.
+    MessageEnd,
+    /// The message was refused or its transaction ended: discard what was written of it.
+    MessageAbort,
+    /// The session is over: send what is in the output buffer, then close the connection.
+    Close,
+}
+
+/// The storage's answer to [`Event::MessageEnd`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit<'a> {
+    /// Durably stored under this queue id.
+    Queued(&'a str),
+    /// Not stored (write or fsync error, full disk): `452 4.3.1`.
+    Failed,
+}
+
+/// HELO/EHLO name and the envelope of the current transaction. Buffers are reused between
+/// transactions, so a session allocates only while its largest envelope grows.
+#[derive(Debug, Default)]
+pub struct Envelope {
+    helo: Vec<u8>,
+    esmtp: bool,
+    mail: bool,
+    mail_from: Vec<u8>,
+    mail_params: Vec<u8>,
+    params: MailParams,
+    rcpt_buf: Vec<u8>,
+    rcpt_ends: Vec<usize>,
+    bdat: bool,
+}
+
+impl Envelope {
+    /// The name the client gave in HELO or EHLO.
+    pub fn helo(&self) -> &[u8] {
+        &self.helo
+    }
+    /// Whether the client greeted with EHLO (RFC 5321 §4.1.1.1).
+    pub fn esmtp(&self) -> bool {
+        self.esmtp
+    }
+    /// The reverse-path without brackets; empty for the null sender `<>`.
+    pub fn mail_from(&self) -> &[u8] {
+        &self.mail_from
+    }
+    /// The MAIL FROM parameters as the client sent them.
+    pub fn mail_params(&self) -> &[u8] {
+        &self.mail_params
+    }
+    /// The MAIL FROM parameters, parsed.
+    pub fn params(&self) -> MailParams {
+        self.params
+    }
+    /// The accepted recipients, without brackets.
+    pub fn recipients(&self) -> impl Iterator<Item = &[u8]> {
+        let mut start = 0;
+        self.rcpt_ends.iter().map(move |&end| {
+            let r = &self.rcpt_buf[start..end];
+            start = end;
+            r
+        })
+    }
+    fn rcpt_count(&self) -> usize {
+        self.rcpt_ends.len()
+    }
+    fn reset(&mut self) {
+        self.mail = false;
+        self.mail_from.clear();
+        self.mail_params.clear();
+        self.params = MailParams::default();
+        self.rcpt_buf.clear();
+        self.rcpt_ends.clear();
+        self.bdat = false;
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    Command,
+    Data(DataReceiver),
+    /// Inside a BDAT chunk; `error` is the reply owed once the chunk is consumed and dropped.
+    Chunk {
+        remaining: u64,
+        last: bool,
+        error: Option<Reply>,
+    },
+    AwaitCommit,
+    Closed,
+}
+
+const EV_START: u8 = 1;
+const EV_END: u8 = 2;
+const EV_ABORT: u8 = 4;
+const EV_CLOSE: u8 = 8;
+
+/// One SMTP session (RFC 5321), with PIPELINING (RFC 2920), CHUNKING (RFC 3030), SIZE
+/// (RFC 1870), 8BITMIME, SMTPUTF8 (RFC 6531) and ENHANCEDSTATUSCODES (RFC 2034).
+///
+/// The caller owns the connection: it lends the output buffer, feeds input with
+/// [`handle_input`](Self::handle_input), drains [`poll_event`](Self::poll_event), and writes
+/// what the output buffer holds once per batch of input (RFC 2920 §3.1).
+#[derive(Debug)]
+pub struct Session {
+    settings: Arc<Settings>,
+    state: State,
+    greeted: bool,
+    /// The client has sent a recognized SMTP verb; until then non-SMTP sniffing is strict.
+    spoke_smtp: bool,
+    /// Shutting down: close as soon as no transaction is in progress.
+    draining: bool,
+    errors: u32,
+    /// A command line split across calls, at most `max_command_line` bytes.
+    line: Vec<u8>,
+    /// Skipping the rest of an overlong command line, up to its LF.
+    discarding: bool,
+    body: Vec<u8>,
+    body_delivered: bool,
+    bdat_size: u64,
+    events: u8,
+    envelope: Envelope,
+    deadline: Instant,
+}
+
+impl Session {
+    /// Starts a session and appends the greeting to `out`.
+    pub fn new(settings: Arc<Settings>, now: Instant, out: &mut Vec<u8>, stats: &mut Stats) -> Session {
+        out.extend_from_slice(&settings.greeting);
+        stats.count(Reply::Greeting);
+        let deadline = now + Duration::from_secs(settings.config.limits.command_timeout_secs);
+        Session {
+            settings,
+            state: State::Command,
+            greeted: false,
+            spoke_smtp: false,
+            draining: false,
+            errors: 0,
+            line: Vec::new(),
+            discarding: false,
+            body: Vec::new(),
+            body_delivered: false,
+            bdat_size: 0,
+            events: 0,
+            envelope: Envelope::default(),
+            deadline,
+        }
+    }
+
+    /// The envelope of the message in progress (valid from `MessageStart` to its end).
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    /// Consumes client bytes, appending replies to `out`, and returns how many it consumed.
+    ///
+    /// It stops early when an event is ready (drain [`poll_event`](Self::poll_event), then call
+    /// again with the rest), when `out` holds `max_reply_backlog` bytes (write it first), and
+    /// while a message awaits [`handle_commit`](Self::handle_commit) (returns 0). After the
+    /// session has closed it consumes and ignores everything.
+    pub fn handle_input(
+        &mut self,
+        now: Instant,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        stats: &mut Stats,
+    ) -> usize {
+        self.release_body();
+        let limits = &self.settings.config.limits;
+        let (backlog, chunk) = (limits.max_reply_backlog, limits.body_chunk);
+        let mut i = 0;
+        while i < input.len() && self.events == 0 && out.len() < backlog && self.body.len() < chunk {
+            match &mut self.state {
+                State::Command => i += self.command_bytes(&input[i..], out, stats),
+                State::Data(receiver) => {
+                    let end = input.len().min(i + chunk);
+                    let fed = receiver.feed(&input[i..end], &mut self.body, chunk);
+                    i += fed.consumed;
+                    if fed.done {
+                        self.finish_data(now, out, stats);
+                    }
+                }
+                State::Chunk {
+                    remaining,
+                    last,
+                    error,
+                } => {
+                    let n = (input.len() - i).min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+                    let n = n.min(chunk);
+                    *remaining -= n as u64;
+                    if error.is_none() {
+                        self.bdat_size += n as u64;
+                        if self.bdat_size > self.settings.config.limits.max_message_size {
+                            *error = Some(Reply::MessageTooBig);
+                        } else {
+                            self.body.extend_from_slice(&input[i..i + n]);
+                        }
+                    }
+                    i += n;
+                    if *remaining == 0 {
+                        let (last, error) = (*last, *error);
+                        self.finish_chunk(now, last, error, out, stats);
+                    }
+                }
+                State::AwaitCommit => break,
+                State::Closed => i = input.len(),
+            }
+        }
+        if i > 0 {
+            self.touch(now);
+        }
+        i
+    }
+
+    /// The next event, if any. A `Body` slice is valid until the next call on the session.
+    pub fn poll_event(&mut self) -> Option<Event<'_>> {
+        self.release_body();
+        if self.take_event(EV_START) {
+            return Some(Event::MessageStart);
+        }
+        if !self.body.is_empty() {
+            self.body_delivered = true;
+            return Some(Event::Body(&self.body));
+        }
+        if self.take_event(EV_END) {
+            Some(Event::MessageEnd)
+        } else if self.take_event(EV_ABORT) {
+            Some(Event::MessageAbort)
+        } else if self.take_event(EV_CLOSE) {
+            Some(Event::Close)
+        } else {
+            None
+        }
+    }
+
+    fn take_event(&mut self, flag: u8) -> bool {
+        let set = self.events & flag != 0;
+        self.events &= !flag;
+        set
+    }
+
+    /// Reports the storage's answer to `MessageEnd` and appends the final reply to `out`.
+    /// Ignored unless a message is awaiting its commit.
+    pub fn handle_commit(&mut self, now: Instant, commit: Commit<'_>, out: &mut Vec<u8>, stats: &mut Stats) {
+        if !matches!(self.state, State::AwaitCommit) {
+            return;
+        }
+        match commit {
+            Commit::Queued(id) => {
+                out.extend_from_slice(b"250 2.0.0 Ok: queued as ");
+                out.extend_from_slice(id.as_bytes());
+                out.extend_from_slice(b"\r\n");
+                stats.count(Reply::Queued);
+                stats.messages += 1;
+            }
+            Commit::Failed => self.reply(Reply::Storage, out, stats),
+        }
+        self.state = State::Command;
+        self.end_transaction(out, stats);
+        self.touch(now);
+    }
+
+    /// When the session next needs [`handle_timeout`](Self::handle_timeout); `None` once closed.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        (!matches!(self.state, State::Closed)).then_some(self.deadline)
+    }
+
+    /// Ends the session with `421` if its deadline has passed (RFC 5321 §4.5.3.2).
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<u8>, stats: &mut Stats) {
+        if matches!(self.state, State::Closed) || now < self.deadline {
+            return;
+        }
+        let reply = match self.state {
+            State::AwaitCommit => Reply::CommitTimeout,
+            _ => Reply::Timeout,
+        };
+        self.reply(reply, out, stats);
+        self.close();
+    }
+
+    /// Server shutdown: an idle session gets `421 4.3.2` and closes now; one inside a
+    /// transaction may finish it and closes after its final reply.
+    pub fn handle_shutdown(&mut self, out: &mut Vec<u8>, stats: &mut Stats) {
+        self.draining = true;
+        if matches!(self.state, State::Command) && !self.envelope.mail {
+            self.reply(Reply::ShuttingDown, out, stats);
+            self.close();
+        }
+    }
+
+    fn touch(&mut self, now: Instant) {
+        let limits = &self.settings.config.limits;
+        let secs = match self.state {
+            State::Command => limits.command_timeout_secs,
+            State::Data(_) | State::Chunk { .. } => limits.data_timeout_secs,
+            State::AwaitCommit => limits.commit_timeout_secs,
+            State::Closed => return,
+        };
+        self.deadline = now + Duration::from_secs(secs);
+    }
+
+    fn release_body(&mut self) {
+        if self.body_delivered {
+            self.body.clear();
+            self.body_delivered = false;
+        }
+    }
+
+    fn close(&mut self) {
+        if self.envelope.bdat || matches!(self.state, State::Data(_) | State::AwaitCommit) {
+            self.events |= EV_ABORT;
+        }
+        self.envelope.reset();
+        self.state = State::Closed;
+        self.events |= EV_CLOSE;
+        self.line = Vec::new();
+    }
+
+    /// Appends a fixed reply, counts it, and ends the session at the error limit.
+    fn reply(&mut self, reply: Reply, out: &mut Vec<u8>, stats: &mut Stats) {
+        out.extend_from_slice(reply.fixed());
+        stats.count(reply);
+        self.count_error(reply, out, stats);
+    }
+
+    fn count_error(&mut self, reply: Reply, out: &mut Vec<u8>, stats: &mut Stats) {
+        if !reply.is_client_error() {
+            return;
+        }
+        self.errors += 1;
+        if self.errors >= self.settings.config.limits.max_errors {
+            out.extend_from_slice(Reply::TooManyErrors.fixed());
+            stats.count(Reply::TooManyErrors);
+            self.close();
+        }
+    }
+
+    fn syntax(&mut self, usage: &'static [u8], out: &mut Vec<u8>, stats: &mut Stats) {
+        out.extend_from_slice(b"501 5.5.4 Syntax: ");
+        out.extend_from_slice(usage);
+        out.extend_from_slice(b"\r\n");
+        stats.count(Reply::Syntax);
+        self.count_error(Reply::Syntax, out, stats);
+    }
+
+    fn non_smtp(&mut self, class: NonSmtp, out: &mut Vec<u8>, stats: &mut Stats) {
+        out.extend_from_slice(class.reply());
+        stats.count(Reply::NonSmtp);
+        stats.non_smtp[class as usize] += 1;
+        self.close();
+    }
+
+    /// Handles bytes in command state: cuts one line (or buffers a partial one) and returns the
+    /// bytes consumed.
+    fn command_bytes(&mut self, input: &[u8], out: &mut Vec<u8>, stats: &mut Stats) -> usize {
+        let max = self.settings.config.limits.max_command_line;
+        let lf = memchr(b'\n', input);
+        if self.discarding {
+            // RFC 5321 §4.5.3.1.4: the overlong line is skipped without being buffered.
+            return match lf {
+                Some(p) => {
+                    self.discarding = false;
+                    self.reply(Reply::LineTooLong, out, stats);
+                    p + 1
+                }
+                None => input.len(),
+            };
+        }
+        let segment = &input[..lf.map_or(input.len(), |p| p + 1)];
+        if !self.spoke_smtp {
+            if let Some(class) = sniff(self.line.is_empty(), segment) {
+                self.non_smtp(class, out, stats);
+                return segment.len();
+            }
+        }
+        if self.line.len() + segment.len() > max {
+            self.line.clear();
+            match lf {
+                Some(_) => self.reply(Reply::LineTooLong, out, stats),
+                None => self.discarding = true,
+            }
+            return segment.len();
+        }
+        if lf.is_none() {
+            if self.line.capacity() == 0 {
+                self.line.reserve_exact(max);
+            }
+            self.line.extend_from_slice(segment);
+            return segment.len();
+        }
+        if self.line.is_empty() {
+            self.command_line(segment, out, stats);
+        } else {
+            let mut line = std::mem::take(&mut self.line);
+            line.extend_from_slice(segment);
+            self.command_line(&line, out, stats);
+            line.clear();
+            if !matches!(self.state, State::Closed) {
+                self.line = line;
+            }
+        }
+        segment.len()
+    }
+
+    /// Handles one complete command line, LF included.
+    fn command_line(&mut self, line: &[u8], out: &mut Vec<u8>, stats: &mut Stats) {
+        stats.commands += 1;
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            return self.reply(Reply::EmptyLine, out, stats);
+        }
+        if let Some(class) = classify_line(line, self.spoke_smtp) {
+            return self.non_smtp(class, out, stats);
+        }
+        if line.iter().any(|&b| b < 0x20 && b != b'\t' || b == 0x7f) {
+            return self.reply(Reply::IllegalChars, out, stats);
+        }
+        let (word, arg) = match memchr(b' ', line) {
+            Some(sp) => (&line[..sp], &line[sp + 1..]),
+            None => (line, &line[line.len()..]),
+        };
+        let eight_bit = line.iter().any(|&b| b >= 0x80);
+        let Some(verb) = lookup(word) else {
+            if eight_bit {
+                return self.reply(Reply::IllegalChars, out, stats);
+            }
+            write_unrecognized(out, word);
+            stats.count(Reply::Unrecognized);
+            return self.count_error(Reply::Unrecognized, out, stats);
+        };
+        self.spoke_smtp = true;
+        if eight_bit && !matches!(verb, Verb::Mail | Verb::Rcpt) {
+            return self.reply(Reply::IllegalChars, out, stats);
+        }
+        match verb {
+            Verb::Helo | Verb::Ehlo => self.helo(verb == Verb::Ehlo, arg, out, stats),
+            Verb::Mail => self.mail(arg, out, stats),
+            Verb::Rcpt => self.rcpt(arg, out, stats),
+            Verb::Data => self.data(arg, out, stats),
+            Verb::Bdat => self.bdat(arg, out, stats),
+            Verb::Rset => {
+                if !arg.is_empty() {
+                    return self.syntax(b"RSET", out, stats);
+                }
+                self.abort_transaction();
+                self.reply(Reply::Ok, out, stats);
+                self.end_transaction(out, stats);
+            }
+            Verb::Noop => self.reply(Reply::Ok, out, stats),
+            Verb::Quit => {
+                if !arg.is_empty() {
+                    return self.syntax(b"QUIT", out, stats);
+                }
+                self.reply(Reply::Bye, out, stats);
+                self.close();
+            }
+            Verb::Vrfy => {
+                if arg.is_empty() {
+                    return self.syntax(b"VRFY address", out, stats);
+                }
+                self.reply(Reply::Vrfy, out, stats);
+            }
+            Verb::Help => self.reply(Reply::Help, out, stats),
+            Verb::NotOffered => self.reply(Reply::NotImplemented, out, stats),
+        }
+    }
+
+    fn helo(&mut self, esmtp: bool, arg: &[u8], out: &mut Vec<u8>, stats: &mut Stats) {
+        let name = arg.trim_ascii();
+        if name.is_empty() {
+            return self.syntax(
+                if esmtp { b"EHLO hostname" } else { b"HELO hostname" },
+                out,
+                stats,
+            );
+        }
+        // RFC 5321 §4.1.4: HELO/EHLO also resets any transaction in progress.
+        self.abort_transaction();
+        self.greeted = true;
+        self.envelope.esmtp = esmtp;
+        self.envelope.helo.clear();
+        self.envelope.helo.extend_from_slice(name);
+        let settings = Arc::clone(&self.settings);
+        let (reply, kind) = if esmtp {
+            (&settings.ehlo, Reply::Ehlo)
+        } else {
+            (&settings.helo, Reply::Helo)
+        };
+        out.extend_from_slice(reply);
+        stats.count(kind);
+    }
+
+    fn mail(&mut self, arg: &[u8], out: &mut Vec<u8>, stats: &mut Stats) {
+        const USAGE: &[u8] = b"MAIL FROM:<address> [parameters]";
+        if !self.greeted {
+            return self.reply(Reply::NeedHelo, out, stats);
+        }
+        if self.envelope.mail {
+            return self.reply(Reply::NestedMail, out, stats);
+        }
+        let path = match parse_path(arg, b"FROM:", true) {
+            Ok(path) => path,
+            Err(PathError::Syntax) => return self.syntax(USAGE, out, stats),
+            Err(PathError::Address) => return self.reply(Reply::BadSender, out, stats),
+        };
+        if !path.params.is_empty() && !self.envelope.esmtp {
+            // Service extensions exist only after EHLO (RFC 5321 §4.1.1.11, §2.2.1).
+            return self.reply(Reply::UnsupportedParam, out, stats);
+        }
+        let params = match parse_mail_params(path.params) {
+            Ok(params) => params,
+            Err(ParamError::Syntax) => return self.syntax(USAGE, out, stats),
+            Err(ParamError::Unsupported) => return self.reply(Reply::UnsupportedParam, out, stats),
+        };
+        // RFC 6531 §3.4: non-ASCII only in the address, and only with SMTPUTF8.
+        if (path.eight_bit && !params.smtputf8) || path.params.iter().any(|&b| b >= 0x80) {
+            return self.reply(Reply::IllegalChars, out, stats);
+        }
+        if params
+            .size
+            .is_some_and(|size| size > self.settings.config.limits.max_message_size)
+        {
+            return self.reply(Reply::SizeExceeded, out, stats);
+        }
+        let env = &mut self.envelope;
+        env.mail = true;
+        env.mail_from.extend_from_slice(path.address);
+        env.mail_params.extend_from_slice(path.params);
+        env.params = params;
+        self.reply(Reply::MailOk, out, stats);
+    }
+
+    fn rcpt(&mut self, arg: &[u8], out: &mut Vec<u8>, stats: &mut Stats) {
+        if !self.greeted {
+            return self.reply(Reply::NeedHelo, out, stats);
+        }
+        if !self.envelope.mail {
+            return self.reply(Reply::NeedMail, out, stats);
+        }
+        if self.envelope.bdat {
+            return self.reply(Reply::BadSequence, out, stats);
+        }
+        let path = match parse_path(arg, b"TO:", false) {
+            Ok(path) => path,
+            Err(PathError::Syntax) => return self.syntax(b"RCPT TO:<address>", out, stats),
+            Err(PathError::Address) => return self.reply(Reply::BadRecipient, out, stats),
+        };
+        if (path.eight_bit && !self.envelope.params.smtputf8) || path.params.iter().any(|&b| b >= 0x80) {
+            return self.reply(Reply::IllegalChars, out, stats);
+        }
+        if !path.params.is_empty() {
+            return self.reply(Reply::UnsupportedParam, out, stats);
+        }
+        if self.envelope.rcpt_count() >= self.settings.config.limits.max_recipients {
+            return self.reply(Reply::TooManyRecipients, out, stats);
+        }
+        let env = &mut self.envelope;
+        env.rcpt_buf.extend_from_slice(path.address);
+        env.rcpt_ends.push(env.rcpt_buf.len());
+        self.reply(Reply::RcptOk, out, stats);
+    }
+
+    fn data(&mut self, arg: &[u8], out: &mut Vec<u8>, stats: &mut Stats) {
+        if !arg.is_empty() {
+            return self.syntax(b"DATA", out, stats);
+        }
+        if let Some(reply) = self.transaction_error() {
+            return self.reply(reply, out, stats);
+        }
+        if self.envelope.bdat {
+            return self.reply(Reply::DataAfterBdat, out, stats);
+        }
+        let c = &self.settings.config;
+        self.state = State::Data(DataReceiver::new(
+            c.limits.max_text_line,
+            c.limits.max_message_size,
+            c.bare_lf,
+        ));
+        self.reply(Reply::StartData, out, stats);
+        self.events |= EV_START;
+    }
+
+    fn bdat(&mut self, arg: &[u8], out: &mut Vec<u8>, stats: &mut Stats) {
+        const USAGE: &[u8] = b"BDAT size [LAST]";
+        let (size, rest) = match memchr(b' ', arg) {
+            Some(sp) => (&arg[..sp], arg[sp + 1..].trim_ascii()),
+            None => (arg, &arg[arg.len()..]),
+        };
+        let last = rest.eq_ignore_ascii_case(b"LAST");
+        if size.is_empty()
+            || size.len() > 19
+            || !size.iter().all(u8::is_ascii_digit)
+            || !(last || rest.is_empty())
+        {
+            return self.syntax(USAGE, out, stats);
+        }
+        let size = size.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+        // RFC 3030 §4.2: a refused chunk is still read, and dropped, before the reply.
+        let error = self.transaction_error();
+        if error.is_none() && !self.envelope.bdat {
+            self.envelope.bdat = true;
+            self.bdat_size = 0;
+            self.events |= EV_START;
+        }
+        self.state = State::Chunk {
+            remaining: size,
+            last,
+            error,
+        };
+        if size == 0 {
+            self.finish_chunk_now(last, error, out, stats);
+        }
+    }
+
+    fn finish_chunk_now(&mut self, last: bool, error: Option<Reply>, out: &mut Vec<u8>, stats: &mut Stats) {
+        self.state = State::Command;
+        match error {
+            Some(reply) => {
+                if self.envelope.bdat {
+                    self.abort_transaction();
+                }
+                self.reply(reply, out, stats);
+            }
+            None if last => {
+                self.state = State::AwaitCommit;
+                self.events |= EV_END;
+            }
+            None => {
+                out.extend_from_slice(b"250 2.0.0 Ok: ");
+                write_u64(out, self.bdat_size);
+                out.extend_from_slice(b" octets received\r\n");
+                stats.count(Reply::ChunkOk);
+            }
+        }
+    }
+
+    fn finish_chunk(
+        &mut self,
+        now: Instant,
+        last: bool,
+        error: Option<Reply>,
+        out: &mut Vec<u8>,
+        stats: &mut Stats,
+    ) {
+        self.finish_chunk_now(last, error, out, stats);
+        self.touch(now);
+    }
+
+    fn finish_data(&mut self, now: Instant, out: &mut Vec<u8>, stats: &mut Stats) {
+        let State::Data(receiver) = &self.state else {
+            return;
+        };
+        let flaw = receiver.flaw();
+        self.state = State::Command;
+        match flaw {
+            None => {
+                self.state = State::AwaitCommit;
+                self.events |= EV_END;
+            }
+            Some(flaw) => {
+                self.events |= EV_ABORT;
+                self.envelope.reset();
+                self.reply(
+                    match flaw {
+                        Flaw::TooBig => Reply::MessageTooBig,
+                        Flaw::LineTooLong => Reply::TextLineTooLong,
+                        Flaw::BareLf => Reply::BareLf,
+                    },
+                    out,
+                    stats,
+                );
+                self.end_transaction(out, stats);
+            }
+        }
+        self.touch(now);
+    }
+
+    /// The 503 owed by DATA or BDAT when the envelope is incomplete.
+    fn transaction_error(&self) -> Option<Reply> {
+        if !self.greeted {
+            Some(Reply::NeedHelo)
+        } else if !self.envelope.mail {
+            Some(Reply::NeedMail)
+        } else if self.envelope.rcpt_count() == 0 {
+            Some(Reply::NeedRcpt)
+        } else {
+            None
+        }
+    }
+
+    /// Drops the transaction; a message already started is aborted.
+    fn abort_transaction(&mut self) {
+        if self.envelope.bdat {
+            self.events |= EV_ABORT;
+        }
+        self.envelope.reset();
+    }
+
+    /// After a transaction's final reply: a draining session now says goodbye.
+    fn end_transaction(&mut self, out: &mut Vec<u8>, stats: &mut Stats) {
+        if self.draining && !matches!(self.state, State::Closed) {
+            self.reply(Reply::ShuttingDown, out, stats);
+            self.close();
+        }
+    }
+}
+
+/// Classifies the first bytes of a line before the client has spoken SMTP: a TLS record or
+/// binary data may never send a line end, so they are recognized without waiting for one.
+fn sniff(line_start: bool, bytes: &[u8]) -> Option<NonSmtp> {
+    if line_start {
+        match bytes.first() {
+            // A TLS handshake record (RFC 8446 §5.1: content type 22).
+            Some(0x16) => return Some(NonSmtp::Tls),
+            Some(&b) if !plausible_first_byte(b) => return Some(NonSmtp::Binary),
+            _ => {}
+        }
+    }
+    let binary = bytes
+        .iter()
+        .any(|&b| (b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n')) || b == 0x7f);
+    binary.then_some(NonSmtp::Binary)
+}
+
+const HTTP_METHODS: [&[u8]; 9] = [
+    b"GET ",
+    b"POST ",
+    b"HEAD ",
+    b"PUT ",
+    b"DELETE ",
+    b"CONNECT ",
+    b"OPTIONS ",
+    b"TRACE ",
+    b"PATCH ",
+];
+
+/// Recognizes a complete line of another protocol: an HTTP request line or an SSH banner at
+/// any point, and an HTTP header line (`Name: value`) before the client has spoken SMTP.
+fn classify_line(line: &[u8], spoke_smtp: bool) -> Option<NonSmtp> {
+    if HTTP_METHODS.iter().any(|m| line.starts_with(m)) {
+        return Some(NonSmtp::Http);
+    }
+    if line.starts_with(b"SSH-") {
+        return Some(NonSmtp::Ssh);
+    }
+    if !spoke_smtp {
+        let name_end = line
+            .iter()
+            .position(|&b| !(b.is_ascii_alphanumeric() || b == b'-'))?;
+        if name_end > 0 && line[name_end] == b':' {
+            return Some(NonSmtp::Header);
+        }
+    }
+    None
+}
