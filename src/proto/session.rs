@@ -302,6 +302,7 @@ impl Session {
             }
             Commit::Failed => self.reply(Reply::Storage, out, stats),
         }
+        self.envelope.reset();
         self.state = State::Command;
         self.end_transaction(out, stats);
         self.touch(now);
@@ -402,6 +403,13 @@ impl Session {
     fn command_bytes(&mut self, input: &[u8], out: &mut Vec<u8>, stats: &mut Stats) -> usize {
         let max = self.settings.config.limits.max_command_line;
         let lf = memchr(b'\n', input);
+        let segment = &input[..lf.map_or(input.len(), |p| p + 1)];
+        if !self.spoke_smtp {
+            if let Some(class) = sniff(self.line.is_empty() && !self.discarding, segment) {
+                self.non_smtp(class, out, stats);
+                return segment.len();
+            }
+        }
         if self.discarding {
             // RFC 5321 §4.5.3.1.4: the overlong line is skipped without being buffered.
             return match lf {
@@ -412,13 +420,6 @@ impl Session {
                 }
                 None => input.len(),
             };
-        }
-        let segment = &input[..lf.map_or(input.len(), |p| p + 1)];
-        if !self.spoke_smtp {
-            if let Some(class) = sniff(self.line.is_empty(), segment) {
-                self.non_smtp(class, out, stats);
-                return segment.len();
-            }
         }
         if self.line.len() + segment.len() > max {
             self.line.clear();
@@ -760,7 +761,10 @@ fn sniff(line_start: bool, bytes: &[u8]) -> Option<NonSmtp> {
         match bytes.first() {
             // A TLS handshake record (RFC 8446 §5.1: content type 22).
             Some(0x16) => return Some(NonSmtp::Tls),
-            Some(&b) if !plausible_first_byte(b) => return Some(NonSmtp::Binary),
+            // Letters wait for the line: it may be an HTTP header (`User-Agent: …`).
+            Some(&b) if !(b.is_ascii_alphabetic() || plausible_first_byte(b)) => {
+                return Some(NonSmtp::Binary)
+            }
             _ => {}
         }
     }
@@ -794,10 +798,149 @@ fn classify_line(line: &[u8], spoke_smtp: bool) -> Option<NonSmtp> {
     if !spoke_smtp {
         let name_end = line
             .iter()
-            .position(|&b| !(b.is_ascii_alphanumeric() || b == b'-'))?;
-        if name_end > 0 && line[name_end] == b':' {
+            .position(|&b| !(b.is_ascii_alphanumeric() || b == b'-'));
+        if name_end.is_some_and(|end| end > 0 && line[end] == b':') {
             return Some(NonSmtp::Header);
+        }
+        // A complete line that no SMTP verb, HTTP method or SSH banner starts like.
+        if !plausible_first_byte(line[0]) {
+            return Some(NonSmtp::Binary);
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Whatever arrives, in whatever pieces, the session's own buffers stay within their
+        /// limits and its reply backlog stops growing once it reaches `max_reply_backlog`.
+        #[test]
+        fn buffers_stay_bounded(
+            chunks in proptest::collection::vec(
+                prop_oneof![
+                    proptest::collection::vec(any::<u8>(), 0..700),
+                    proptest::collection::vec(proptest::sample::select(b"EHLO x\r\nMAIL FROM:<a@b>RCPT TO:<c@d>DATA.BDAT 9 LAST\n".to_vec()), 0..300),
+                ],
+                0..30,
+            ),
+            drain_output in any::<bool>(),
+        ) {
+            let config = ProtoConfig::default();
+            let limits = config.limits.clone();
+            let now = Instant::now();
+            let (mut out, mut stats) = (Vec::new(), Stats::default());
+            let mut s = Session::new(Settings::new(config), now, &mut out, &mut stats);
+            for chunk in &chunks {
+                let mut rest = &chunk[..];
+                for _ in 0..10_000 {
+                    let n = s.handle_input(now, rest, &mut out, &mut stats);
+                    rest = &rest[n..];
+                    prop_assert!(s.line.len() <= limits.max_command_line);
+                    prop_assert!(s.body.len() <= 2 * limits.body_chunk);
+                    prop_assert!(out.len() <= limits.max_reply_backlog + 512);
+                    let mut ended = false;
+                    while let Some(event) = s.poll_event() {
+                        ended |= event == Event::MessageEnd;
+                    }
+                    if ended {
+                        s.handle_commit(now, Commit::Queued("X"), &mut out, &mut stats);
+                    }
+                    if drain_output {
+                        out.clear();
+                    }
+                    if rest.is_empty() || (n == 0 && !ended) {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn timeouts_follow_the_state() {
+        let config = ProtoConfig::default();
+        let t0 = Instant::now();
+        let (mut out, mut stats) = (Vec::new(), Stats::default());
+        let mut s = Session::new(Settings::new(config), t0, &mut out, &mut stats);
+        assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(300)));
+        let t1 = t0 + Duration::from_secs(10);
+        let input = b"EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n";
+        assert_eq!(s.handle_input(t1, input, &mut out, &mut stats), input.len());
+        assert_eq!(s.poll_event(), Some(Event::MessageStart));
+        assert_eq!(
+            s.poll_timeout(),
+            Some(t1 + Duration::from_secs(180)),
+            "RFC 5321 §4.5.3.2.6"
+        );
+        s.handle_timeout(t1 + Duration::from_secs(179), &mut out, &mut stats);
+        assert_eq!(s.poll_event(), None);
+        out.clear();
+        s.handle_timeout(t1 + Duration::from_secs(180), &mut out, &mut stats);
+        assert_eq!(out, b"421 4.4.2 Error: timeout exceeded\r\n");
+        assert_eq!(s.poll_event(), Some(Event::MessageAbort));
+        assert_eq!(s.poll_event(), Some(Event::Close));
+        assert_eq!(s.poll_timeout(), None);
+    }
+
+    #[test]
+    fn commit_wait_times_out_with_451() {
+        let t0 = Instant::now();
+        let (mut out, mut stats) = (Vec::new(), Stats::default());
+        let mut s = Session::new(Settings::new(ProtoConfig::default()), t0, &mut out, &mut stats);
+        let input =
+            b"EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nBDAT 2 LAST\r\nhiNOOP\r\n";
+        let n = s.handle_input(t0, input, &mut out, &mut stats);
+        assert_eq!(&input[n..], b"hiNOOP\r\n", "the session stops at the start event");
+        assert_eq!(s.poll_event(), Some(Event::MessageStart));
+        assert_eq!(s.handle_input(t0, &input[n..], &mut out, &mut stats), 2);
+        assert_eq!(s.poll_event(), Some(Event::Body(b"hi")));
+        assert_eq!(s.poll_event(), Some(Event::MessageEnd));
+        let rest = &input[n + 2..];
+        assert_eq!(
+            s.handle_input(t0, rest, &mut out, &mut stats),
+            0,
+            "input after the end waits for the commit"
+        );
+        assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(600)));
+        out.clear();
+        s.handle_timeout(t0 + Duration::from_secs(600), &mut out, &mut stats);
+        assert_eq!(out, b"451 4.3.0 Error: storage did not answer in time\r\n");
+        assert_eq!(s.poll_event(), Some(Event::MessageAbort));
+        assert_eq!(s.poll_event(), Some(Event::Close));
+    }
+
+    #[test]
+    fn shutdown_waits_for_the_transaction() {
+        let t0 = Instant::now();
+        let (mut out, mut stats) = (Vec::new(), Stats::default());
+        let mut idle = Session::new(Settings::new(ProtoConfig::default()), t0, &mut out, &mut stats);
+        out.clear();
+        idle.handle_shutdown(&mut out, &mut stats);
+        assert_eq!(out, b"421 4.3.2 Service shutting down\r\n");
+        assert_eq!(idle.poll_event(), Some(Event::Close));
+
+        let mut busy = Session::new(Settings::new(ProtoConfig::default()), t0, &mut out, &mut stats);
+        let input = b"EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n";
+        busy.handle_input(t0, input, &mut out, &mut stats);
+        assert_eq!(busy.poll_event(), Some(Event::MessageStart));
+        out.clear();
+        busy.handle_shutdown(&mut out, &mut stats);
+        assert!(out.is_empty());
+        assert_eq!(busy.handle_input(t0, b"x\r\n.\r\n", &mut out, &mut stats), 6);
+        assert_eq!(busy.poll_event(), Some(Event::Body(b"x\r\n")));
+        assert_eq!(busy.poll_event(), Some(Event::MessageEnd));
+        busy.handle_commit(t0, Commit::Queued("ID1"), &mut out, &mut stats);
+        assert_eq!(
+            out,
+            b"250 2.0.0 Ok: queued as ID1\r\n421 4.3.2 Service shutting down\r\n"
+        );
+        assert_eq!(busy.poll_event(), Some(Event::Close));
+        assert_eq!(stats.messages, 1);
+    }
 }
