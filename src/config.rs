@@ -86,8 +86,6 @@ limits! {
     /// Reply octets a session may hold before it stops reading input until the client reads
     /// its replies (RFC 2920 §3.1 lets the client pipeline; this keeps memory bounded).
     max_reply_backlog: usize = 16384, 1024, 1 << 20;
-    /// Body octets the session hands out per event; bounds the session's body buffer.
-    body_chunk: usize = 65536, 4096, 1 << 20;
 }
 
 /// Everything the protocol engine needs to know about the operator's choices.

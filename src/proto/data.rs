@@ -50,9 +50,12 @@ pub struct DataReceiver {
 
 /// What one call to [`DataReceiver::feed`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fed {
+pub struct Fed<'a> {
     /// Input bytes consumed.
     pub consumed: usize,
+    /// Message content: a slice of the consumed input, or a normalized line end. Empty when
+    /// the message is refused or nothing is due.
+    pub body: &'a [u8],
     /// The end-of-data line was consumed.
     pub done: bool,
 }
@@ -72,56 +75,66 @@ impl DataReceiver {
         }
     }
 
-    /// The first limit the message broke, if any; it is then no longer copied out.
+    /// The first limit the message broke, if any; it is then no longer handed out.
     pub fn flaw(&self) -> Option<Flaw> {
         self.flaw
     }
 
-    /// Octets of message content so far (after unstuffing and normalization).
-    pub fn size(&self) -> u64 {
-        self.size
+    fn flag(&mut self, flaw: Flaw) {
+        if self.flaw.is_none() {
+            self.flaw = Some(flaw);
+        }
     }
 
-    fn emit(&mut self, out: &mut Vec<u8>, bytes: &[u8]) {
-        if self.flaw.is_some() {
-            return;
+    /// Accounts for `piece` as content and hands it out, unless the message is refused.
+    fn piece<'a>(&mut self, consumed: usize, piece: &'a [u8]) -> Fed<'a> {
+        if self.flaw.is_none() {
+            self.size += piece.len() as u64;
+            if self.size > self.max_size {
+                self.flaw = Some(Flaw::TooBig);
+            }
         }
-        self.size += bytes.len() as u64;
-        if self.size > self.max_size {
-            self.flaw = Some(Flaw::TooBig);
-            return;
+        let body = if self.flaw.is_none() { piece } else { &[] };
+        Fed {
+            consumed,
+            body,
+            done: false,
         }
-        out.extend_from_slice(bytes);
     }
 
     fn end_line(&mut self) {
-        if self.line_len > self.max_line && self.flaw.is_none() {
-            self.flaw = Some(Flaw::LineTooLong);
+        if self.line_len > self.max_line {
+            self.flag(Flaw::LineTooLong);
         }
         self.line_len = 0;
         self.state = State::LineStart;
     }
 
-    /// Consumes input, appending message content to `out`. Stops at the end of data, at the
-    /// end of input, or at a line start once `out` holds `limit` bytes or more.
-    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>, limit: usize) -> Fed {
+    /// Consumes input and hands out the next piece of content without copying it: the longest
+    /// run of input that needs no edit, or a normalized line end. Call again with the rest of
+    /// the input until it is consumed or `done`.
+    pub fn feed<'a>(&mut self, input: &'a [u8]) -> Fed<'a> {
         let mut i = 0;
-        // Start of the run of input bytes that will be copied out verbatim.
-        let mut run = 0;
+        // Start of the piece: past a stuffing dot dropped in this call.
+        let mut start = 0;
+        // While the message is refused nothing is handed out, so edits need not end a piece.
+        let emitting = self.flaw.is_none();
         loop {
             match self.state {
                 State::LineStart => {
-                    if i == input.len() || out.len() >= limit {
+                    if i == input.len() {
                         break;
                     }
-                    if input[i] == b'.' {
-                        self.emit(out, &input[run..i]);
-                        i += 1;
-                        run = i;
-                        self.state = State::Dot;
-                    } else {
+                    if input[i] != b'.' {
                         self.state = State::Text;
                         self.pending_cr = false;
+                    } else if i > start && emitting {
+                        // The piece ends before the dot; the dot is looked at in the next call.
+                        break;
+                    } else {
+                        i += 1;
+                        start = i;
+                        self.state = State::Dot;
                     }
                 }
                 State::Text => match memchr(b'\n', &input[i..]) {
@@ -140,25 +153,30 @@ impl DataReceiver {
                         } else {
                             self.pending_cr
                         };
-                        self.line_len += off + 1;
                         if cr {
                             self.after_crlf = true;
                         } else {
-                            self.after_crlf = false;
                             match self.bare_lf {
+                                BareLf::Normalize if emitting && lf > start => {
+                                    // Hand out the piece before the bare LF; the LF is
+                                    // normalized in the next call.
+                                    self.line_len += off;
+                                    self.pending_cr = false;
+                                    return self.piece(lf, &input[start..lf]);
+                                }
                                 BareLf::Normalize => {
-                                    self.emit(out, &input[run..lf]);
-                                    self.emit(out, b"\r\n");
-                                    run = lf + 1;
-                                    self.line_len += 1;
+                                    self.after_crlf = false;
+                                    self.line_len += off + 2;
+                                    self.end_line();
+                                    return self.piece(lf + 1, b"\r\n");
                                 }
                                 BareLf::Reject => {
-                                    if self.flaw.is_none() {
-                                        self.flaw = Some(Flaw::BareLf);
-                                    }
+                                    self.after_crlf = false;
+                                    self.flag(Flaw::BareLf);
                                 }
                             }
                         }
+                        self.line_len += off + 1;
                         i = lf + 1;
                         self.end_line();
                     }
@@ -169,31 +187,25 @@ impl DataReceiver {
                     }
                     match input[i] {
                         b'\r' => {
+                            // Held back: `.<CR>` may be the end of data.
                             i += 1;
-                            run = i;
+                            start = i;
                             self.state = State::DotCr;
                         }
                         b'\n' => {
                             // `.` ended by a bare LF: never the end of data (smuggling guard).
-                            i += 1;
-                            run = i;
                             self.after_crlf = false;
-                            match self.bare_lf {
-                                BareLf::Normalize => self.emit(out, b".\r\n"),
-                                BareLf::Reject => {
-                                    if self.flaw.is_none() {
-                                        self.flaw = Some(Flaw::BareLf);
-                                    }
-                                }
+                            if self.bare_lf == BareLf::Reject {
+                                self.flag(Flaw::BareLf);
                             }
                             self.line_len = 3;
                             self.end_line();
+                            return self.piece(i + 1, b".\r\n");
                         }
                         _ => {
                             // A stuffing dot: dropped, and not counted in the line length.
                             self.state = State::Text;
                             self.pending_cr = false;
-                            run = i;
                         }
                     }
                 }
@@ -202,36 +214,29 @@ impl DataReceiver {
                         break;
                     }
                     if input[i] == b'\n' {
-                        i += 1;
-                        run = i;
                         if self.after_crlf {
                             return Fed {
-                                consumed: i,
+                                consumed: i + 1,
+                                body: &[],
                                 done: true,
                             };
                         }
                         // `<LF>.<CR><LF>`: a lone dot line after a bare LF is content.
-                        self.emit(out, b".\r\n");
                         self.after_crlf = true;
                         self.line_len = 3;
                         self.end_line();
-                    } else {
-                        // `.<CR>x`: the dot was stuffing; the CR is content, and the next byte
-                        // is looked at again in Text.
-                        self.emit(out, b"\r");
-                        self.state = State::Text;
-                        self.pending_cr = true;
-                        self.line_len = 1;
-                        run = i;
+                        return self.piece(i + 1, b".\r\n");
                     }
+                    // `.<CR>x`: the dot was stuffing; the CR is content, and the next byte is
+                    // looked at again in Text.
+                    self.state = State::Text;
+                    self.pending_cr = true;
+                    self.line_len = 1;
+                    return self.piece(i, b"\r");
                 }
             }
         }
-        self.emit(out, &input[run..i]);
-        Fed {
-            consumed: i,
-            done: false,
-        }
+        self.piece(i, &input[start..i])
     }
 }
 
@@ -241,12 +246,19 @@ mod tests {
 
     /// Feeds `input` in pieces of `step` bytes; returns (content, consumed, done, flaw).
     fn run(input: &[u8], step: usize, policy: BareLf) -> (Vec<u8>, usize, bool, Option<Flaw>) {
-        let mut r = DataReceiver::new(1000, 1 << 20, policy);
+        run_with(DataReceiver::new(1000, 1 << 20, policy), input, step)
+    }
+
+    fn run_with(mut r: DataReceiver, input: &[u8], step: usize) -> (Vec<u8>, usize, bool, Option<Flaw>) {
         let mut out = Vec::new();
         let mut pos = 0;
+        let mut calls = 0;
         while pos < input.len() {
+            calls += 1;
+            assert!(calls < 10 * input.len() + 10, "no progress");
             let end = (pos + step).min(input.len());
-            let fed = r.feed(&input[pos..end], &mut out, usize::MAX);
+            let fed = r.feed(&input[pos..end]);
+            out.extend_from_slice(fed.body);
             pos += fed.consumed;
             if fed.done {
                 return (out, pos, true, r.flaw());
@@ -319,11 +331,13 @@ mod tests {
         assert!(done);
         assert_eq!(flaw, Some(Flaw::LineTooLong));
 
-        let mut r = DataReceiver::new(1000, 10, BareLf::Normalize);
-        let mut out = Vec::new();
-        let fed = r.feed(b"0123456789\r\nabc\r\n.\r\n", &mut out, usize::MAX);
-        assert!(fed.done);
-        assert_eq!(r.flaw(), Some(Flaw::TooBig));
+        let (out, _, done, flaw) = run_with(
+            DataReceiver::new(1000, 10, BareLf::Normalize),
+            b"0123456789\r\nabc\r\n.\r\n",
+            5,
+        );
+        assert!(done);
+        assert_eq!(flaw, Some(Flaw::TooBig));
         assert!(out.len() <= 10);
     }
 }

@@ -14,7 +14,7 @@ mod verb;
 pub use address::MailParams;
 pub use data::{DataReceiver, Fed, Flaw};
 pub use reply::Reply;
-pub use session::{Commit, Envelope, Event, Session, Settings};
+pub use session::{Commit, Envelope, Event, Progress, Session, Settings};
 
 /// A class of non-SMTP traffic, answered with one `554 5.5.0` and a hang-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

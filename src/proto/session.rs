@@ -38,14 +38,12 @@ impl Settings {
     }
 }
 
-/// What the session asks of its caller. Polled in a fixed order: start, body, end, abort, close.
+/// What the session asks of its caller. Polled in a fixed order: start, end, abort, close.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Event<'a> {
+pub enum Event {
     /// A message begins (after `354`, or at the first BDAT chunk); [`Session::envelope`]
     /// describes it until its end or abort.
     MessageStart,
-    /// Message content, unstuffed and with line ends normalized. Valid until the next call.
-    Body(&'a [u8]),
     /// The message is complete: commit it durably, then call [`Session::handle_commit`]. The
     /// session reads no further input until then, so pipelined replies keep their order.
     MessageEnd,
@@ -53,6 +51,16 @@ pub enum Event<'a> {
     MessageAbort,
     /// The session is over: send what is in the output buffer, then close the connection.
     Close,
+}
+
+/// What one call to [`Session::handle_input`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress<'a> {
+    /// Input bytes consumed.
+    pub consumed: usize,
+    /// Message content, unstuffed and with line ends normalized: a slice of the consumed input
+    /// (or a normalized line end), handed out without copying. Store it before polling events.
+    pub body: &'a [u8],
 }
 
 /// The storage's answer to [`Event::MessageEnd`].
@@ -162,8 +170,6 @@ pub struct Session {
     line: Vec<u8>,
     /// Skipping the rest of an overlong command line, up to its LF.
     discarding: bool,
-    body: Vec<u8>,
-    body_delivered: bool,
     bdat_size: u64,
     events: u8,
     envelope: Envelope,
@@ -185,8 +191,6 @@ impl Session {
             errors: 0,
             line: Vec::new(),
             discarding: false,
-            body: Vec::new(),
-            body_delivered: false,
             bdat_size: 0,
             events: 0,
             envelope: Envelope::default(),
@@ -199,32 +203,33 @@ impl Session {
         &self.envelope
     }
 
-    /// Consumes client bytes, appending replies to `out`, and returns how many it consumed.
+    /// Consumes client bytes, appending replies to `out`; returns how many it consumed and the
+    /// message content among them.
     ///
-    /// It stops early when an event is ready (drain [`poll_event`](Self::poll_event), then call
-    /// again with the rest), when `out` holds `max_reply_backlog` bytes (write it first), and
-    /// while a message awaits [`handle_commit`](Self::handle_commit) (returns 0). After the
-    /// session has closed it consumes and ignores everything.
-    pub fn handle_input(
+    /// It stops early when it hands out content, when an event is ready (drain
+    /// [`poll_event`](Self::poll_event), then call again with the rest), when `out` holds
+    /// `max_reply_backlog` bytes (write it first), and while a message awaits
+    /// [`handle_commit`](Self::handle_commit) (consumes nothing). After the session has closed
+    /// it consumes and ignores everything.
+    pub fn handle_input<'a>(
         &mut self,
         now: Instant,
-        input: &[u8],
+        input: &'a [u8],
         out: &mut Vec<u8>,
         stats: &mut Stats,
-    ) -> usize {
-        self.release_body();
-        let limits = &self.settings.config.limits;
-        let (backlog, chunk) = (limits.max_reply_backlog, limits.body_chunk);
+    ) -> Progress<'a> {
+        let backlog = self.settings.config.limits.max_reply_backlog;
         let mut i = 0;
-        while i < input.len() && self.events == 0 && out.len() < backlog && self.body.len() < chunk {
+        let mut body: &'a [u8] = &[];
+        while i < input.len() && self.events == 0 && out.len() < backlog && body.is_empty() {
             match &mut self.state {
                 State::Command => i += self.command_bytes(&input[i..], out, stats),
                 State::Data(receiver) => {
-                    let end = input.len().min(i + chunk);
-                    let fed = receiver.feed(&input[i..end], &mut self.body, chunk);
+                    let fed = receiver.feed(&input[i..]);
                     i += fed.consumed;
+                    body = fed.body;
                     if fed.done {
-                        self.finish_data(now, out, stats);
+                        self.finish_data(out, stats);
                     }
                 }
                 State::Chunk {
@@ -233,20 +238,19 @@ impl Session {
                     error,
                 } => {
                     let n = (input.len() - i).min(usize::try_from(*remaining).unwrap_or(usize::MAX));
-                    let n = n.min(chunk);
                     *remaining -= n as u64;
                     if error.is_none() {
                         self.bdat_size += n as u64;
                         if self.bdat_size > self.settings.config.limits.max_message_size {
                             *error = Some(Reply::MessageTooBig);
                         } else {
-                            self.body.extend_from_slice(&input[i..i + n]);
+                            body = &input[i..i + n];
                         }
                     }
                     i += n;
                     if *remaining == 0 {
                         let (last, error) = (*last, *error);
-                        self.finish_chunk(now, last, error, out, stats);
+                        self.finish_chunk(last, error, out, stats);
                     }
                 }
                 State::AwaitCommit => break,
@@ -256,20 +260,14 @@ impl Session {
         if i > 0 {
             self.touch(now);
         }
-        i
+        Progress { consumed: i, body }
     }
 
-    /// The next event, if any. A `Body` slice is valid until the next call on the session.
-    pub fn poll_event(&mut self) -> Option<Event<'_>> {
-        self.release_body();
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
         if self.take_event(EV_START) {
-            return Some(Event::MessageStart);
-        }
-        if !self.body.is_empty() {
-            self.body_delivered = true;
-            return Some(Event::Body(&self.body));
-        }
-        if self.take_event(EV_END) {
+            Some(Event::MessageStart)
+        } else if self.take_event(EV_END) {
             Some(Event::MessageEnd)
         } else if self.take_event(EV_ABORT) {
             Some(Event::MessageAbort)
@@ -345,13 +343,6 @@ impl Session {
             State::Closed => return,
         };
         self.deadline = now + Duration::from_secs(secs);
-    }
-
-    fn release_body(&mut self) {
-        if self.body_delivered {
-            self.body.clear();
-            self.body_delivered = false;
-        }
     }
 
     fn close(&mut self) {
@@ -657,11 +648,11 @@ impl Session {
             error,
         };
         if size == 0 {
-            self.finish_chunk_now(last, error, out, stats);
+            self.finish_chunk(last, error, out, stats);
         }
     }
 
-    fn finish_chunk_now(&mut self, last: bool, error: Option<Reply>, out: &mut Vec<u8>, stats: &mut Stats) {
+    fn finish_chunk(&mut self, last: bool, error: Option<Reply>, out: &mut Vec<u8>, stats: &mut Stats) {
         self.state = State::Command;
         match error {
             Some(reply) => {
@@ -683,19 +674,7 @@ impl Session {
         }
     }
 
-    fn finish_chunk(
-        &mut self,
-        now: Instant,
-        last: bool,
-        error: Option<Reply>,
-        out: &mut Vec<u8>,
-        stats: &mut Stats,
-    ) {
-        self.finish_chunk_now(last, error, out, stats);
-        self.touch(now);
-    }
-
-    fn finish_data(&mut self, now: Instant, out: &mut Vec<u8>, stats: &mut Stats) {
+    fn finish_data(&mut self, out: &mut Vec<u8>, stats: &mut Stats) {
         let State::Data(receiver) = &self.state else {
             return;
         };
@@ -721,7 +700,6 @@ impl Session {
                 self.end_transaction(out, stats);
             }
         }
-        self.touch(now);
     }
 
     /// The 503 owed by DATA or BDAT when the envelope is incomplete.
@@ -839,10 +817,12 @@ mod tests {
             for chunk in &chunks {
                 let mut rest = &chunk[..];
                 for _ in 0..10_000 {
-                    let n = s.handle_input(now, rest, &mut out, &mut stats);
+                    let progress = s.handle_input(now, rest, &mut out, &mut stats);
+                    let n = progress.consumed;
+                    prop_assert!(progress.body.len() <= n || progress.body.len() <= 3);
                     rest = &rest[n..];
                     prop_assert!(s.line.len() <= limits.max_command_line);
-                    prop_assert!(s.body.len() <= 2 * limits.body_chunk);
+                    prop_assert!(s.line.capacity() <= limits.max_command_line);
                     prop_assert!(out.len() <= limits.max_reply_backlog + 512);
                     let mut ended = false;
                     while let Some(event) = s.poll_event() {
@@ -871,7 +851,10 @@ mod tests {
         assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(300)));
         let t1 = t0 + Duration::from_secs(10);
         let input = b"EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n";
-        assert_eq!(s.handle_input(t1, input, &mut out, &mut stats), input.len());
+        assert_eq!(
+            s.handle_input(t1, input, &mut out, &mut stats).consumed,
+            input.len()
+        );
         assert_eq!(s.poll_event(), Some(Event::MessageStart));
         assert_eq!(
             s.poll_timeout(),
@@ -895,18 +878,14 @@ mod tests {
         let mut s = Session::new(Settings::new(ProtoConfig::default()), t0, &mut out, &mut stats);
         let input =
             b"EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nBDAT 2 LAST\r\nhiNOOP\r\n";
-        let n = s.handle_input(t0, input, &mut out, &mut stats);
+        let n = s.handle_input(t0, input, &mut out, &mut stats).consumed;
         assert_eq!(&input[n..], b"hiNOOP\r\n", "the session stops at the start event");
         assert_eq!(s.poll_event(), Some(Event::MessageStart));
-        assert_eq!(s.handle_input(t0, &input[n..], &mut out, &mut stats), 2);
-        assert_eq!(s.poll_event(), Some(Event::Body(b"hi")));
+        let progress = s.handle_input(t0, &input[n..], &mut out, &mut stats);
+        assert_eq!((progress.consumed, progress.body), (2, &b"hi"[..]));
         assert_eq!(s.poll_event(), Some(Event::MessageEnd));
-        let rest = &input[n + 2..];
-        assert_eq!(
-            s.handle_input(t0, rest, &mut out, &mut stats),
-            0,
-            "input after the end waits for the commit"
-        );
+        let waiting = s.handle_input(t0, &input[n + 2..], &mut out, &mut stats);
+        assert_eq!(waiting.consumed, 0, "input after the end waits for the commit");
         assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(600)));
         out.clear();
         s.handle_timeout(t0 + Duration::from_secs(600), &mut out, &mut stats);
@@ -927,13 +906,17 @@ mod tests {
 
         let mut busy = Session::new(Settings::new(ProtoConfig::default()), t0, &mut out, &mut stats);
         let input = b"EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n";
-        busy.handle_input(t0, input, &mut out, &mut stats);
+        assert_eq!(
+            busy.handle_input(t0, input, &mut out, &mut stats).consumed,
+            input.len()
+        );
         assert_eq!(busy.poll_event(), Some(Event::MessageStart));
         out.clear();
         busy.handle_shutdown(&mut out, &mut stats);
         assert!(out.is_empty());
-        assert_eq!(busy.handle_input(t0, b"x\r\n.\r\n", &mut out, &mut stats), 6);
-        assert_eq!(busy.poll_event(), Some(Event::Body(b"x\r\n")));
+        let progress = busy.handle_input(t0, b"x\r\n.\r\n", &mut out, &mut stats);
+        assert_eq!((progress.consumed, progress.body), (3, &b"x\r\n"[..]));
+        assert_eq!(busy.handle_input(t0, b".\r\n", &mut out, &mut stats).consumed, 3);
         assert_eq!(busy.poll_event(), Some(Event::MessageEnd));
         busy.handle_commit(t0, Commit::Queued("ID1"), &mut out, &mut stats);
         assert_eq!(

@@ -89,17 +89,20 @@ pub fn drive<'a>(config: &ProtoConfig, chunks: impl IntoIterator<Item = &'a [u8]
         loop {
             steps += 1;
             assert!(steps < 10_000_000, "session does not make progress");
-            let n = session.handle_input(now, &pending, &mut output, &mut stats);
+            let progress = session.handle_input(now, &pending, &mut output, &mut stats);
+            let n = progress.consumed;
+            if !progress.body.is_empty() {
+                current
+                    .as_mut()
+                    .expect("body outside a message")
+                    .extend_from_slice(progress.body);
+            }
             pending.drain(..n);
             let mut evented = false;
             while let Some(event) = session.poll_event() {
                 evented = true;
                 match event {
                     Event::MessageStart => current = Some(Vec::new()),
-                    Event::Body(b) => current
-                        .as_mut()
-                        .expect("body outside a message")
-                        .extend_from_slice(b),
                     Event::MessageEnd => {
                         messages.push(current.take().expect("end outside a message"));
                         session.handle_commit(now, Commit::Queued(QUEUE_ID), &mut output, &mut stats);

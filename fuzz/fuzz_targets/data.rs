@@ -1,0 +1,36 @@
+//! Fuzzes the DATA receiver alone: any split finds the same end of data and the same content, and the content never holds the end-of-data line.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use ringmx::config::BareLf;
+use ringmx::proto::DataReceiver;
+
+fn run(input: &[u8], step: usize) -> (Vec<u8>, usize, bool) {
+    let mut receiver = DataReceiver::new(1000, 1 << 20, BareLf::Normalize);
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < input.len() {
+        let end = (pos + step).min(input.len());
+        let fed = receiver.feed(&input[pos..end]);
+        out.extend_from_slice(fed.body);
+        pos += fed.consumed;
+        if fed.done {
+            return (out, pos, true);
+        }
+    }
+    (out, pos, false)
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&knob, input)) = data.split_first() else { return };
+    let whole = run(input, input.len().max(1));
+    let split = run(input, usize::from(knob) + 1);
+    assert_eq!(whole, split);
+    let (content, consumed, done) = whole;
+    if done {
+        assert!(input[..consumed].ends_with(b"\r\n.\r\n") || consumed == 3);
+        // Normalized content has no bare LF, so nothing downstream can see an end of data in it.
+        assert!(!content.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r'));
+        assert!(content.first() != Some(&b'\n'));
+    }
+});
