@@ -212,10 +212,14 @@ impl Worker {
         let period = cfg
             .rate
             .map(|r| Duration::from_secs_f64(cfg.threads as f64 / r));
-        let mut next_start = start
-            + cfg.rate.map_or(Duration::ZERO, |r| {
-                Duration::from_secs_f64(self.id as f64 / r)
-            });
+        // Start times are computed from the session index, not accumulated, so float
+        // rounding cannot drift the schedule.
+        let offset = cfg.rate.map_or(0.0, |r| self.id as f64 / r);
+        let period_s = period.map_or(0.0, |p| p.as_secs_f64());
+        let at = |k: u64| start + Duration::from_secs_f64(offset + k as f64 * period_s);
+        let mut scheduled = 0u64;
+        let mut next_start = at(0);
+        let mut exhausted = false;
         let mut interval = 0u64;
         let mut next_report = start + Duration::from_secs(1);
         let scan_every =
@@ -229,16 +233,18 @@ impl Worker {
                 starting = false;
             }
             if starting {
-                if let Some(p) = period {
+                if period.is_some() {
                     while next_start <= now {
                         let Some(slot) = self.free.pop() else { break };
                         if !self.take_session() {
                             self.free.push(slot);
                             starting = false;
+                            exhausted = true;
                             break;
                         }
                         self.start_session(slot, next_start, now);
-                        next_start += p;
+                        scheduled += 1;
+                        next_start = at(scheduled);
                     }
                 } else {
                     while let Some(slot) = self.free.pop() {
@@ -312,8 +318,10 @@ impl Worker {
         // In open loop, sessions whose start time passed without a free slot never ran:
         // their latency is unknown and at least the backlog, so report how many.
         let backlog = match (period, shared.stop_at) {
-            (Some(p), Some(stop)) if next_start < stop => {
-                ((stop - next_start).as_secs_f64() / p.as_secs_f64()).ceil() as u64
+            (Some(_), Some(stop)) if !exhausted => {
+                let window = (stop - start).as_secs_f64() - offset;
+                let due = ((window / period_s) - 1e-9).ceil().max(0.0) as u64;
+                due.saturating_sub(scheduled)
             }
             _ => 0,
         };
