@@ -1,0 +1,294 @@
+//! Test helpers: small SMTP servers on 127.0.0.1 ephemeral ports and a bounded way to run the binary.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How a test server treats each connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Follows the rules the load generator checks.
+    Correct,
+    /// Answers "250 ok" to everything.
+    Wrong,
+    /// Accepts and never answers.
+    Stall,
+    /// Correct, but waits this long before the banner.
+    SlowBanner(Duration),
+}
+
+/// A server thread that stops accepting when dropped.
+pub struct Server {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl Server {
+    pub fn start(b: Behaviour) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        thread::spawn(move || {
+            // Bounded: at most this many connections, and no accept after `stop`.
+            for conn in listener.incoming().take(200_000) {
+                if flag.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(s) = conn else { continue };
+                thread::spawn(move || {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+                    let _ = match b {
+                        Behaviour::Correct => correct(s),
+                        Behaviour::SlowBanner(d) => {
+                            thread::sleep(d);
+                            correct(s)
+                        }
+                        Behaviour::Wrong => wrong(s),
+                        Behaviour::Stall => stall(s),
+                    };
+                });
+            }
+        });
+        Server { addr, stop }
+    }
+
+    pub fn target(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the blocking accept so the thread sees the flag.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+    }
+}
+
+const EHLO_REPLY: &[u8] =
+    b"250-test.example\r\n250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250 SIZE 10000000\r\n";
+
+/// Read one line (through LF) of at most `cap` octets kept; longer lines are consumed
+/// whole and reported with their full length. Returns None at EOF.
+fn read_line(
+    r: &mut BufReader<TcpStream>,
+    line: &mut Vec<u8>,
+    cap: usize,
+) -> std::io::Result<Option<usize>> {
+    line.clear();
+    let mut total = 0;
+    loop {
+        let buf = r.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(if total == 0 { None } else { Some(total) });
+        }
+        let (take, done) = match memchr::memchr(b'\n', buf) {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        let keep = take.min(cap.saturating_sub(line.len()));
+        line.extend_from_slice(&buf[..keep]);
+        total += take;
+        r.consume(take);
+        if done {
+            return Ok(Some(total));
+        }
+    }
+}
+
+fn looks_binary(b: &[u8]) -> bool {
+    b.iter()
+        .any(|&c| !(c == b'\r' || c == b'\n' || c == b'\t' || (0x20..0x7f).contains(&c)))
+}
+
+fn correct(s: TcpStream) -> std::io::Result<()> {
+    let mut w = BufWriter::new(s.try_clone()?);
+    let mut r = BufReader::new(s);
+    w.write_all(b"220 test.example ESMTP\r\n")?;
+    w.flush()?;
+    // Non-SMTP detection on the first bytes, before waiting for a line end
+    // (a TLS ClientHello has none).
+    let first = r.fill_buf()?;
+    let first_line = first.split(|&c| c == b'\n').next().unwrap_or(&[]);
+    if looks_binary(first_line)
+        || first.starts_with(b"SSH-")
+        || first.starts_with(b"GET ")
+        || first.starts_with(b"POST ")
+        || first_line.windows(6).any(|x| x == b" HTTP/")
+    {
+        w.write_all(b"554 5.7.0 not SMTP\r\n")?;
+        return w.flush();
+    }
+    let (mut greeted, mut mail, mut rcpts) = (false, false, 0);
+    let mut line = Vec::with_capacity(600);
+    while let Some(len) = read_line(&mut r, &mut line, 600)? {
+        // RFC 5321 4.5.3.1.4: a command line is at most 512 octets with CRLF.
+        let reply: &[u8] = if len > 512 {
+            b"500 5.5.2 line too long\r\n"
+        } else {
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim_end();
+            let (verb, arg) = text.split_once(' ').unwrap_or((text, ""));
+            let verb = verb.to_ascii_uppercase();
+            let arg_up = arg.to_ascii_uppercase();
+            let path_ok = |prefix: &str| {
+                arg_up.starts_with(prefix)
+                    && arg[prefix.len()..].starts_with('<')
+                    && arg.trim_end().ends_with('>')
+            };
+            match verb.as_str() {
+                "EHLO" | "HELO" => {
+                    greeted = true;
+                    mail = false;
+                    rcpts = 0;
+                    EHLO_REPLY
+                }
+                "MAIL" if !greeted || mail => b"503 5.5.1 bad sequence\r\n",
+                "MAIL" if !path_ok("FROM:") => b"501 5.5.4 syntax\r\n",
+                "MAIL" => {
+                    mail = true;
+                    b"250 2.1.0 ok\r\n"
+                }
+                "RCPT" if !mail => b"503 5.5.1 need MAIL\r\n",
+                "RCPT" if !path_ok("TO:") => b"501 5.5.4 syntax\r\n",
+                "RCPT" => {
+                    rcpts += 1;
+                    b"250 2.1.5 ok\r\n"
+                }
+                "DATA" if !mail || rcpts == 0 => b"503 5.5.1 need RCPT\r\n",
+                "DATA" => {
+                    w.write_all(b"354 go ahead\r\n")?;
+                    w.flush()?;
+                    let mut too_long = false;
+                    loop {
+                        let Some(n) = read_line(&mut r, &mut line, 1100)? else {
+                            return Ok(());
+                        };
+                        if line == b".\r\n" {
+                            break;
+                        }
+                        // RFC 5321 4.5.3.1.6: text lines are at most 1000 octets.
+                        too_long |= n > 1000;
+                    }
+                    mail = false;
+                    rcpts = 0;
+                    if too_long {
+                        b"554 5.6.0 line too long\r\n"
+                    } else {
+                        b"250 2.0.0 queued\r\n"
+                    }
+                }
+                "BDAT" => {
+                    let mut it = arg.split_whitespace();
+                    let n: usize = it.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+                    let last = it.next().is_some_and(|x| x.eq_ignore_ascii_case("LAST"));
+                    let mut chunk = vec![0; n];
+                    r.read_exact(&mut chunk)?;
+                    if !mail || rcpts == 0 {
+                        b"503 5.5.1 need RCPT\r\n"
+                    } else if last {
+                        mail = false;
+                        rcpts = 0;
+                        b"250 2.0.0 queued\r\n"
+                    } else {
+                        b"250 2.0.0 chunk ok\r\n"
+                    }
+                }
+                "RSET" => {
+                    mail = false;
+                    rcpts = 0;
+                    b"250 2.0.0 ok\r\n"
+                }
+                "NOOP" => b"250 2.0.0 ok\r\n",
+                "EXPN" | "TURN" => b"502 5.5.1 not implemented\r\n",
+                "QUIT" => {
+                    w.write_all(b"221 2.0.0 bye\r\n")?;
+                    return w.flush();
+                }
+                _ => b"500 5.5.2 unrecognized command\r\n",
+            }
+        };
+        w.write_all(reply)?;
+        // Flush once the pipelined input is used up, so replies to a group go out together.
+        if r.buffer().is_empty() {
+            w.flush()?;
+        }
+    }
+    Ok(())
+}
+
+fn wrong(mut s: TcpStream) -> std::io::Result<()> {
+    s.write_all(b"220 wrong.example ESMTP\r\n")?;
+    let mut buf = [0u8; 65536];
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let lines = buf[..n].iter().filter(|&&c| c == b'\n').count().max(1);
+        for _ in 0..lines {
+            s.write_all(b"250 ok\r\n")?;
+        }
+    }
+}
+
+fn stall(mut s: TcpStream) -> std::io::Result<()> {
+    let mut buf = [0u8; 4096];
+    while s.read(&mut buf)? > 0 {}
+    Ok(())
+}
+
+/// A fresh empty directory under the system temp dir.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ringmx-loadgen-{}-{}", name, std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Run the binary with `args`, failing the test if it does not exit within `limit`.
+pub fn run(args: &[&str], limit: Duration) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringmx-loadgen"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn loadgen");
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "loadgen did not finish within {limit:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn summary(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("summary.json")).expect("summary.json written");
+    serde_json::from_str(&text).expect("summary.json parses")
+}
+
+pub fn u(v: &serde_json::Value, path: &str) -> u64 {
+    let mut cur = v;
+    for k in path.split('.') {
+        cur = &cur[k];
+    }
+    cur.as_u64()
+        .unwrap_or_else(|| panic!("{path} is not an integer: {cur}"))
+}
