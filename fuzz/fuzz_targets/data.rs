@@ -8,14 +8,21 @@ use ringmx::proto::DataReceiver;
 fn run(input: &[u8], step: usize) -> (Vec<u8>, usize, bool) {
     let mut receiver = DataReceiver::new(1000, 1 << 20, BareLf::Normalize);
     let mut out = Vec::new();
-    let mut pos = 0;
+    let (mut pos, mut end) = (0, 0);
     while pos < input.len() {
-        let end = (pos + step).min(input.len());
+        end = end.max(pos + step).min(input.len());
         let fed = receiver.feed(&input[pos..end]);
+        assert!(fed.consumed > 0 || fed.body.is_empty(), "content without consumption");
         out.extend_from_slice(fed.body);
         pos += fed.consumed;
         if fed.done {
             return (out, pos, true);
+        }
+        if fed.consumed == 0 {
+            if end == input.len() {
+                break;
+            }
+            end += step;
         }
     }
     (out, pos, false)

@@ -37,6 +37,19 @@ pub fn parse_path<'a>(arg: &'a [u8], keyword: &[u8], allow_null: bool) -> Result
     if rest.first() != Some(&b'<') {
         return Err(PathError::Syntax);
     }
+    if let Some(close) = plain_mailbox(rest) {
+        let after = &rest[close + 1..];
+        let params = match after {
+            [] => after,
+            [b' ', ..] => trim_spaces(after),
+            _ => return Err(PathError::Syntax),
+        };
+        return Ok(Path {
+            address: &rest[1..close],
+            params,
+            eight_bit: false,
+        });
+    }
     let close = path_end(rest).ok_or(PathError::Syntax)?;
     let inner = &rest[1..close];
     let after = &rest[close + 1..];
@@ -48,7 +61,7 @@ pub fn parse_path<'a>(arg: &'a [u8], keyword: &[u8], allow_null: bool) -> Result
     if close + 1 > MAX_PATH {
         return Err(PathError::Address);
     }
-    let eight_bit = inner.iter().any(|&b| b >= 0x80);
+    let eight_bit = !inner.is_ascii();
     if eight_bit && std::str::from_utf8(inner).is_err() {
         return Err(PathError::Address);
     }
@@ -80,20 +93,81 @@ pub fn parse_path<'a>(arg: &'a [u8], keyword: &[u8], allow_null: bool) -> Result
     })
 }
 
-/// Finds the `>` that closes the path, skipping quoted strings (`<"a>b"@x>` is one address).
-fn path_end(s: &[u8]) -> Option<usize> {
-    let mut quoted = false;
+/// The common case in one pass: `<local@domain>` with an ASCII dot-string local part and a
+/// plain domain, within the length limits. Returns the index of `>`, or `None` to take the
+/// general path, which handles (and judges) everything else.
+fn plain_mailbox(s: &[u8]) -> Option<usize> {
     let mut i = 1;
-    while i < s.len() {
-        match (quoted, s[i]) {
-            (true, b'\\') => i += 1,
-            (_, b'"') => quoted = !quoted,
-            (false, b'>') => return Some(i),
-            _ => {}
+    let mut prev_dot = true;
+    loop {
+        let b = *s.get(i)?;
+        if b == b'@' {
+            break;
+        }
+        if b == b'.' {
+            if prev_dot {
+                return None;
+            }
+            prev_dot = true;
+        } else if b < 0x80 && CLASS[b as usize] & ATEXT != 0 {
+            prev_dot = false;
+        } else {
+            return None;
         }
         i += 1;
     }
-    None
+    if prev_dot || i - 1 > MAX_LOCAL {
+        return None;
+    }
+    let domain_start = i + 1;
+    let (mut label, mut hyphen) = (0usize, false);
+    i = domain_start;
+    loop {
+        let b = *s.get(i)?;
+        if b == b'>' {
+            break;
+        }
+        if b == b'.' {
+            if label == 0 || hyphen {
+                return None;
+            }
+            label = 0;
+        } else if b < 0x80 && CLASS[b as usize] & LDH != 0 && (label > 0 || b != b'-') {
+            hyphen = b == b'-';
+            label += 1;
+            if label > 63 {
+                return None;
+            }
+        } else {
+            return None;
+        }
+        i += 1;
+    }
+    (label > 0 && !hyphen && i - domain_start <= MAX_DOMAIN && i < MAX_PATH).then_some(i)
+}
+
+/// Finds the `>` that closes the path, skipping quoted strings (`<"a>b"@x>` is one address).
+fn path_end(s: &[u8]) -> Option<usize> {
+    let mut i = 1;
+    loop {
+        i += memchr::memchr2(b'>', b'"', &s[i..])?;
+        if s[i] == b'>' {
+            return Some(i);
+        }
+        // Inside a quoted string: skip to its closing quote, past quoted pairs.
+        i += 1;
+        loop {
+            i += memchr::memchr2(b'"', b'\\', &s[i..])?;
+            if s[i] == b'"' {
+                break;
+            }
+            i += 2;
+            if i > s.len() {
+                return None;
+            }
+        }
+        i += 1;
+    }
 }
 
 fn trim_spaces(mut s: &[u8]) -> &[u8] {
@@ -148,34 +222,85 @@ fn local_part_end(address: &[u8]) -> Option<usize> {
         return None;
     }
     let at = memchr::memrchr(b'@', address)?;
-    let local = &address[..at];
-    let atoms_ok = !local.is_empty()
-        && local
-            .split(|&b| b == b'.')
-            .all(|atom| !atom.is_empty() && atom.iter().all(|&b| is_atext(b)));
-    atoms_ok.then_some(at)
+    is_dot_string(&address[..at]).then_some(at)
 }
 
-/// RFC 5322 atext, plus UTF-8 octets (RFC 6531 §3.3; whether they are allowed at all is decided
-/// by the caller from the SMTPUTF8 parameter).
+/// RFC 5321 §4.1.2 Dot-string: atoms of atext joined by single dots.
+fn is_dot_string(local: &[u8]) -> bool {
+    let mut prev_dot = true;
+    for &b in local {
+        if b == b'.' {
+            if prev_dot {
+                return false;
+            }
+            prev_dot = true;
+        } else if is_atext(b) {
+            prev_dot = false;
+        } else {
+            return false;
+        }
+    }
+    !prev_dot
+}
+
+const ATEXT: u8 = 1;
+const LDH: u8 = 2;
+
+/// Character classes, one table lookup per octet: RFC 5322 atext and RFC 5321 Let-dig-hyp, both
+/// with UTF-8 octets (RFC 6531 §3.3; whether those are allowed at all is decided by the caller
+/// from the SMTPUTF8 parameter).
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() || c >= 0x80 {
+            t[b] = ATEXT | LDH;
+        }
+        b += 1;
+    }
+    let specials = b"!#$%&'*+-/=?^_`{|}~";
+    let mut i = 0;
+    while i < specials.len() {
+        t[specials[i] as usize] |= ATEXT;
+        i += 1;
+    }
+    t[b'-' as usize] |= LDH;
+    t
+};
+
 fn is_atext(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&b) || b >= 0x80
+    CLASS[b as usize] & ATEXT != 0
 }
 
 /// RFC 5321 §4.1.2 Domain: labels of letters, digits and hyphens, not starting or ending with
 /// a hyphen; U-labels (octets above 0x7f) are allowed here and gated by SMTPUTF8.
 fn is_domain(d: &[u8]) -> bool {
-    !d.is_empty()
-        && d.len() <= MAX_DOMAIN
-        && d.split(|&b| b == b'.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label.first() != Some(&b'-')
-                && label.last() != Some(&b'-')
-                && label
-                    .iter()
-                    .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b >= 0x80)
-        })
+    if d.is_empty() || d.len() > MAX_DOMAIN {
+        return false;
+    }
+    // Length of the current label, and whether its last octet was a hyphen.
+    let (mut label, mut hyphen) = (0usize, false);
+    for &b in d {
+        if b == b'.' {
+            if label == 0 || hyphen {
+                return false;
+            }
+            label = 0;
+        } else if CLASS[b as usize] & LDH != 0 {
+            hyphen = b == b'-';
+            if hyphen && label == 0 {
+                return false;
+            }
+            label += 1;
+            if label > 63 {
+                return false;
+            }
+        } else {
+            return false;
+        }
+    }
+    label > 0 && !hyphen
 }
 
 /// RFC 5321 §4.1.3 address literal: `[` dcontent `]`, checked for its character set only.
@@ -293,6 +418,23 @@ mod tests {
             parse_path(b"FROM:<j\xffrg@x>", b"FROM:", true),
             Err(PathError::Address)
         );
+    }
+
+    proptest::proptest! {
+        /// The one-pass fast path accepts only what the general path accepts, and finds the
+        /// same closing bracket.
+        #[test]
+        fn fast_path_agrees_with_the_general_path(
+            local in "[a-z0-9.!#$%&'*+/=?^_`{|}~-]{0,70}",
+            domain in "[a-zA-Z0-9.-]{0,70}",
+            at in proptest::bool::ANY,
+        ) {
+            let s = format!("<{local}{}{domain}>", if at { "@" } else { "" });
+            if let Some(close) = plain_mailbox(s.as_bytes()) {
+                proptest::prop_assert_eq!(path_end(s.as_bytes()), Some(close));
+                proptest::prop_assert!(check_mailbox(&s.as_bytes()[1..close]).is_ok(), "{}", s);
+            }
+        }
     }
 
     #[test]

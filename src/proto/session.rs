@@ -72,25 +72,27 @@ pub enum Commit<'a> {
     Failed,
 }
 
-/// HELO/EHLO name and the envelope of the current transaction. Buffers are reused between
-/// transactions, so a session allocates only while its largest envelope grows.
+/// HELO/EHLO name and the envelope of the current transaction, their text back to back in one
+/// buffer that is reused between transactions: a session allocates only while its largest
+/// envelope grows.
 #[derive(Debug, Default)]
 pub struct Envelope {
-    helo: Vec<u8>,
+    /// The HELO name, the reverse-path, the MAIL parameters, then each recipient.
+    text: Vec<u8>,
+    helo_end: usize,
+    from_end: usize,
+    params_end: usize,
+    rcpt_ends: Vec<usize>,
     esmtp: bool,
     mail: bool,
-    mail_from: Vec<u8>,
-    mail_params: Vec<u8>,
     params: MailParams,
-    rcpt_buf: Vec<u8>,
-    rcpt_ends: Vec<usize>,
     bdat: bool,
 }
 
 impl Envelope {
     /// The name the client gave in HELO or EHLO.
     pub fn helo(&self) -> &[u8] {
-        &self.helo
+        &self.text[..self.helo_end]
     }
     /// Whether the client greeted with EHLO (RFC 5321 §4.1.1.1).
     pub fn esmtp(&self) -> bool {
@@ -98,11 +100,11 @@ impl Envelope {
     }
     /// The reverse-path without brackets; empty for the null sender `<>`.
     pub fn mail_from(&self) -> &[u8] {
-        &self.mail_from
+        &self.text[self.helo_end..self.from_end]
     }
     /// The MAIL FROM parameters as the client sent them.
     pub fn mail_params(&self) -> &[u8] {
-        &self.mail_params
+        &self.text[self.from_end..self.params_end]
     }
     /// The MAIL FROM parameters, parsed.
     pub fn params(&self) -> MailParams {
@@ -110,9 +112,9 @@ impl Envelope {
     }
     /// The accepted recipients, without brackets.
     pub fn recipients(&self) -> impl Iterator<Item = &[u8]> {
-        let mut start = 0;
+        let mut start = self.params_end;
         self.rcpt_ends.iter().map(move |&end| {
-            let r = &self.rcpt_buf[start..end];
+            let r = &self.text[start..end];
             start = end;
             r
         })
@@ -120,13 +122,37 @@ impl Envelope {
     fn rcpt_count(&self) -> usize {
         self.rcpt_ends.len()
     }
+    fn set_helo(&mut self, name: &[u8], esmtp: bool) {
+        if self.text.capacity() == 0 {
+            // Room for a typical envelope in one allocation.
+            self.text.reserve(512);
+        }
+        self.text.clear();
+        self.text.extend_from_slice(name);
+        self.helo_end = self.text.len();
+        self.esmtp = esmtp;
+        self.reset();
+    }
+    fn set_mail(&mut self, address: &[u8], raw_params: &[u8], params: MailParams) {
+        self.text.truncate(self.helo_end);
+        self.text.extend_from_slice(address);
+        self.from_end = self.text.len();
+        self.text.extend_from_slice(raw_params);
+        self.params_end = self.text.len();
+        self.params = params;
+        self.mail = true;
+    }
+    fn add_rcpt(&mut self, address: &[u8]) {
+        self.text.extend_from_slice(address);
+        self.rcpt_ends.push(self.text.len());
+    }
     fn reset(&mut self) {
-        self.mail = false;
-        self.mail_from.clear();
-        self.mail_params.clear();
-        self.params = MailParams::default();
-        self.rcpt_buf.clear();
+        self.text.truncate(self.helo_end);
+        self.from_end = self.helo_end;
+        self.params_end = self.helo_end;
         self.rcpt_ends.clear();
+        self.params = MailParams::default();
+        self.mail = false;
         self.bdat = false;
     }
 }
@@ -230,6 +256,9 @@ impl Session {
                     body = fed.body;
                     if fed.done {
                         self.finish_data(out, stats);
+                    } else if fed.consumed == 0 {
+                        // The receiver needs the next byte to decide (`.<CR>` at the end).
+                        break;
                     }
                 }
                 State::Chunk {
@@ -449,25 +478,27 @@ impl Session {
         if line.is_empty() {
             return self.reply(Reply::EmptyLine, out, stats);
         }
-        if let Some(class) = classify_line(line, self.spoke_smtp) {
-            return self.non_smtp(class, out, stats);
-        }
-        if line.iter().any(|&b| b < 0x20 && b != b'\t' || b == 0x7f) {
-            return self.reply(Reply::IllegalChars, out, stats);
-        }
+        let (control, eight_bit) = scan_octets(line);
         let (word, arg) = match memchr(b' ', line) {
             Some(sp) => (&line[..sp], &line[sp + 1..]),
             None => (line, &line[line.len()..]),
         };
-        let eight_bit = line.iter().any(|&b| b >= 0x80);
         let Some(verb) = lookup(word) else {
-            if eight_bit {
+            // No HTTP method, SSH banner or header name is an SMTP verb, so other protocols
+            // are looked for only here, off the path of valid commands.
+            if let Some(class) = classify_line(line, self.spoke_smtp) {
+                return self.non_smtp(class, out, stats);
+            }
+            if control || eight_bit {
                 return self.reply(Reply::IllegalChars, out, stats);
             }
             write_unrecognized(out, word);
             stats.count(Reply::Unrecognized);
             return self.count_error(Reply::Unrecognized, out, stats);
         };
+        if control {
+            return self.reply(Reply::IllegalChars, out, stats);
+        }
         self.spoke_smtp = true;
         if eight_bit && !matches!(verb, Verb::Mail | Verb::Rcpt) {
             return self.reply(Reply::IllegalChars, out, stats);
@@ -517,9 +548,7 @@ impl Session {
         // RFC 5321 §4.1.4: HELO/EHLO also resets any transaction in progress.
         self.abort_transaction();
         self.greeted = true;
-        self.envelope.esmtp = esmtp;
-        self.envelope.helo.clear();
-        self.envelope.helo.extend_from_slice(name);
+        self.envelope.set_helo(name, esmtp);
         let settings = Arc::clone(&self.settings);
         let (reply, kind) = if esmtp {
             (&settings.ehlo, Reply::Ehlo)
@@ -562,11 +591,7 @@ impl Session {
         {
             return self.reply(Reply::SizeExceeded, out, stats);
         }
-        let env = &mut self.envelope;
-        env.mail = true;
-        env.mail_from.extend_from_slice(path.address);
-        env.mail_params.extend_from_slice(path.params);
-        env.params = params;
+        self.envelope.set_mail(path.address, path.params, params);
         self.reply(Reply::MailOk, out, stats);
     }
 
@@ -594,9 +619,7 @@ impl Session {
         if self.envelope.rcpt_count() >= self.settings.config.limits.max_recipients {
             return self.reply(Reply::TooManyRecipients, out, stats);
         }
-        let env = &mut self.envelope;
-        env.rcpt_buf.extend_from_slice(path.address);
-        env.rcpt_ends.push(env.rcpt_buf.len());
+        self.envelope.add_rcpt(path.address);
         self.reply(Reply::RcptOk, out, stats);
     }
 
@@ -752,6 +775,28 @@ fn sniff(line_start: bool, bytes: &[u8]) -> Option<NonSmtp> {
     binary.then_some(NonSmtp::Binary)
 }
 
+/// Whether a command line holds control characters (other than HT) or octets above 0x7f, eight
+/// bytes at a time (RFC 5321 §4.1.1: commands are printable US-ASCII).
+fn scan_octets(line: &[u8]) -> (bool, bool) {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let (mut low, mut high) = (0u64, 0u64);
+    let mut chunks = line.chunks_exact(8);
+    for chunk in &mut chunks {
+        let x = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        // A byte below 0x20 borrows in `x - 0x20…`; DEL is a zero byte of `x ^ 0x7f…`.
+        low |= (x.wrapping_sub(0x20 * ONES) & !x)
+            | ((x ^ (0x7f * ONES)).wrapping_sub(ONES) & !(x ^ (0x7f * ONES)));
+        high |= x;
+    }
+    let tail = chunks.remainder();
+    let eight_bit = high & HIGH != 0 || tail.iter().any(|&b| b >= 0x80);
+    let control = (low & HIGH != 0 || tail.iter().any(|&b| b < 0x20 || b == 0x7f))
+        // The word test cannot tell HT from other controls; HT is allowed, so look closer.
+        && line.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f);
+    (control, eight_bit)
+}
+
 const HTTP_METHODS: [&[u8]; 9] = [
     b"GET ",
     b"POST ",
@@ -840,6 +885,63 @@ mod tests {
                 }
             }
         }
+    }
+
+    proptest! {
+        #[test]
+        fn octet_scan_matches_the_definition(line in proptest::collection::vec(any::<u8>(), 0..40)) {
+            let control = line.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f);
+            let eight_bit = line.iter().any(|&b| b >= 0x80);
+            prop_assert_eq!(scan_octets(&line), (control, eight_bit));
+        }
+    }
+
+    #[test]
+    fn envelope_describes_the_message() {
+        let t0 = Instant::now();
+        let (mut out, mut stats) = (Vec::new(), Stats::default());
+        let mut s = Session::new(Settings::new(ProtoConfig::default()), t0, &mut out, &mut stats);
+        let input = b"EHLO client.example\r\nMAIL FROM:<a@b.example> SIZE=10 BODY=8BITMIME\r\n\
+            RCPT TO:<c@d.example>\r\nRCPT TO:<e@f.example>\r\nDATA\r\n";
+        assert_eq!(
+            s.handle_input(t0, input, &mut out, &mut stats).consumed,
+            input.len()
+        );
+        assert_eq!(s.poll_event(), Some(Event::MessageStart));
+        let env = s.envelope();
+        assert_eq!(env.helo(), b"client.example");
+        assert!(env.esmtp());
+        assert_eq!(env.mail_from(), b"a@b.example");
+        assert_eq!(env.mail_params(), b"SIZE=10 BODY=8BITMIME");
+        assert_eq!(
+            env.params(),
+            MailParams {
+                size: Some(10),
+                eight_bit_mime: true,
+                smtputf8: false
+            }
+        );
+        let rcpts: Vec<&[u8]> = env.recipients().collect();
+        assert_eq!(rcpts, [&b"c@d.example"[..], b"e@f.example"]);
+        assert_eq!(
+            s.handle_input(t0, b".\r\nMAIL FROM:<>\r\n", &mut out, &mut stats)
+                .consumed,
+            3
+        );
+        assert_eq!(s.poll_event(), Some(Event::MessageEnd));
+        s.handle_commit(t0, Commit::Queued("Q"), &mut out, &mut stats);
+        assert_eq!(
+            s.handle_input(t0, b"MAIL FROM:<>\r\n", &mut out, &mut stats)
+                .consumed,
+            14
+        );
+        assert_eq!(
+            s.envelope().helo(),
+            b"client.example",
+            "the HELO name outlives transactions"
+        );
+        assert_eq!(s.envelope().mail_from(), b"");
+        assert_eq!(s.envelope().recipients().count(), 0);
     }
 
     #[test]

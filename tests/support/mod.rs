@@ -91,6 +91,10 @@ pub fn drive<'a>(config: &ProtoConfig, chunks: impl IntoIterator<Item = &'a [u8]
             assert!(steps < 10_000_000, "session does not make progress");
             let progress = session.handle_input(now, &pending, &mut output, &mut stats);
             let n = progress.consumed;
+            assert!(
+                n > 0 || progress.body.is_empty(),
+                "content handed out without consuming input"
+            );
             if !progress.body.is_empty() {
                 current
                     .as_mut()
