@@ -3,9 +3,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use ringmx::config::BareLf;
-use ringmx::proto::DataReceiver;
+use ringmx::proto::{DataReceiver, Flaw};
 
-fn run(input: &[u8], step: usize) -> (Vec<u8>, usize, bool) {
+fn run(input: &[u8], step: usize) -> (Vec<u8>, usize, bool, Option<Flaw>) {
     let mut receiver = DataReceiver::new(1000, 1 << 20, BareLf::Normalize);
     let mut out = Vec::new();
     let (mut pos, mut end) = (0, 0);
@@ -16,7 +16,7 @@ fn run(input: &[u8], step: usize) -> (Vec<u8>, usize, bool) {
         out.extend_from_slice(fed.body);
         pos += fed.consumed;
         if fed.done {
-            return (out, pos, true);
+            return finish(out, pos, true, receiver.flaw());
         }
         if fed.consumed == 0 {
             if end == input.len() {
@@ -25,7 +25,13 @@ fn run(input: &[u8], step: usize) -> (Vec<u8>, usize, bool) {
             end += step;
         }
     }
-    (out, pos, false)
+    finish(out, pos, false, receiver.flaw())
+}
+
+/// Content handed out before a flaw showed depends on the split, and a flawed message is
+/// discarded whole: only a clean message's content is compared.
+fn finish(out: Vec<u8>, pos: usize, done: bool, flaw: Option<Flaw>) -> (Vec<u8>, usize, bool, Option<Flaw>) {
+    (if flaw.is_none() { out } else { Vec::new() }, pos, done, flaw)
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -33,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
     let whole = run(input, input.len().max(1));
     let split = run(input, usize::from(knob) + 1);
     assert_eq!(whole, split);
-    let (content, consumed, done) = whole;
+    let (content, consumed, done, _) = whole;
     if done {
         assert!(input[..consumed].ends_with(b"\r\n.\r\n") || consumed == 3);
         // Normalized content has no bare LF, so nothing downstream can see an end of data in it.

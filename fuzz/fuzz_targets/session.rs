@@ -11,20 +11,26 @@ fn run(config: &ProtoConfig, input: &[u8], step: usize) -> (Vec<u8>, u64) {
     let (mut out, mut stats) = (Vec::new(), Stats::default());
     let mut session = Session::new(Settings::new(config.clone()), now, &mut out, &mut stats);
     let mut pending = Vec::new();
-    let mut body_bytes = 0u64;
+    // Content of committed messages only: how much of a refused message was handed out
+    // before its flaw showed depends on the split, and it is discarded anyway.
+    let (mut body_bytes, mut current) = (0u64, 0u64);
     for chunk in input.chunks(step.max(1)) {
         pending.extend_from_slice(chunk);
         loop {
             let progress = session.handle_input(now, &pending, &mut out, &mut stats);
             let n = progress.consumed;
-            body_bytes += progress.body.len() as u64;
+            current += progress.body.len() as u64;
             pending.drain(..n);
             let mut evented = false;
             while let Some(event) = session.poll_event() {
                 evented = true;
                 match event {
-                    Event::MessageEnd => session.handle_commit(now, Commit::Queued("F"), &mut out, &mut stats),
-                    Event::MessageStart | Event::MessageAbort | Event::Close => {}
+                    Event::MessageEnd => {
+                        body_bytes += std::mem::take(&mut current);
+                        session.handle_commit(now, Commit::Queued("F"), &mut out, &mut stats);
+                    }
+                    Event::MessageStart | Event::MessageAbort => current = 0,
+                    Event::Close => {}
                 }
             }
             if n == 0 && !evented {

@@ -10,13 +10,14 @@ use memchr::memchr_iter;
 
 /// Why a message is refused once its end has been seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Flaw {
     /// More octets than the size limit (552 5.3.4, RFC 1870).
-    TooBig,
+    TooBig = 1,
     /// A text line over the line limit (RFC 5321 §4.5.3.1.6).
-    LineTooLong,
+    LineTooLong = 2,
     /// A bare LF under the `reject` policy.
-    BareLf,
+    BareLf = 4,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,7 +180,8 @@ pub struct DataReceiver {
     max_line: usize,
     max_size: u64,
     bare_lf: BareLf,
-    flaw: Option<Flaw>,
+    /// Bit set of the [`Flaw`]s seen.
+    flaws: u8,
 }
 
 /// What one call to [`DataReceiver::feed`] did.
@@ -205,30 +207,31 @@ impl DataReceiver {
             max_line,
             max_size,
             bare_lf,
-            flaw: None,
+            flaws: 0,
         }
     }
 
-    /// The first limit the message broke, if any; it is then no longer handed out.
+    /// The limit the message broke, if any (content is then no longer handed out). When it
+    /// broke several, the reply names the first of: size, line length, bare LF — a fixed
+    /// order, so the reply does not depend on how the input was split.
     pub fn flaw(&self) -> Option<Flaw> {
-        self.flaw
+        [Flaw::TooBig, Flaw::LineTooLong, Flaw::BareLf]
+            .into_iter()
+            .find(|&f| self.flaws & f as u8 != 0)
     }
 
     fn flag(&mut self, flaw: Flaw) {
-        if self.flaw.is_none() {
-            self.flaw = Some(flaw);
-        }
+        self.flaws |= flaw as u8;
     }
 
-    /// Accounts for `piece` as content and hands it out, unless the message is refused.
+    /// Accounts for `piece` as content and hands it out, unless the message is refused. The
+    /// size is counted exactly even then, so a refused message still gets the right reply.
     fn piece<'a>(&mut self, consumed: usize, piece: &'a [u8]) -> Fed<'a> {
-        if self.flaw.is_none() {
-            self.size += piece.len() as u64;
-            if self.size > self.max_size {
-                self.flaw = Some(Flaw::TooBig);
-            }
+        self.size += piece.len() as u64;
+        if self.size > self.max_size {
+            self.flag(Flaw::TooBig);
         }
-        let body = if self.flaw.is_none() { piece } else { &[] };
+        let body = if self.flaws == 0 { piece } else { &[] };
         Fed {
             consumed,
             body,
@@ -322,8 +325,6 @@ impl DataReceiver {
         let mut i = 0;
         // Start of the piece: past a stuffing dot dropped in this call.
         let mut start = 0;
-        // While the message is refused nothing is handed out, so edits need not end a piece.
-        let emitting = self.flaw.is_none();
         loop {
             match self.state {
                 State::LineStart => {
@@ -333,7 +334,7 @@ impl DataReceiver {
                     if input[i] != b'.' {
                         self.state = State::Text;
                         self.pending_cr = false;
-                    } else if i > start && emitting {
+                    } else if i > start {
                         // The piece ends before the dot; the dot is looked at in the next call.
                         break;
                     } else {
@@ -352,7 +353,7 @@ impl DataReceiver {
                             let lf = i + off;
                             self.after_crlf = false;
                             match self.bare_lf {
-                                BareLf::Normalize if emitting && lf > start => {
+                                BareLf::Normalize if lf > start => {
                                     // Hand out the piece before the bare LF; the LF is
                                     // normalized in the next call.
                                     self.line_len += off;
