@@ -3,7 +3,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ringmx::config::{BareLf, ProtoConfig};
 use ringmx::proto::{Commit, DataReceiver, Event, Session, Settings, Stats};
-use ringmx_bench::{command_stream, data_stream};
+use ringmx_bench::{command_stream, data_stream, plain_data_stream};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -96,13 +96,21 @@ fn commands(c: &mut Criterion) {
 }
 
 fn data(c: &mut Criterion) {
-    let stream = data_stream(1 << 20);
+    for (name, stream) in [
+        ("1MiB", data_stream(1 << 20)),
+        ("1MiB-unstuffed", plain_data_stream(1 << 20)),
+    ] {
+        data_group(c, name, &stream);
+    }
+}
+
+fn data_group(c: &mut Criterion, name: &str, stream: &[u8]) {
     let mut group = c.benchmark_group("data");
     group.throughput(Throughput::Bytes(stream.len() as u64));
     let mut out = Vec::with_capacity(stream.len());
     // ringmx hands the content out as slices of its input (no copy); smtp-proto copies it
     // into a buffer. Both find the end and remove the stuffing dots.
-    group.bench_with_input(BenchmarkId::new("ringmx", "1MiB"), &stream, |b, s| {
+    group.bench_with_input(BenchmarkId::new("ringmx", name), stream, |b, s| {
         b.iter(|| {
             let mut receiver = DataReceiver::new(1000, 1 << 30, BareLf::Normalize);
             let (mut pos, mut content) = (0, 0);
@@ -116,7 +124,7 @@ fn data(c: &mut Criterion) {
             }
         })
     });
-    group.bench_with_input(BenchmarkId::new("smtp-proto", "1MiB"), &stream, |b, s| {
+    group.bench_with_input(BenchmarkId::new("smtp-proto", name), stream, |b, s| {
         b.iter(|| {
             out.clear();
             let mut receiver = smtp_proto::request::receiver::DataReceiver::new();
@@ -126,11 +134,11 @@ fn data(c: &mut Criterion) {
     });
     // The "bare scan for LF": memchr's iterator count, which counts matches with SIMD
     // without visiting them one by one.
-    group.bench_with_input(BenchmarkId::new("memchr", "1MiB"), &stream, |b, s| {
+    group.bench_with_input(BenchmarkId::new("memchr", name), stream, |b, s| {
         b.iter(|| memchr::memchr_iter(b'\n', black_box(s)).count())
     });
     // What any line-aware parser must at least do: visit every line end.
-    group.bench_with_input(BenchmarkId::new("memchr-visit", "1MiB"), &stream, |b, s| {
+    group.bench_with_input(BenchmarkId::new("memchr-visit", name), stream, |b, s| {
         b.iter(|| memchr::memchr_iter(b'\n', black_box(s)).fold(0usize, |acc, lf| acc ^ lf))
     });
     group.finish();

@@ -4,6 +4,15 @@
 /// one in eight of them starting with a dot (so they are dot-stuffed on the wire).
 /// Returns the wire form, ending with the `.` line that ends the data.
 pub fn data_stream(size: usize) -> Vec<u8> {
+    body_stream(size, true)
+}
+
+/// The same body without any line that starts with a dot, as most real mail is.
+pub fn plain_data_stream(size: usize) -> Vec<u8> {
+    body_stream(size, false)
+}
+
+fn body_stream(size: usize, stuffed: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(size + 128);
     out.extend_from_slice(
         b"From: <sender@example.org>\r\nTo: <rcpt@example.net>\r\nSubject: benchmark\r\n\r\n",
@@ -20,7 +29,7 @@ pub fn data_stream(size: usize) -> Vec<u8> {
     ];
     let mut line = 0usize;
     while out.len() < size {
-        if line % 8 == 7 {
+        if stuffed && line % 8 == 7 {
             out.extend_from_slice(b"..");
         }
         let mut len = 0;

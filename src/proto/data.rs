@@ -121,11 +121,14 @@ fn scan_blocks_sse2(hay: &[u8], b: &mut Blocks) {
 /// starting with a dot costs a few instructions, however many lines it ends.
 #[inline(always)]
 fn run_blocks(hay: &[u8], b: &mut Blocks, masks: impl Fn(&[u8; 64]) -> (u64, u64, u64)) {
-    while b.p + 64 < hay.len() {
-        let block: &[u8; 64] = hay[b.p..b.p + 64].try_into().expect("64 bytes");
+    // Locals, written back once, so the loop runs in registers.
+    let (mut p, mut line, mut carry, mut longest) = (b.p, b.line, b.carry, b.longest);
+    let (mut pending_cr, mut after_lf, mut saw_lf) = (b.pending_cr, b.after_lf, b.saw_lf);
+    while p + 64 < hay.len() {
+        let block: &[u8; 64] = hay[p..p + 64].try_into().expect("64 bytes");
         let (lf, cr, dot) = masks(block);
-        let bare = lf & !((cr << 1) | u64::from(b.pending_cr));
-        let dot_start = ((lf << 1) | u64::from(b.after_lf)) & dot;
+        let bare = lf & !((cr << 1) | u64::from(pending_cr));
+        let dot_start = ((lf << 1) | u64::from(after_lf)) & dot;
         let events = bare | dot_start;
         let before = if events == 0 {
             lf
@@ -133,27 +136,29 @@ fn run_blocks(hay: &[u8], b: &mut Blocks, masks: impl Fn(&[u8; 64]) -> (u64, u64
             lf & ((1u64 << events.trailing_zeros()) - 1)
         };
         if before != 0 {
-            b.longest = b
-                .longest
-                .max(b.carry + b.p + before.trailing_zeros() as usize + 1 - b.line);
-            b.carry = 0;
-            b.line = b.p + 64 - before.leading_zeros() as usize;
-            b.saw_lf = true;
+            // Only the first line end of a block can close a long line: the others are
+            // less than 64 octets from the previous one.
+            longest = longest.max(carry + p + before.trailing_zeros() as usize + 1 - line);
+            carry = 0;
+            line = p + 64 - before.leading_zeros() as usize;
+            saw_lf = true;
         }
         if events != 0 {
             let at = events.trailing_zeros();
             b.stop = Some(if dot_start >> at & 1 == 1 {
                 Stop::LineStart
             } else {
-                Stop::BareLf(b.p + at as usize - b.line)
+                Stop::BareLf(p + at as usize - line)
             });
-            b.pending_cr = b.pending_cr && b.line == 0;
-            return;
+            pending_cr = pending_cr && line == 0;
+            break;
         }
-        b.pending_cr = cr >> 63 == 1;
-        b.after_lf = lf >> 63 == 1;
-        b.p += 64;
+        pending_cr = cr >> 63 == 1;
+        after_lf = lf >> 63 == 1;
+        p += 64;
     }
+    (b.p, b.line, b.carry, b.longest) = (p, line, carry, longest);
+    (b.pending_cr, b.after_lf, b.saw_lf) = (pending_cr, after_lf, saw_lf);
 }
 
 /// Where [`DataReceiver::scan_lines`] stopped.
