@@ -285,6 +285,7 @@ impl Session {
                 State::AwaitCommit => break,
                 State::Closed => i = input.len(),
             }
+            self.drain_if_idle(out, stats);
         }
         if i > 0 {
             self.touch(now);
@@ -331,7 +332,7 @@ impl Session {
         }
         self.envelope.reset();
         self.state = State::Command;
-        self.end_transaction(out, stats);
+        self.drain_if_idle(out, stats);
         self.touch(now);
     }
 
@@ -357,10 +358,7 @@ impl Session {
     /// transaction may finish it and closes after its final reply.
     pub fn handle_shutdown(&mut self, out: &mut Vec<u8>, stats: &mut Stats) {
         self.draining = true;
-        if matches!(self.state, State::Command) && !self.envelope.mail {
-            self.reply(Reply::ShuttingDown, out, stats);
-            self.close();
-        }
+        self.drain_if_idle(out, stats);
     }
 
     fn touch(&mut self, now: Instant) {
@@ -515,7 +513,6 @@ impl Session {
                 }
                 self.abort_transaction();
                 self.reply(Reply::Ok, out, stats);
-                self.end_transaction(out, stats);
             }
             Verb::Noop => self.reply(Reply::Ok, out, stats),
             Verb::Quit => {
@@ -720,7 +717,6 @@ impl Session {
                     out,
                     stats,
                 );
-                self.end_transaction(out, stats);
             }
         }
     }
@@ -746,9 +742,10 @@ impl Session {
         self.envelope.reset();
     }
 
-    /// After a transaction's final reply: a draining session now says goodbye.
-    fn end_transaction(&mut self, out: &mut Vec<u8>, stats: &mut Stats) {
-        if self.draining && !matches!(self.state, State::Closed) {
+    /// A draining session says goodbye as soon as no transaction is in progress: after the
+    /// final reply of its transaction, or after any command outside one.
+    fn drain_if_idle(&mut self, out: &mut Vec<u8>, stats: &mut Stats) {
+        if self.draining && matches!(self.state, State::Command) && !self.envelope.mail {
             self.reply(Reply::ShuttingDown, out, stats);
             self.close();
         }
@@ -1027,5 +1024,27 @@ mod tests {
         );
         assert_eq!(busy.poll_event(), Some(Event::Close));
         assert_eq!(stats.messages, 1);
+
+        // Inside a refused BDAT chunk: the chunk is read, answered, then the session ends.
+        let mut chunk = Session::new(Settings::new(ProtoConfig::default()), t0, &mut out, &mut stats);
+        let input = b"EHLO x\r\nBDAT 4\r\nab";
+        assert_eq!(
+            chunk.handle_input(t0, input, &mut out, &mut stats).consumed,
+            input.len()
+        );
+        out.clear();
+        chunk.handle_shutdown(&mut out, &mut stats);
+        assert!(out.is_empty());
+        assert_eq!(
+            chunk
+                .handle_input(t0, b"cdNOOP\r\n", &mut out, &mut stats)
+                .consumed,
+            2
+        );
+        assert_eq!(
+            out,
+            b"503 5.5.1 Error: need MAIL command\r\n421 4.3.2 Service shutting down\r\n"
+        );
+        assert_eq!(chunk.poll_event(), Some(Event::Close));
     }
 }
