@@ -174,8 +174,7 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         (lower.as_str(), 1)
     };
     let v: usize = num.parse().map_err(|_| format!("bad size {s:?}"))?;
-    v.checked_mul(mult)
-        .ok_or_else(|| format!("size {s:?} too large"))
+    v.checked_mul(mult).ok_or_else(|| format!("size {s:?} too large"))
 }
 
 /// Message sizes below this cannot hold the fixed headers; above it memory use gets silly.
@@ -200,11 +199,7 @@ pub fn parse_size_range(s: &str) -> Result<(usize, usize), String> {
 }
 
 fn parse_rcpts(s: &str) -> Result<(u32, u32), String> {
-    let p = |x: &str| {
-        x.trim()
-            .parse::<u32>()
-            .map_err(|_| format!("bad rcpts {s:?}"))
-    };
+    let p = |x: &str| x.trim().parse::<u32>().map_err(|_| format!("bad rcpts {s:?}"));
     let (lo, hi) = match s.split_once(':') {
         Some((a, b)) => (p(a)?, p(b)?),
         None => (p(s)?, p(s)?),
@@ -436,9 +431,7 @@ mod tests {
     fn args(extra: &[&str]) -> Result<Config, String> {
         let mut v = vec!["ringmx-loadgen"];
         v.extend_from_slice(extra);
-        Args::try_parse_from(v)
-            .map_err(|e| e.to_string())?
-            .into_config()
+        Args::try_parse_from(v).map_err(|e| e.to_string())?.into_config()
     }
 
     #[test]
@@ -464,15 +457,7 @@ mod tests {
         assert_eq!(c.duration, Some(Duration::from_secs(10)));
         assert_eq!(c.messages_per_session, 1);
         assert_eq!(c.timeout, Duration::from_secs(10));
-        let c = args(&[
-            "--target",
-            "127.0.0.1:25",
-            "--rate",
-            "100",
-            "--sessions",
-            "5",
-        ])
-        .unwrap();
+        let c = args(&["--target", "127.0.0.1:25", "--rate", "100", "--sessions", "5"]).unwrap();
         assert_eq!(c.rate, Some(100.0));
         assert_eq!(c.duration, None);
         assert_eq!(c.sessions, Some(5));

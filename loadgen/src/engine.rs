@@ -21,8 +21,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::cli::Config;
 use crate::reply::{ehlo_caps, parse_reply, Caps, Parse};
 use crate::script::{
-    self, Class, Cmd, Corpus, Expect, Phase, Piece, Rng, ScriptOpts, SessionKind, Step, CLASSES,
-    STEP_COUNT,
+    self, Class, Cmd, Corpus, Expect, Phase, Piece, Rng, ScriptOpts, SessionKind, Step, CLASSES, STEP_COUNT,
 };
 use crate::stats::{Counters, PhaseHists};
 
@@ -168,12 +167,7 @@ struct Worker {
     record: bool,
 }
 
-pub fn run_worker(
-    id: usize,
-    shared: Arc<Shared>,
-    slots: usize,
-    tx: Sender<Report>,
-) -> io::Result<()> {
+pub fn run_worker(id: usize, shared: Arc<Shared>, slots: usize, tx: Sender<Report>) -> io::Result<()> {
     let now = Instant::now();
     let cfg = &shared.cfg;
     let open_loop = cfg.rate.is_some();
@@ -209,9 +203,7 @@ impl Worker {
         let mut events = Events::with_capacity(1024);
         let start = shared.start;
         // Open loop: this worker's share of the schedule, interleaved with the others.
-        let period = cfg
-            .rate
-            .map(|r| Duration::from_secs_f64(cfg.threads as f64 / r));
+        let period = cfg.rate.map(|r| Duration::from_secs_f64(cfg.threads as f64 / r));
         // Start times are computed from the session index, not accumulated, so float
         // rounding cannot drift the schedule.
         let offset = cfg.rate.map_or(0.0, |r| self.id as f64 / r);
@@ -222,8 +214,7 @@ impl Worker {
         let mut exhausted = false;
         let mut interval = 0u64;
         let mut next_report = start + Duration::from_secs(1);
-        let scan_every =
-            (cfg.timeout / 20).clamp(Duration::from_millis(1), Duration::from_millis(50));
+        let scan_every = (cfg.timeout / 20).clamp(Duration::from_millis(1), Duration::from_millis(50));
         let mut next_scan = start + scan_every;
         let mut starting = true;
         let mut drain_until: Option<Instant> = None;
@@ -337,11 +328,7 @@ impl Worker {
     }
 
     fn report(&mut self, tx: &Sender<Report>, interval: u64, done: Option<u64>) {
-        let caps = if self.caps_reported {
-            None
-        } else {
-            self.caps_seen
-        };
+        let caps = if self.caps_reported { None } else { self.caps_seen };
         self.caps_reported |= caps.is_some();
         let r = Report {
             worker: self.id,
@@ -360,8 +347,7 @@ impl Worker {
     }
 
     fn record(&mut self, phase: Phase, uncorrected_us: u64, lag_us: u64) {
-        self.corrected.0[phase as usize]
-            .saturating_record(uncorrected_us.saturating_add(lag_us).max(1));
+        self.corrected.0[phase as usize].saturating_record(uncorrected_us.saturating_add(lag_us).max(1));
         if let Some(u) = &mut self.uncorrected {
             u.0[phase as usize].saturating_record(uncorrected_us.max(1));
         }
@@ -630,12 +616,7 @@ impl Worker {
                     .plan
                     .get(c.acked.min(c.plan.len().saturating_sub(1)))
                     .map_or(Step::Quit, |x| x.step);
-                self.mismatch(
-                    slot,
-                    step,
-                    "reply to no command (unsolicited or extra)",
-                    now,
-                );
+                self.mismatch(slot, step, "reply to no command (unsolicited or extra)", now);
                 return false;
             }
             let cmd = c.plan[c.acked];
@@ -704,19 +685,11 @@ impl Worker {
         for slot in 0..self.conns.len() {
             let c = &self.conns[slot];
             if c.state != State::Idle && now >= c.deadline {
-                if c.state == State::Running
-                    && c.plan
-                        .get(c.acked)
-                        .is_some_and(|x| x.expect == Expect::Close)
+                if c.state == State::Running && c.plan.get(c.acked).is_some_and(|x| x.expect == Expect::Close)
                 {
                     // The server answered but never closed: that breaks the rule for
                     // non-SMTP input, it is not a slow server.
-                    self.mismatch(
-                        slot,
-                        Step::Close,
-                        "connection not closed within the timeout",
-                        now,
-                    );
+                    self.mismatch(slot, Step::Close, "connection not closed within the timeout", now);
                 } else {
                     self.end_session(slot, Some(Failure::Timeout), now);
                 }
@@ -771,8 +744,7 @@ impl Worker {
         match failure {
             None => {
                 cc.ok += 1;
-                self.corrected.0[Phase::Session as usize]
-                    .saturating_record(micros(now - intended).max(1));
+                self.corrected.0[Phase::Session as usize].saturating_record(micros(now - intended).max(1));
                 if let Some(u) = &mut self.uncorrected {
                     u.0[Phase::Session as usize].saturating_record(micros(now - started).max(1));
                 }
@@ -794,9 +766,7 @@ fn append_transcript(t: &mut Vec<u8>, prefix: &[u8], b: &[u8]) {
     t.extend_from_slice(prefix);
     if b.len() > TRANSCRIPT_PIECE {
         t.extend(b[..TRANSCRIPT_PIECE].escape_ascii());
-        t.extend_from_slice(
-            format!(" ... [{} more octets]\n", b.len() - TRANSCRIPT_PIECE).as_bytes(),
-        );
+        t.extend_from_slice(format!(" ... [{} more octets]\n", b.len() - TRANSCRIPT_PIECE).as_bytes());
     } else {
         t.extend(b.escape_ascii());
         t.push(b'\n');

@@ -132,9 +132,7 @@ pub fn run(cfg: &Config, corpus: &Arc<Corpus>) -> Result<Collected, String> {
     let mut hlog = match hlog_file.as_mut() {
         Some(f) => Some(
             IntervalLogWriterBuilder::new()
-                .add_comment(
-                    "ringmx-loadgen interval log: corrected latency per phase, tag = phase",
-                )
+                .add_comment("ringmx-loadgen interval log: corrected latency per phase, tag = phase")
                 .add_comment("values in microseconds; max column in milliseconds")
                 .with_start_time(start_wall)
                 .with_base_time(start_wall)
@@ -179,8 +177,7 @@ pub fn run(cfg: &Config, corpus: &Arc<Corpus>) -> Result<Collected, String> {
                 break;
             }
             let (i, p) = pending.pop_first().expect("checked non-empty");
-            let len = (end.max(start + std::time::Duration::from_secs(i)) - start).as_secs_f64()
-                - i as f64;
+            let len = (end.max(start + std::time::Duration::from_secs(i)) - start).as_secs_f64() - i as f64;
             let secs = if done.iter().all(|d| *d) && pending.is_empty() {
                 len.clamp(0.001, 1.0)
             } else {

@@ -38,11 +38,7 @@ fn line_code(line: &[u8]) -> Option<u16> {
     if !(b'2'..=b'5').contains(&line[0]) {
         return None;
     }
-    Some(
-        u16::from(line[0] - b'0') * 100
-            + u16::from(line[1] - b'0') * 10
-            + u16::from(line[2] - b'0'),
-    )
+    Some(u16::from(line[0] - b'0') * 100 + u16::from(line[1] - b'0') * 10 + u16::from(line[2] - b'0'))
 }
 
 /// RFC 3463: `class.subject.detail`, class 2, 4 or 5, subject and detail 1-3 digits.
@@ -207,10 +203,7 @@ mod tests {
 
     #[test]
     fn enhanced_codes() {
-        assert_eq!(
-            complete(b"550 5.1.1 no such user\r\n").enhanced_class,
-            Some(5)
-        );
+        assert_eq!(complete(b"550 5.1.1 no such user\r\n").enhanced_class, Some(5));
         assert_eq!(complete(b"451 4.3.0 later\r\n").enhanced_class, Some(4));
         assert_eq!(complete(b"250 2.0.0\r\n").enhanced_class, Some(2));
         assert_eq!(complete(b"250 2.0.0x\r\n").enhanced_class, None);
@@ -229,14 +222,8 @@ mod tests {
 
     #[test]
     fn invalid() {
-        assert!(matches!(
-            parse_reply(b"HTTP/1.1 400 Bad\r\n"),
-            Parse::Invalid(_)
-        ));
-        assert!(matches!(
-            parse_reply(b"250-a\r\n251 b\r\n"),
-            Parse::Invalid(_)
-        ));
+        assert!(matches!(parse_reply(b"HTTP/1.1 400 Bad\r\n"), Parse::Invalid(_)));
+        assert!(matches!(parse_reply(b"250-a\r\n251 b\r\n"), Parse::Invalid(_)));
         assert!(matches!(parse_reply(b"250xa\r\n"), Parse::Invalid(_)));
         assert!(matches!(parse_reply(b"150 x\r\n"), Parse::Invalid(_)));
         let long = vec![b'2'; MAX_REPLY_LINE + 10];

@@ -262,7 +262,11 @@ impl Summary {
         let _ = writeln!(
             s,
             "\nsessions: {} started, {} ok, {} failed, {} aborted at end, {} never started (backlog)",
-            self.sessions.started, self.sessions.ok, self.sessions.failed, self.sessions.aborted, self.sessions.backlog
+            self.sessions.started,
+            self.sessions.ok,
+            self.sessions.failed,
+            self.sessions.aborted,
+            self.sessions.backlog
         );
         let _ = writeln!(
             s,
@@ -320,11 +324,7 @@ pub fn hgrm(h: &Histogram<u64>) -> String {
             let q = v.quantile_iterated_to();
             let value = v.value_iterated_to() as f64 / scale;
             if q < 1.0 {
-                let _ = writeln!(
-                    s,
-                    "{value:12.d$} {q:2.12} {total:10} {:14.2}",
-                    1.0 / (1.0 - q)
-                );
+                let _ = writeln!(s, "{value:12.d$} {q:2.12} {total:10} {:14.2}", 1.0 / (1.0 - q));
             } else {
                 let _ = writeln!(s, "{value:12.d$} {q:2.12} {total:10}");
             }
@@ -354,14 +354,11 @@ pub fn hgrm(h: &Histogram<u64>) -> String {
 }
 
 const COLORS: [&str; 9] = [
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-    "#17becf",
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf",
 ];
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 /// One chart panel: axes, grid labels, polylines and a legend.
@@ -520,10 +517,7 @@ pub fn percentile_series(h: &Histogram<u64>) -> Vec<(f64, f64)> {
         if q >= 0.999_999 {
             break;
         }
-        pts.push((
-            (1.0 / (1.0 - q)).log10(),
-            v.value_iterated_to() as f64 / 1000.0,
-        ));
+        pts.push(((1.0 / (1.0 - q)).log10(), v.value_iterated_to() as f64 / 1000.0));
     }
     pts.push((
         6.0_f64.min(pts.last().map_or(0.0, |p| p.0 + 0.3)),
@@ -600,10 +594,7 @@ mod tests {
         let text = hgrm(&h);
         let mut lines = text.lines();
         let head: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
-        assert_eq!(
-            head,
-            ["Value", "Percentile", "TotalCount", "1/(1-Percentile)"]
-        );
+        assert_eq!(head, ["Value", "Percentile", "TotalCount", "1/(1-Percentile)"]);
         assert_eq!(lines.next(), Some(""));
         let rows: Vec<Vec<f64>> = text
             .lines()

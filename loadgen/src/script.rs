@@ -276,8 +276,7 @@ impl Rng {
     }
 }
 
-const TEXT: &[u8] =
-    b"the quick brown fox jumps over the lazy dog while ringmx measures every reply ";
+const TEXT: &[u8] = b"the quick brown fox jumps over the lazy dog while ringmx measures every reply ";
 
 /// Render a message of exactly `size` octets: RFC 5322 headers, then text lines of at
 /// most 78 characters, every seventh starting with '.' so dot-stuffing is exercised.
@@ -494,12 +493,7 @@ fn cmd(piece: Piece, expect: Expect, step: Step, phase: Option<Phase>) -> Cmd {
 }
 
 fn quit() -> Cmd {
-    cmd(
-        Piece::Quit,
-        Expect::Code(221),
-        Step::Quit,
-        Some(Phase::Quit),
-    )
+    cmd(Piece::Quit, Expect::Code(221), Step::Quit, Some(Phase::Quit))
 }
 
 /// The banner and greeting part, before the server's extensions are known.
@@ -519,12 +513,7 @@ pub fn prelude(kind: SessionKind, plan: &mut Vec<Cmd>) {
                 Step::NonsmtpTls,
                 Step::NonsmtpBinary,
             ][usize::from(kind.variant)];
-            plan.push(cmd(
-                Piece::Nonsmtp(kind.variant),
-                Expect::FiveOrClose,
-                step,
-                None,
-            ));
+            plan.push(cmd(Piece::Nonsmtp(kind.variant), Expect::FiveOrClose, step, None));
             plan.push(cmd(Piece::Nothing, Expect::Close, Step::Close, None));
             return;
         }
@@ -533,12 +522,7 @@ pub fn prelude(kind: SessionKind, plan: &mut Vec<Cmd>) {
         }
         _ => {}
     }
-    plan.push(cmd(
-        Piece::Ehlo,
-        Expect::Code(250),
-        Step::Ehlo,
-        Some(Phase::Ehlo),
-    ));
+    plan.push(cmd(Piece::Ehlo, Expect::Code(250), Step::Ehlo, Some(Phase::Ehlo)));
 }
 
 /// One mail transaction; `pipelined` groups MAIL..DATA (or MAIL..BDAT) in one write.
@@ -551,12 +535,7 @@ fn transaction(plan: &mut Vec<Cmd>, o: &ScriptOpts, rng: &mut Rng, pipelined: bo
     let body = rng.below(o.body_count);
     let n = rng.range(o.rcpts.0, o.rcpts.1);
     let first = rng.below((RCPT_POOL as u32) - n + 1);
-    let mut c = cmd(
-        Piece::Mail,
-        Expect::Code(250),
-        Step::Mail,
-        Some(Phase::Mail),
-    );
+    let mut c = cmd(Piece::Mail, Expect::Code(250), Step::Mail, Some(Phase::Mail));
     c.flush = !pipelined;
     plan.push(c);
     for i in 0..n {
@@ -578,12 +557,7 @@ fn transaction(plan: &mut Vec<Cmd>, o: &ScriptOpts, rng: &mut Rng, pipelined: bo
             Some(Phase::Eod),
         ));
     } else {
-        plan.push(cmd(
-            Piece::Data,
-            Expect::Code(354),
-            Step::Data,
-            Some(Phase::Data),
-        ));
+        plan.push(cmd(Piece::Data, Expect::Code(354), Step::Data, Some(Phase::Data)));
         plan.push(cmd(
             Piece::Body(body),
             Expect::Code(250),
@@ -595,13 +569,7 @@ fn transaction(plan: &mut Vec<Cmd>, o: &ScriptOpts, rng: &mut Rng, pipelined: bo
 }
 
 /// Append the rest of the session once the EHLO reply told us the server's extensions.
-pub fn after_ehlo(
-    kind: SessionKind,
-    caps: Caps,
-    o: &ScriptOpts,
-    rng: &mut Rng,
-    plan: &mut Vec<Cmd>,
-) {
+pub fn after_ehlo(kind: SessionKind, caps: Caps, o: &ScriptOpts, rng: &mut Rng, plan: &mut Vec<Cmd>) {
     let pipelined = match o.pipelining {
         Pipelining::On => true,
         Pipelining::Off => false,
@@ -623,24 +591,14 @@ pub fn after_ehlo(
         }
         Class::Typo => {
             let start = plan.len();
-            plan.push(cmd(
-                Piece::Mail,
-                Expect::Code(250),
-                Step::Mail,
-                Some(Phase::Mail),
-            ));
+            plan.push(cmd(Piece::Mail, Expect::Code(250), Step::Mail, Some(Phase::Mail)));
             plan.push(cmd(
                 Piece::Rcpt(0),
                 Expect::Code(250),
                 Step::Rcpt,
                 Some(Phase::Rcpt),
             ));
-            plan.push(cmd(
-                Piece::Data,
-                Expect::Code(354),
-                Step::Data,
-                Some(Phase::Data),
-            ));
+            plan.push(cmd(Piece::Data, Expect::Code(354), Step::Data, Some(Phase::Data)));
             let body = rng.below(o.body_count);
             plan.push(cmd(
                 Piece::Body(body),
@@ -663,59 +621,24 @@ pub fn after_ehlo(
         Class::Overlong => {
             if kind.variant == 0 {
                 let i = rng.below(LONG_CMD_LENS.len() as u32) as u16;
-                plan.push(cmd(
-                    Piece::LongCmd(i),
-                    Expect::Code(500),
-                    Step::LongLine,
-                    None,
-                ));
+                plan.push(cmd(Piece::LongCmd(i), Expect::Code(500), Step::LongLine, None));
                 plan.push(cmd(Piece::Noop, Expect::Code(250), Step::Noop, None));
             } else {
-                plan.push(cmd(
-                    Piece::Mail,
-                    Expect::Code(250),
-                    Step::Mail,
-                    Some(Phase::Mail),
-                ));
+                plan.push(cmd(Piece::Mail, Expect::Code(250), Step::Mail, Some(Phase::Mail)));
                 plan.push(cmd(
                     Piece::Rcpt(0),
                     Expect::Code(250),
                     Step::Rcpt,
                     Some(Phase::Rcpt),
                 ));
-                plan.push(cmd(
-                    Piece::Data,
-                    Expect::Code(354),
-                    Step::Data,
-                    Some(Phase::Data),
-                ));
-                plan.push(cmd(
-                    Piece::LongBody,
-                    Expect::Class(5),
-                    Step::LongDataLine,
-                    None,
-                ));
+                plan.push(cmd(Piece::Data, Expect::Code(354), Step::Data, Some(Phase::Data)));
+                plan.push(cmd(Piece::LongBody, Expect::Class(5), Step::LongDataLine, None));
             }
         }
         Class::Badseq => {
-            plan.push(cmd(
-                Piece::Rcpt(0),
-                Expect::Code(503),
-                Step::RcptBeforeMail,
-                None,
-            ));
-            plan.push(cmd(
-                Piece::Mail,
-                Expect::Code(250),
-                Step::Mail,
-                Some(Phase::Mail),
-            ));
-            plan.push(cmd(
-                Piece::Data,
-                Expect::Code(503),
-                Step::DataBeforeRcpt,
-                None,
-            ));
+            plan.push(cmd(Piece::Rcpt(0), Expect::Code(503), Step::RcptBeforeMail, None));
+            plan.push(cmd(Piece::Mail, Expect::Code(250), Step::Mail, Some(Phase::Mail)));
+            plan.push(cmd(Piece::Data, Expect::Code(503), Step::DataBeforeRcpt, None));
             plan.push(cmd(Piece::Rset, Expect::Code(250), Step::Rset, None));
         }
         Class::Unimpl => {
@@ -724,12 +647,7 @@ pub fn after_ehlo(
         }
         Class::Badparam => {
             plan.push(cmd(Piece::BadMail, Expect::Code(501), Step::BadMail, None));
-            plan.push(cmd(
-                Piece::Mail,
-                Expect::Code(250),
-                Step::Mail,
-                Some(Phase::Mail),
-            ));
+            plan.push(cmd(Piece::Mail, Expect::Code(250), Step::Mail, Some(Phase::Mail)));
             plan.push(cmd(Piece::Rset, Expect::Code(250), Step::Rset, None));
         }
         Class::Nonsmtp => unreachable!("nonsmtp sessions end before EHLO"),
@@ -763,14 +681,8 @@ mod tests {
             let stuffed = dot_stuff(&m);
             assert!(stuffed.ends_with(b"\r\n.\r\n"));
             if size >= 1024 {
-                assert!(
-                    m.windows(2).any(|w| w == b"\n."),
-                    "some line starts with a dot"
-                );
-                assert!(
-                    stuffed.windows(3).any(|w| w == b"\n.."),
-                    "and it gets stuffed"
-                );
+                assert!(m.windows(2).any(|w| w == b"\n."), "some line starts with a dot");
+                assert!(stuffed.windows(3).any(|w| w == b"\n.."), "and it gets stuffed");
             }
         }
         assert_eq!(dot_stuff(b".a\r\nb\r\n"), b"..a\r\nb\r\n.\r\n");
@@ -834,10 +746,7 @@ mod tests {
             class: Class::Valid,
             variant: 0,
         };
-        let o = ScriptOpts {
-            bdat: true,
-            ..opts()
-        };
+        let o = ScriptOpts { bdat: true, ..opts() };
         let mut plan = vec![];
         let caps = Caps {
             pipelining: true,
@@ -862,10 +771,7 @@ mod tests {
             let mut plan = vec![];
             prelude(kind, &mut plan);
             after_ehlo(kind, Caps::default(), &opts(), &mut Rng::new(3), &mut plan);
-            let typo = plan
-                .iter()
-                .position(|c| c.expect == Expect::Code(500))
-                .unwrap();
+            let typo = plan.iter().position(|c| c.expect == Expect::Code(500)).unwrap();
             let next = plan[typo + 1];
             assert!(matches!(next.expect, Expect::Code(250) | Expect::Code(354)));
             assert_eq!(plan.last().unwrap().step, Step::Quit);

@@ -127,8 +127,7 @@ pub fn run(
     }
     if let Some(dir) = &base.out {
         std::fs::write(dir.join("sweep.json"), &json).map_err(|e| format!("sweep.json: {e}"))?;
-        std::fs::write(dir.join("sweep.svg"), svg(&steps, slo))
-            .map_err(|e| format!("sweep.svg: {e}"))?;
+        std::fs::write(dir.join("sweep.svg"), svg(&steps, slo)).map_err(|e| format!("sweep.svg: {e}"))?;
     }
     Ok(())
 }
@@ -163,11 +162,7 @@ fn table(steps: &[StepResult], slo: Slo, capacity: Option<f64>) -> String {
             "capacity: {c:.1} sessions/s within p{}<={:?}",
             slo.percentile, slo.max
         ),
-        None => writeln!(
-            s,
-            "capacity: no step met p{}<={:?}",
-            slo.percentile, slo.max
-        ),
+        None => writeln!(s, "capacity: no step met p{}<={:?}", slo.percentile, slo.max),
     };
     s
 }
@@ -217,10 +212,7 @@ fn svg(steps: &[StepResult], slo: Slo) -> String {
                     .collect(),
             ),
         ],
-        h_line: Some((
-            slo.max.as_secs_f64() * 1000.0,
-            format!("SLO p{}", slo.percentile),
-        )),
+        h_line: Some((slo.max.as_secs_f64() * 1000.0, format!("SLO p{}", slo.percentile))),
     }
     .render(&mut body, 0.0, 370.0, 900.0, 360.0);
     svg_document(900.0, 740.0, &body)

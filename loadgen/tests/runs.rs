@@ -7,9 +7,7 @@ use std::time::Duration;
 use common::{run, summary, temp_dir, u, Behaviour, Server};
 
 const ALL: &str = "valid=4,typo=2,overlong=2,nonsmtp=2,badseq=1,unimpl=1,badparam=1";
-const BAD_CLASSES: [&str; 6] = [
-    "typo", "overlong", "nonsmtp", "badseq", "unimpl", "badparam",
-];
+const BAD_CLASSES: [&str; 6] = ["typo", "overlong", "nonsmtp", "badseq", "unimpl", "badparam"];
 const PHASES: [&str; 9] = [
     "connect", "banner", "ehlo", "mail", "rcpt", "data", "eod", "quit", "session",
 ];
@@ -28,10 +26,7 @@ fn ok(out: &std::process::Output) {
 fn hgrm_rows(text: &str) -> Vec<(f64, f64, u64)> {
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
-    assert_eq!(
-        header,
-        ["Value", "Percentile", "TotalCount", "1/(1-Percentile)"]
-    );
+    assert_eq!(header, ["Value", "Percentile", "TotalCount", "1/(1-Percentile)"]);
     lines
         .skip(1)
         .take_while(|l| !l.starts_with('#'))
@@ -110,16 +105,11 @@ fn correct_server_every_class_zero_mismatches() {
         let last = rows.last().unwrap();
         assert_eq!(last.1, 1.0, "{p}: last row is the 100th percentile");
         assert_eq!(last.2, count, "{p}: total count matches summary");
-        assert!(rows
-            .windows(2)
-            .all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1));
+        assert!(rows.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1));
         // Values are milliseconds: the p50 row agrees with summary.json's microseconds.
         let p50 = rows.iter().find(|r| r.1 >= 0.5).unwrap().0;
         let want = u(&s, &format!("latency_us.{p}.p50")) as f64 / 1000.0;
-        assert!(
-            (p50 - want).abs() <= want * 0.01 + 0.002,
-            "{p}: {p50} vs {want}"
-        );
+        assert!((p50 - want).abs() <= want * 0.01 + 0.002, "{p}: {p50} vs {want}");
         assert!(text.contains("#[Mean    ="));
         assert!(text.contains(&format!("Total count    = {count:>12}]")));
         assert!(text.contains("#[Buckets ="));
@@ -134,10 +124,7 @@ fn correct_server_every_class_zero_mismatches() {
         "interval log has tagged session intervals"
     );
     assert!(hlog.contains("HISTFAA"), "V2 compressed histograms");
-    assert_eq!(
-        std::fs::read_dir(dir.join("mismatches")).unwrap().count(),
-        0
-    );
+    assert_eq!(std::fs::read_dir(dir.join("mismatches")).unwrap().count(), 0);
 }
 
 #[test]
@@ -165,8 +152,7 @@ fn no_pipelining_bdat_and_several_messages() {
         LIMIT,
     );
     ok(&out);
-    let s: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("--json prints the summary");
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints the summary");
     assert_eq!(u(&s, "errors.total"), 0, "{s:#}");
     assert_eq!(u(&s, "messages"), 180);
     assert_eq!(u(&s, "latency_us.eod.count"), 180);
@@ -241,10 +227,7 @@ fn wrong_server_shows_mismatches_in_every_bad_class() {
     assert_eq!(u(&s, "errors.mismatch"), 300);
     assert_eq!(u(&s, "errors.timeout"), 0, "mismatches, not slowness");
     let rows = s["mismatches"].as_array().unwrap();
-    let has = |class: &str, step: &str| {
-        rows.iter()
-            .any(|r| r["class"] == class && r["step"] == step)
-    };
+    let has = |class: &str, step: &str| rows.iter().any(|r| r["class"] == class && r["step"] == step);
     assert!(has("typo", "typo-helo") || has("typo", "typo-mail") || has("typo", "typo-rcpt"));
     assert!(has("unimpl", "expn"));
     assert!(has("badseq", "rcpt-before-mail"));
@@ -263,13 +246,7 @@ fn wrong_server_shows_mismatches_in_every_bad_class() {
         );
         let n = files
             .iter()
-            .filter(|p| {
-                p.file_name()
-                    .unwrap()
-                    .to_str()
-                    .unwrap()
-                    .starts_with(&prefix)
-            })
+            .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with(&prefix))
             .count() as u64;
         assert_eq!(n, row["count"].as_u64().unwrap().min(5), "{prefix}");
     }

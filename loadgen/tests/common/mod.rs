@@ -78,11 +78,7 @@ const EHLO_REPLY: &[u8] =
 
 /// Read one line (through LF) of at most `cap` octets kept; longer lines are consumed
 /// whole and reported with their full length. Returns None at EOF.
-fn read_line(
-    r: &mut BufReader<TcpStream>,
-    line: &mut Vec<u8>,
-    cap: usize,
-) -> std::io::Result<Option<usize>> {
+fn read_line(r: &mut BufReader<TcpStream>, line: &mut Vec<u8>, cap: usize) -> std::io::Result<Option<usize>> {
     line.clear();
     let mut total = 0;
     loop {
