@@ -420,7 +420,7 @@ impl<B: Backend> Worker<B> {
         }
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
+    fn next_deadline(&mut self) -> Option<Instant> {
         match (self.wheel.next_deadline(), self.grace_until) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -20,6 +20,8 @@ pub struct Wheel {
     origin: Instant,
     /// The last tick whose slot was fully processed.
     done: Tick,
+    /// No entry is earlier than this tick, so the search for the next one starts here.
+    earliest: Tick,
     len: usize,
 }
 
@@ -29,6 +31,7 @@ impl Wheel {
             slots: (0..SLOTS).map(|_| Vec::new()).collect(),
             origin,
             done: 0,
+            earliest: 1,
             len: 0,
         }
     }
@@ -45,6 +48,7 @@ impl Wheel {
         let tick = self.tick_of(at).clamp(self.done + 1, self.done + SLOTS - 1);
         self.slots[(tick % SLOTS) as usize].push(key);
         self.len += 1;
+        self.earliest = self.earliest.min(tick);
         tick
     }
 
@@ -81,15 +85,16 @@ impl Wheel {
         self.origin + Duration::from_secs(tick)
     }
 
-    /// When the earliest entry falls due, if any. Scans at most the wheel's length, and only
-    /// when the worker is about to sleep.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    /// When the earliest entry falls due, if any. The search resumes where the last one
+    /// stopped, so over time it visits each slot about once per revolution.
+    pub fn next_deadline(&mut self) -> Option<Instant> {
         if self.len == 0 {
             return None;
         }
-        (self.done + 1..self.done + SLOTS)
-            .find(|t| !self.slots[(t % SLOTS) as usize].is_empty())
-            .map(|t| self.at(t))
+        let from = self.earliest.max(self.done + 1);
+        let tick = (from..self.done + SLOTS).find(|t| !self.slots[(t % SLOTS) as usize].is_empty())?;
+        self.earliest = tick;
+        Some(self.at(tick))
     }
 }
 
