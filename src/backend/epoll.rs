@@ -18,7 +18,7 @@ const WAKER: mio::Token = mio::Token(usize::MAX);
 /// sessions already open; the rest are accepted on the next call.
 const ACCEPT_BATCH: usize = 256;
 /// Free receive buffers kept for reuse; more than this are freed when returned.
-const POOL_MAX: usize = 256;
+const POOL_MAX: usize = 64;
 
 fn listener_token(i: usize) -> mio::Token {
     mio::Token(

@@ -67,7 +67,7 @@ const TIMERS_PER_TURN: usize = 1024;
 /// How long a finished session's last reply may take to leave before the connection is cut.
 const LINGER: Duration = Duration::from_secs(10);
 /// Free session buffers kept for reuse.
-const POOL_MAX: usize = 1024;
+const POOL_MAX: usize = 256;
 /// Initial capacity of a session's output buffer; most reply batches fit.
 const OUT_CAPACITY: usize = 4096;
 
