@@ -488,6 +488,7 @@ impl Committer {
     }
 
     fn commit_batch(&mut self) {
+        let started = std::time::Instant::now();
         let mut batch = std::mem::take(&mut self.ended);
         // Step 1: finish every file and start its writeback.
         let mut files: Vec<Option<(File, File)>> = Vec::with_capacity(batch.len());
@@ -532,6 +533,11 @@ impl Committer {
                 false
             }
         };
+        tracing::debug!(
+            messages = batch.len(),
+            micros = started.elapsed().as_micros() as u64,
+            "spool batch committed"
+        );
         for (i, (key, pending)) in batch.into_iter().enumerate() {
             let ok = dir_ok && files[i].is_some();
             if files[i].is_some() && !dir_ok {
