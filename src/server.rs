@@ -14,16 +14,77 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 /// Pending connections per listener; the kernel caps it at `net.core.somaxconn`.
 const LISTEN_BACKLOG: i32 = 4096;
+
+const UNBUILT: &str = "io_uring backend not built yet; use --backend epoll (or auto)";
+
+/// What starting one worker needs besides its backend.
+struct WorkerContext<'a> {
+    id: usize,
+    cpu: Option<usize>,
+    config: &'a ServerConfig,
+    settings: &'a Arc<Settings>,
+    active: &'a Arc<AtomicUsize>,
+}
+
+/// A started worker: its thread, how to reach it, and the name of its backend.
+struct Started {
+    thread: JoinHandle<Report>,
+    control: Sender<Control>,
+    waker: Arc<dyn Wake>,
+    backend: &'static str,
+}
+
+impl WorkerContext<'_> {
+    /// Starts the worker's spool writer (unless in sink mode) and its pinned thread; any
+    /// backend that keeps the contract of [`crate::backend`] goes here unchanged.
+    fn start<B: Backend + Send + 'static>(&self, backend: B) -> Result<Started, String> {
+        let id = self.id;
+        let waker = backend.waker();
+        let name = backend.name();
+        let store = if self.config.sink {
+            Store::Sink(IdGen::new(id))
+        } else {
+            Store::Spool(
+                Spool::start(
+                    id,
+                    self.config.spool.clone(),
+                    self.config.proto.hostname.clone(),
+                    self.config.proto.limits.spool_queue_bytes,
+                    waker.clone(),
+                )
+                .map_err(|e| format!("cannot start spool writer: {e}"))?,
+            )
+        };
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let (settings, active, cpu) = (self.settings.clone(), self.active.clone(), self.cpu);
+        let thread = std::thread::Builder::new()
+            .name(format!("ringmx-worker-{id}"))
+            .spawn(move || {
+                if let Some(cpu) = cpu {
+                    pin_to(cpu);
+                }
+                Worker::new(id, backend, settings, store, rx, active).run()
+            })
+            .map_err(|e| format!("cannot start worker: {e}"))?;
+        Ok(Started {
+            thread,
+            control: tx,
+            waker,
+            backend: name,
+        })
+    }
+}
 
 /// Runs the server until SIGTERM or SIGINT has shut it down cleanly; returns the merged
 /// counters of all workers. An error is a message for the operator.
 pub fn serve(config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Report, String> {
     config.validate().map_err(|e| e.to_string())?;
     if config.backend == BackendKind::Uring {
-        return Err("io_uring backend not built yet; use --backend epoll (or auto)".into());
+        return Err(UNBUILT.into());
     }
     let signals = block_signals().map_err(|e| format!("cannot block signals: {e}"))?;
     raise_nofile_limit();
@@ -57,38 +118,27 @@ pub fn serve(config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Report
     let active = Arc::new(AtomicUsize::new(0));
     let mut controls: Vec<(Sender<Control>, Arc<dyn Wake>)> = Vec::new();
     let mut threads = Vec::new();
+    let mut backend_name = "";
     for (id, listeners) in per_worker.into_iter().enumerate() {
-        let backend = Epoll::new(listeners, limits.input_buffer, limits.read_budget)
-            .map_err(|e| format!("cannot create epoll instance: {e}"))?;
-        let waker = backend.waker();
-        let store = if config.sink {
-            Store::Sink(IdGen::new(id))
-        } else {
-            Store::Spool(
-                Spool::start(
-                    id,
-                    config.spool.clone(),
-                    config.proto.hostname.clone(),
-                    limits.spool_queue_bytes,
-                    waker.clone(),
-                )
-                .map_err(|e| format!("cannot start spool writer: {e}"))?,
-            )
-        };
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        controls.push((tx, waker));
-        let (settings, active) = (settings.clone(), active.clone());
         let cpu = cpus.get(id % cpus.len().max(1)).copied();
-        let thread = std::thread::Builder::new()
-            .name(format!("ringmx-worker-{id}"))
-            .spawn(move || {
-                if let Some(cpu) = cpu {
-                    pin_to(cpu);
-                }
-                Worker::new(id, backend, settings, store, rx, active).run()
-            })
-            .map_err(|e| format!("cannot start worker: {e}"))?;
-        threads.push(thread);
+        let ctx = WorkerContext {
+            id,
+            cpu,
+            config: &config,
+            settings: &settings,
+            active: &active,
+        };
+        let started = match config.backend {
+            BackendKind::Auto | BackendKind::Epoll => {
+                let backend = Epoll::new(listeners, limits.input_buffer, limits.read_budget)
+                    .map_err(|e| format!("cannot create epoll instance: {e}"))?;
+                ctx.start(backend)?
+            }
+            BackendKind::Uring => return Err(UNBUILT.into()),
+        };
+        backend_name = started.backend;
+        threads.push(started.thread);
+        controls.push((started.control, started.waker));
     }
     let mut listeners = String::new();
     for (i, addr) in bound.iter().enumerate() {
@@ -96,7 +146,7 @@ pub fn serve(config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Report
     }
     tracing::info!(
         listeners = %listeners,
-        backend = "epoll",
+        backend = backend_name,
         workers,
         spool = %if config.sink { "sink".to_string() } else { config.spool.display().to_string() },
         "ringmx started"

@@ -392,6 +392,10 @@ struct Committer {
     waker: Arc<dyn Wake>,
 }
 
+/// Write buffer per open message: a small message (trace header plus body) reaches the disk
+/// in one write; larger body chunks bypass it. Small, because every message in DATA has one.
+const WRITE_BUFFER: usize = 8192;
+
 /// Jobs taken per batch, so a stream of body chunks cannot postpone the commit of messages
 /// that have already ended.
 const BATCH_JOBS: usize = 1024;
@@ -430,7 +434,7 @@ impl Committer {
                     .create_new(true)
                     .mode(0o640)
                     .open(&path)
-                    .map(|f| BufWriter::with_capacity(64 * 1024, f));
+                    .map(|f| BufWriter::with_capacity(WRITE_BUFFER, f));
                 let mut pending = Pending {
                     meta,
                     file: None,
@@ -493,8 +497,12 @@ impl Committer {
         // Step 1: finish every file and start its writeback.
         let mut files: Vec<Option<(File, File)>> = Vec::with_capacity(batch.len());
         for (_, pending) in &mut batch {
-            let result = self.write_files(pending);
-            match result {
+            if pending.error.is_some() {
+                // Already logged and discarded when the write failed.
+                files.push(None);
+                continue;
+            }
+            match self.write_files(pending) {
                 Ok(pair) => files.push(Some(pair)),
                 Err(e) => {
                     self.fail(pending, e);
@@ -554,9 +562,6 @@ impl Committer {
 
     /// Flushes the `.eml.tmp`, writes the `.json.tmp`, and starts writeback of both.
     fn write_files(&self, pending: &mut Pending) -> io::Result<(File, File)> {
-        if let Some(e) = pending.error.take() {
-            return Err(e);
-        }
         let eml = pending
             .file
             .take()
