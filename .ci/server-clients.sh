@@ -60,9 +60,10 @@ wait "$PID" || STATUS=$?
 PID=
 [ "$STATUS" -eq 0 ] || fail "server exited with status $STATUS"
 
-JSON=$(find "$TMP/spool" -name '*.json' | wc -l)
-EML=$(find "$TMP/spool" -name '*.eml' | wc -l)
-OTHER=$(find "$TMP/spool" -type f ! -name '*.json' ! -name '*.eml' | wc -l)
+JSON=$(find "$TMP/spool" -maxdepth 1 -type f -name '*.json' | wc -l)
+EML=$(find "$TMP/spool" -maxdepth 1 -type f -name '*.eml' | wc -l)
+# Anything else, including anything left in tmp/, is an uncommitted leftover.
+OTHER=$(find "$TMP/spool" -type f | grep -cvE "^$TMP/spool/[^/]+\.(json|eml)\$" || true)
 [ "$JSON" -eq 2 ] && [ "$EML" -eq 2 ] && [ "$OTHER" -eq 0 ] \
     || fail "spool holds $JSON .json, $EML .eml and $OTHER other files; expected 2, 2, 0"
 grep -l 'sent by swaks with PIPELINING' "$TMP"/spool/*.eml >/dev/null || fail "swaks message missing"

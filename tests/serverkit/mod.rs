@@ -336,13 +336,21 @@ impl Spooled {
     }
 }
 
-/// Every committed message (a `.json` with its `.eml`), in id order; panics on any other file.
+/// Every committed message (a `.json` with its `.eml`), in id order; panics on any other file,
+/// including anything left in `tmp/`.
 pub fn spooled(dir: &Path) -> Vec<Spooled> {
     let mut ids = Vec::new();
     let mut names = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir.join("tmp")) {
+        let left: Vec<_> = entries.map(|e| e.unwrap().file_name()).collect();
+        assert!(left.is_empty(), "uncommitted files in the spool: {left:?}");
+    }
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries {
             let name = entry.unwrap().file_name().into_string().unwrap();
+            if name == "tmp" {
+                continue;
+            }
             if let Some(id) = name.strip_suffix(".json") {
                 ids.push(id.to_string());
             }
