@@ -347,6 +347,24 @@ fn full_disk_is_answered_452_and_leaves_no_entry() {
 }
 
 #[test]
+fn filesystem_sync_commits_a_pipelined_pair() {
+    let dir = TempDir::new("syncfs");
+    let config = dir.0.join("ringmx.toml");
+    std::fs::write(&config, "spool_sync = \"filesystem\"\n").unwrap();
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    assert!(server.log().contains("sync: Filesystem"), "{}", server.log());
+    let mut c = server.connect();
+    assert!(c.reply().starts_with("220 "));
+    assert!(send_message(&mut c, 1).starts_with("250 2.0.0 Ok: queued as "));
+    assert!(send_message(&mut c, 2).starts_with("250 2.0.0 Ok: queued as "));
+    let stopped = server.stop();
+    stopped.assert_clean();
+    let stored = spooled(&stopped.spool);
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[1].content(), b"Subject: 2\r\n\r\nbody 2\r\n");
+}
+
+#[test]
 fn sigterm_mid_transaction_completes_it() {
     let server = Server::start(&[]);
     let mut busy = server.connect();
