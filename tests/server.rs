@@ -289,6 +289,7 @@ fn client_that_never_reads_is_bounded_and_others_are_served() {
         "the server kept reading: {written} bytes taken"
     );
     let rss_after = server.rss_kib();
+    eprintln!("never-reading client: {written} bytes taken; server RSS {rss_before} -> {rss_after} KiB");
     assert!(
         rss_after < rss_before + 16 * 1024,
         "server memory grew from {rss_before} KiB to {rss_after} KiB"
