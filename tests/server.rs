@@ -303,6 +303,52 @@ fn client_that_never_reads_is_bounded_and_others_are_served() {
 }
 
 #[test]
+fn a_flooding_client_does_not_starve_another_on_its_worker() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let server = Server::start(&["--sink"]);
+    let mut flood = server.connect();
+    assert!(flood.reply().starts_with("220 "));
+    assert!(flood.cmd("EHLO c.example").starts_with("250"));
+    assert!(flood.cmd("MAIL FROM:<a@b.example>").starts_with("250"));
+    assert!(flood.cmd("RCPT TO:<c@d.example>").starts_with("250"));
+    assert!(flood.cmd("DATA").starts_with("354"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let (stop2, sent2) = (stop.clone(), sent.clone());
+    let mut stream = flood.stream.try_clone().unwrap();
+    // An endless message body, as fast as the server takes it: its socket never runs dry.
+    let flooder = std::thread::spawn(move || {
+        let lines = b"flood flood flood flood flood flood flood flood flood flood\r\n".repeat(1000);
+        while !stop2.load(Ordering::Relaxed) {
+            if stream.write_all(&lines).is_err() {
+                break;
+            }
+            sent2.fetch_add(lines.len() as u64, Ordering::Relaxed);
+        }
+    });
+    while sent.load(Ordering::Relaxed) < 4 << 20 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // One worker: the polite session shares the event loop with the flood.
+    let mut polite = server.connect();
+    assert!(polite.reply().starts_with("220 "));
+    for _ in 0..50 {
+        assert_eq!(polite.cmd("NOOP"), "250 2.0.0 Ok\r\n");
+    }
+    assert!(polite.cmd("QUIT").starts_with("221"));
+    // The flooder ends only when told to or when the server drops it: it was still flooding.
+    assert!(
+        !flooder.is_finished(),
+        "the flood ended before the polite session"
+    );
+    stop.store(true, Ordering::Relaxed);
+    flooder.join().unwrap();
+    drop(flood);
+    server.stop().assert_clean();
+}
+
+#[test]
 fn half_sent_message_then_disconnect_leaves_no_entry() {
     let server = Server::start(&[]);
     let mut c = server.connect();
