@@ -374,6 +374,7 @@ fn full_disk_is_answered_452_and_leaves_no_entry() {
     let server = Server::start_with(Options {
         args: &[],
         file_size_limit: Some(8192),
+        ..Options::default()
     });
     let mut c = server.connect();
     assert!(c.reply().starts_with("220 "));
@@ -457,6 +458,36 @@ fn over_max_connections_gets_421() {
     let stopped = server.stop();
     stopped.assert_clean();
     assert_eq!(stopped.stats["rejected"], 1);
+}
+
+#[test]
+fn out_of_descriptors_the_server_waits_and_accepts_later() {
+    let server = Server::start_with(Options {
+        args: &["--sink"],
+        open_files_limit: Some(40),
+        ..Options::default()
+    });
+    // More connections than descriptors: the kernel completes every handshake, the server
+    // accepts what it can and leaves the rest in the backlog.
+    let mut clients: Vec<Client> = (0..50).map(|_| server.connect()).collect();
+    for c in &mut clients[..20] {
+        assert!(c.reply().starts_with("220 "));
+        assert!(c.cmd("QUIT").starts_with("221"));
+        assert!(c.read_to_end().is_empty());
+    }
+    // Those 20 descriptors are free again: every connection left gets its greeting.
+    for c in &mut clients[20..] {
+        assert!(c.reply().starts_with("220 "));
+    }
+    drop(clients);
+    let stopped = server.stop();
+    stopped.assert_clean();
+    assert!(
+        stopped.log.contains("accept failed; retrying shortly"),
+        "{}",
+        stopped.log
+    );
+    assert_eq!(stopped.stats["accepted"], 50);
 }
 
 #[test]
