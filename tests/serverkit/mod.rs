@@ -124,13 +124,16 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                {
+                    let mut log = log2.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+                // After the line is in the log, so a started server's log holds its start line.
                 if let Some(rest) = line.split("listeners=").nth(1) {
                     let first = rest.split([' ', ',']).next().unwrap_or("").to_string();
                     let _ = tx.send(first);
                 }
-                let mut log = log2.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
             }
         });
         let addr = match rx.recv_timeout(LIMIT) {
