@@ -102,7 +102,7 @@ limits! {
     input_buffer: usize = 16384, 1024, 1 << 20;
     /// Body octets a worker may have queued for its spool writer before sessions in DATA stop
     /// being read; keeps memory bounded when the disk is slower than the network.
-    spool_queue_bytes: usize = 32 << 20, 1 << 20, 1 << 30;
+    spool_queue_bytes: usize = 32 << 20, 1 << 16, 1 << 30;
 }
 
 /// Everything the protocol engine needs to know about the operator's choices.
