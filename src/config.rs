@@ -7,6 +7,8 @@
 
 use serde::Deserialize;
 use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 
 /// How the DATA receiver treats a line feed that is not preceded by a carriage return.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -86,6 +88,21 @@ limits! {
     /// Reply octets a session may hold before it stops reading input until the client reads
     /// its replies (RFC 2920 §3.1 lets the client pipeline; this keeps memory bounded).
     max_reply_backlog: usize = 16384, 1024, 1 << 20;
+    /// Connections open at once across all workers; one more is answered `421 4.3.2` and
+    /// closed, so a flood costs a reply instead of running the process out of descriptors.
+    max_connections: usize = 10_000, 1, 1_000_000;
+    /// Seconds a session inside a transaction may take to finish it after SIGTERM/SIGINT
+    /// before it is cut off (idle sessions get `421 4.3.2` at once).
+    shutdown_grace_secs: u64 = 30, 0, 3600;
+    /// Octets read from one connection per event-loop turn, so one flooding client cannot
+    /// starve the others on its worker; the rest is read on the next turn.
+    read_budget: usize = 65536, 1024, 1 << 24;
+    /// Size of one receive buffer; also the unconsumed input a session may hold before the
+    /// server stops reading from it. At least `max_command_line`, so one line always fits.
+    input_buffer: usize = 16384, 1024, 1 << 20;
+    /// Body octets a worker may have queued for its spool writer before sessions in DATA stop
+    /// being read; keeps memory bounded when the disk is slower than the network.
+    spool_queue_bytes: usize = 32 << 20, 1 << 16, 1 << 30;
 }
 
 /// Everything the protocol engine needs to know about the operator's choices.
@@ -108,6 +125,137 @@ impl Default for ProtoConfig {
             bare_lf: BareLf::Normalize,
             limits: Limits::default(),
         }
+    }
+}
+
+/// Which I/O backend drives the workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// The best one built: epoll for now.
+    Auto,
+    /// Readiness-based, through mio.
+    Epoll,
+    /// Completion-based io_uring (not built yet).
+    Uring,
+}
+
+/// How the spool makes a batch of messages durable before acknowledging them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpoolSync {
+    /// Start writeback of every file of the batch, then `fdatasync` each: only the spool's own
+    /// files are flushed, whatever else shares the filesystem. The default.
+    File,
+    /// One `syncfs` for the whole batch: about twice the throughput, but it also flushes every
+    /// other dirty file on that filesystem, so a commit waits for unrelated writers. For a
+    /// spool on its own filesystem. Write-back errors are still reported (Linux ≥ 5.8) and
+    /// fail the whole batch.
+    Filesystem,
+}
+
+/// Everything `ringmx serve` needs: where to listen, how many workers, where messages go, and
+/// the protocol settings. The TOML keys of `--config` are these field names plus every key of
+/// [`ProtoConfig`] at the top level (see [`ServerConfig::from_toml`]).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Addresses to listen on; every worker gets its own `SO_REUSEPORT` socket for each.
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads, one per core; 0 means one per CPU this process may run on.
+    pub workers: usize,
+    /// The I/O backend.
+    pub backend: BackendKind,
+    /// The spool directory, where each accepted message is committed before its `250`.
+    pub spool: PathBuf,
+    /// Count and drop message bodies and answer `250` at once (benchmarks, like smtp-sink).
+    pub sink: bool,
+    /// How a batch of spool files is made durable.
+    pub spool_sync: SpoolSync,
+    /// The protocol settings and every numeric limit.
+    pub proto: ProtoConfig,
+}
+
+/// The server's own keys; the rest of the file is [`ProtoConfig`]'s.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerKeys {
+    listen: Option<Vec<SocketAddr>>,
+    workers: Option<usize>,
+    backend: Option<BackendKind>,
+    spool: Option<PathBuf>,
+    sink: Option<bool>,
+    spool_sync: Option<SpoolSync>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
+            workers: 0,
+            backend: BackendKind::Auto,
+            spool: PathBuf::from("./spool"),
+            sink: false,
+            spool_sync: SpoolSync::File,
+            proto: ProtoConfig::default(),
+        }
+    }
+}
+
+/// The largest worker count accepted; far above any core count, it only catches typos.
+pub const MAX_WORKERS: usize = 1024;
+
+impl ServerConfig {
+    /// Reads a `--config` file. serde's `deny_unknown_fields` does not see through nested
+    /// `flatten`, so the server keys are split off first and each part is strict on its own:
+    /// a misspelt key is an error, never silently ignored.
+    pub fn from_toml(text: &str) -> Result<ServerConfig, String> {
+        const SERVER_KEYS: [&str; 6] = ["listen", "workers", "backend", "spool", "sink", "spool_sync"];
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut server = toml::Table::new();
+        for key in SERVER_KEYS {
+            if let Some(value) = table.remove(key) {
+                server.insert(key.to_string(), value);
+            }
+        }
+        let keys: ServerKeys = server.try_into().map_err(|e: toml::de::Error| e.to_string())?;
+        let proto: ProtoConfig = table.try_into().map_err(|e: toml::de::Error| e.to_string())?;
+        let default = ServerConfig::default();
+        Ok(ServerConfig {
+            listen: keys.listen.unwrap_or(default.listen),
+            workers: keys.workers.unwrap_or(default.workers),
+            backend: keys.backend.unwrap_or(default.backend),
+            spool: keys.spool.unwrap_or(default.spool),
+            sink: keys.sink.unwrap_or(default.sink),
+            spool_sync: keys.spool_sync.unwrap_or(default.spool_sync),
+            proto,
+        })
+    }
+
+    /// Checks the limits table and the server keys; the message names the key, the value and
+    /// the allowed range.
+    pub fn validate(&self) -> Result<(), RangeError> {
+        self.proto.limits.validate()?;
+        if self.workers > MAX_WORKERS {
+            return Err(RangeError {
+                key: "workers",
+                value: self.workers as u64,
+                min: 0,
+                max: MAX_WORKERS as u64,
+            });
+        }
+        let limits = &self.proto.limits;
+        if limits.input_buffer < limits.max_command_line {
+            return Err(RangeError {
+                key: "input_buffer",
+                value: limits.input_buffer as u64,
+                min: limits.max_command_line as u64,
+                max: Limits::TABLE
+                    .iter()
+                    .find(|s| s.name == "input_buffer")
+                    .map_or(u64::MAX, |s| s.max),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -164,6 +312,33 @@ mod tests {
             );
             assert!(!spec.doc.is_empty(), "{} has no reason", spec.name);
         }
+    }
+
+    #[test]
+    fn server_config_reads_every_key_and_refuses_unknown_ones() {
+        let config = ServerConfig::from_toml(
+            "spool_sync = \"filesystem\"\nlisten = [\"127.0.0.1:25\"]\nworkers = 3\nsink = true\nhostname = \"mx.test\"\n\
+             max_connections = 5\nmax_recipients = 200\n",
+        )
+        .unwrap();
+        assert_eq!(config.workers, 3);
+        assert_eq!(config.spool_sync, SpoolSync::Filesystem);
+        assert!(config.sink);
+        assert_eq!(config.proto.hostname, "mx.test");
+        assert_eq!(config.proto.limits.max_connections, 5);
+        assert_eq!(config.proto.limits.max_recipients, 200);
+        let err = ServerConfig::from_toml("max_conections = 5\n").unwrap_err();
+        assert!(err.contains("max_conections"), "{err}");
+        let err = ServerConfig::from_toml("workers = \"two\"\n").unwrap_err();
+        assert!(err.contains("workers"), "{err}");
+    }
+
+    #[test]
+    fn input_buffer_must_hold_a_command_line() {
+        let mut config = ServerConfig::default();
+        config.proto.limits.max_command_line = 4096;
+        config.proto.limits.input_buffer = 2048;
+        assert_eq!(config.validate().unwrap_err().key, "input_buffer");
     }
 
     #[test]

@@ -1,1 +1,134 @@
-fn main() {}
+//! The `ringmx` command line: `ringmx serve` reads the configuration, lets flags override it, and runs the server.
+
+use clap::{Args, Parser, Subcommand};
+use ringmx::config::{BackendKind, ServerConfig};
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "ringmx",
+    version,
+    about = "A thread-per-core SMTP server for inbound MX frontends"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Accept mail over SMTP and commit it to the spool (or count and drop it with --sink).
+    Serve(Serve),
+}
+
+#[derive(Args)]
+struct Serve {
+    /// TOML file with any of the server keys (listen, workers, backend, spool, sink,
+    /// spool_sync = "file"|"filesystem") and every key of the limits table (hostname, bare_lf,
+    /// max_message_size, ...); flags override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on; repeat for several. Port 0 picks a free port (logged at start).
+    /// [default: 127.0.0.1:2525]
+    #[arg(long = "listen", value_name = "ADDR")]
+    listen: Vec<SocketAddr>,
+    /// Worker threads, each pinned to a core with its own listener. [default: number of CPUs]
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// I/O backend; auto picks epoll (io_uring is not built yet). [default: auto]
+    #[arg(long, value_enum, value_name = "BACKEND")]
+    backend: Option<BackendKind>,
+    /// Spool directory: each message is on disk (DIR/<id>.eml and DIR/<id>.json) before its
+    /// 250. [default: ./spool]
+    #[arg(long, value_name = "DIR", conflicts_with = "sink")]
+    spool: Option<PathBuf>,
+    /// Count and drop message bodies and answer 250 at once, like Postfix's smtp-sink.
+    #[arg(long)]
+    sink: bool,
+    /// Name in the greeting, the EHLO reply and the Received: header. [default: localhost]
+    #[arg(long, value_name = "NAME")]
+    hostname: Option<String>,
+    /// Connections open at once; more get "421 4.3.2 Too many connections". [default: 10000]
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Largest message in octets, advertised as SIZE. [default: 26214400]
+    #[arg(long, value_name = "BYTES")]
+    max_message_size: Option<u64>,
+    /// Recipients per message (at least 100, RFC 5321 §4.5.3.1.8). [default: 100]
+    #[arg(long, value_name = "N")]
+    max_recipients: Option<usize>,
+    /// Write the counters (accepted, commands, messages, reads, writes, ...) to FILE at exit.
+    #[arg(long, value_name = "FILE")]
+    stats_file: Option<PathBuf>,
+}
+
+impl Serve {
+    fn config(&self) -> Result<ServerConfig, String> {
+        let mut config = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                ServerConfig::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?
+            }
+            None => ServerConfig::default(),
+        };
+        if !self.listen.is_empty() {
+            config.listen.clone_from(&self.listen);
+        }
+        if let Some(n) = self.workers {
+            config.workers = n;
+        }
+        if let Some(b) = self.backend {
+            config.backend = b;
+        }
+        if let Some(dir) = &self.spool {
+            config.spool.clone_from(dir);
+            config.sink = false;
+        }
+        if self.sink {
+            config.sink = true;
+        }
+        if let Some(name) = &self.hostname {
+            config.proto.hostname.clone_from(name);
+        }
+        let limits = &mut config.proto.limits;
+        if let Some(n) = self.max_connections {
+            limits.max_connections = n;
+        }
+        if let Some(n) = self.max_message_size {
+            limits.max_message_size = n;
+        }
+        if let Some(n) = self.max_recipients {
+            limits.max_recipients = n;
+        }
+        Ok(config)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    let Command::Serve(serve) = cli.command;
+    let result = serve
+        .config()
+        .and_then(|config| ringmx::server::serve(config, serve.stats_file.clone()));
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("ringmx: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,412 @@
+//! Helpers for tests that run the real `ringmx` binary: start it on a free loopback port, talk SMTP with timeouts, read the spool, stop it.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long anything in these tests may take before it counts as hung.
+pub const LIMIT: Duration = Duration::from_secs(20);
+
+/// A scratch directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "ringmx-test-{}-{}-{name}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `ringmx serve`.
+pub struct Server {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub spool: PathBuf,
+    stats_file: PathBuf,
+    log: Arc<Mutex<String>>,
+    terminated: std::cell::Cell<bool>,
+    dir: Option<TempDir>,
+}
+
+/// What a stopped server left; its spool lives as long as this.
+pub struct Stopped {
+    pub status: ExitStatus,
+    pub log: String,
+    pub stats: HashMap<String, u64>,
+    pub spool: PathBuf,
+    _dir: Option<TempDir>,
+}
+
+/// Options for [`Server::start_with`].
+#[derive(Default)]
+pub struct Options<'a> {
+    pub args: &'a [&'a str],
+    /// RLIMIT_FSIZE for the server process, in octets.
+    pub file_size_limit: Option<u64>,
+    /// RLIMIT_NOFILE (soft and hard) for the server process.
+    pub open_files_limit: Option<u64>,
+}
+
+impl Server {
+    /// Starts `ringmx serve --listen 127.0.0.1:0` with a fresh spool, a stats file, one
+    /// worker unless `args` say otherwise, and `args`.
+    pub fn start(args: &[&str]) -> Server {
+        Server::start_with(Options {
+            args,
+            ..Options::default()
+        })
+    }
+
+    pub fn start_with(options: Options<'_>) -> Server {
+        let dir = TempDir::new("server");
+        let spool = dir.0.join("spool");
+        let stats_file = dir.0.join("stats");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringmx"));
+        cmd.arg("serve").args(["--listen", "127.0.0.1:0"]);
+        cmd.arg("--stats-file").arg(&stats_file);
+        if !options.args.contains(&"--sink") && !options.args.contains(&"--spool") {
+            cmd.arg("--spool").arg(&spool);
+        }
+        if !options.args.contains(&"--workers") {
+            cmd.args(["--workers", "1"]);
+        }
+        cmd.args(options.args);
+        cmd.env("RUST_LOG", "info");
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let (fsize, nofile) = (options.file_size_limit, options.open_files_limit);
+        // SAFETY: only async-signal-safe calls (setrlimit, signal) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                for (resource, limit) in [(libc::RLIMIT_FSIZE, fsize), (libc::RLIMIT_NOFILE, nofile)] {
+                    let Some(limit) = limit else { continue };
+                    let lim = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(resource, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if fsize.is_some() {
+                    libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("start ringmx");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                {
+                    let mut log = log2.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+                // After the line is in the log, so a started server's log holds its start line.
+                if let Some(rest) = line.split("listeners=").nth(1) {
+                    let first = rest.split([' ', ',']).next().unwrap_or("").to_string();
+                    let _ = tx.send(first);
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(LIMIT) {
+            Ok(addr) => addr.parse().expect("listening address"),
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().unwrap();
+                panic!("server did not start ({status}): {}", log.lock().unwrap());
+            }
+        };
+        Server {
+            child: Some(child),
+            addr,
+            spool,
+            stats_file,
+            log,
+            terminated: std::cell::Cell::new(false),
+            dir: Some(dir),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// Sends SIGTERM without waiting (once: a second one makes the server exit at once).
+    pub fn terminate(&self) {
+        if self.terminated.replace(true) {
+            return;
+        }
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+    }
+
+    /// Resident set size of the server process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit.
+    pub fn stop(mut self) -> Stopped {
+        self.terminate();
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + LIMIT;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("server did not stop: {}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        // The log thread ends with the pipe; give it a moment to take the last lines.
+        std::thread::sleep(Duration::from_millis(50));
+        let stats = std::fs::read_to_string(&self.stats_file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once('=')?;
+                Some((k.to_string(), v.parse().ok()?))
+            })
+            .collect();
+        Stopped {
+            status,
+            log: self.log(),
+            stats,
+            spool: self.spool.clone(),
+            _dir: self.dir.take(),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Stopped {
+    /// Asserts a clean exit (status 0, not a signal).
+    pub fn assert_clean(&self) {
+        assert_eq!(
+            self.status.code(),
+            Some(0),
+            "exit {:?} signal {:?}\n{}",
+            self.status.code(),
+            self.status.signal(),
+            self.log
+        );
+    }
+}
+
+/// A raw SMTP client with timeouts.
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect_timeout(&addr, LIMIT).expect("connect");
+        stream.set_read_timeout(Some(LIMIT)).unwrap();
+        stream.set_write_timeout(Some(LIMIT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    /// Reads one complete reply (every line up to one with a space after the code).
+    pub fn reply(&mut self) -> String {
+        let mut text = String::new();
+        loop {
+            let line = self.line();
+            text.push_str(&line);
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return text;
+            }
+        }
+    }
+
+    fn line(&mut self) -> String {
+        loop {
+            if let Some(p) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=p).collect();
+                return String::from_utf8_lossy(&line).into_owned();
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.stream.read(&mut chunk).expect("read reply");
+            assert!(n > 0, "connection closed while waiting for a reply");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Sends one command line and returns the reply.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    /// Reads until the server closes the connection.
+    pub fn read_to_end(&mut self) -> Vec<u8> {
+        let mut all = std::mem::take(&mut self.buf);
+        let mut chunk = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return all,
+                Ok(n) => all.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return all,
+                Err(e) => panic!("read: {e} after {}", String::from_utf8_lossy(&all)),
+            }
+        }
+    }
+
+    pub fn half_close(&self) {
+        let _ = self.stream.shutdown(Shutdown::Write);
+    }
+}
+
+/// A committed message: its id, `.eml` bytes and `.json` text.
+pub struct Spooled {
+    pub id: String,
+    pub eml: Vec<u8>,
+    pub json: String,
+}
+
+impl Spooled {
+    /// The message as received: the `.eml` without its `Received:` header.
+    pub fn content(&self) -> &[u8] {
+        let mut i = 0;
+        let mut first = true;
+        while i < self.eml.len() {
+            let end = self.eml[i..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(self.eml.len(), |p| i + p + 1);
+            let folded = matches!(self.eml[i], b' ' | b'\t');
+            if !first && !folded {
+                break;
+            }
+            first = false;
+            i = end;
+        }
+        &self.eml[i..]
+    }
+}
+
+/// Every committed message (a `.json` with its `.eml`), in id order; panics on any other file,
+/// including anything left in `tmp/`.
+pub fn spooled(dir: &Path) -> Vec<Spooled> {
+    let mut ids = Vec::new();
+    let mut names = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir.join("tmp")) {
+        let left: Vec<_> = entries.map(|e| e.unwrap().file_name()).collect();
+        assert!(left.is_empty(), "uncommitted files in the spool: {left:?}");
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            if name == "tmp" {
+                continue;
+            }
+            if let Some(id) = name.strip_suffix(".json") {
+                ids.push(id.to_string());
+            }
+            names.push(name);
+        }
+    }
+    ids.sort();
+    for name in &names {
+        let id = name.split('.').next().unwrap();
+        assert!(
+            ids.iter().any(|i| i == id) && (name.ends_with(".json") || name.ends_with(".eml")),
+            "uncommitted file {name} in the spool"
+        );
+    }
+    ids.into_iter()
+        .map(|id| Spooled {
+            eml: std::fs::read(dir.join(format!("{id}.eml"))).unwrap(),
+            json: std::fs::read_to_string(dir.join(format!("{id}.json"))).unwrap(),
+            id,
+        })
+        .collect()
+}
+
+/// Replaces every queue id in `250 2.0.0 Ok: queued as ID` replies with `TESTID`.
+pub fn mask_queue_ids(output: &[u8]) -> Vec<u8> {
+    const MARK: &[u8] = b"queued as ";
+    let mut out = Vec::with_capacity(output.len());
+    let mut i = 0;
+    while i < output.len() {
+        if output[i..].starts_with(MARK) {
+            out.extend_from_slice(MARK);
+            out.extend_from_slice(b"TESTID");
+            i += MARK.len();
+            while i < output.len() && output[i].is_ascii_alphanumeric() {
+                i += 1;
+            }
+        } else {
+            out.push(output[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Shows bytes with CR and LF visible.
+pub fn show(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .replace('\r', "\\r")
+        .replace('\n', "\\n\n")
+}
