@@ -29,8 +29,9 @@ enum Command {
 
 #[derive(Args)]
 struct Serve {
-    /// TOML file with any of the server keys (listen, workers, backend, spool, sink) and every
-    /// key of the limits table (hostname, bare_lf, max_message_size, ...); flags override it.
+    /// TOML file with any of the server keys (listen, workers, backend, spool, sink,
+    /// spool_sync = "file"|"filesystem") and every key of the limits table (hostname, bare_lf,
+    /// max_message_size, ...); flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Address to listen on; repeat for several. Port 0 picks a free port (logged at start).

@@ -53,6 +53,7 @@ impl WorkerContext<'_> {
                     self.config.spool.clone(),
                     self.config.proto.hostname.clone(),
                     self.config.proto.limits.spool_queue_bytes,
+                    self.config.spool_sync,
                     waker.clone(),
                 )
                 .map_err(|e| format!("cannot start spool writer: {e}"))?,
@@ -149,7 +150,11 @@ pub fn serve(config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Report
         listeners = %listeners,
         backend = backend_name,
         workers,
-        spool = %if config.sink { "sink".to_string() } else { config.spool.display().to_string() },
+        spool = %if config.sink {
+            "sink".to_string()
+        } else {
+            format!("{} (sync: {:?})", config.spool.display(), config.spool_sync)
+        },
         "ringmx started"
     );
     std::thread::Builder::new()

@@ -14,7 +14,8 @@
 //! 1. write each `tmp/<id>.json`; start writeback of every file of the batch
 //!    (`sync_file_range`), so their blocks are allocated in one journal transaction;
 //! 2. `fdatasync` each file: the first waits for that transaction, the others find their data
-//!    and metadata already durable and return quickly;
+//!    and metadata mostly durable already (with [`SpoolSync::Filesystem`], steps 1 and 2 are
+//!    one `syncfs` instead);
 //! 3. rename each `tmp/<id>.eml` to `<id>.eml`, then each `tmp/<id>.json` to `<id>.json`;
 //! 4. fsync the directory once for the whole batch; only then are the ids reported back (to
 //!    the worker's channel, then its waker), and the sessions send `250`.
@@ -23,6 +24,7 @@
 //! `tmp/`; none of those was acknowledged, and [`recover`] removes all of them at start.
 
 use crate::backend::Wake;
+use crate::config::SpoolSync;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -326,6 +328,7 @@ impl Spool {
         dir: PathBuf,
         hostname: String,
         limit: usize,
+        sync: SpoolSync,
         waker: Arc<dyn Wake>,
     ) -> io::Result<Spool> {
         let dir_file = File::open(&dir)?;
@@ -336,6 +339,7 @@ impl Spool {
             dir,
             dir_file,
             hostname,
+            sync,
             open: HashMap::new(),
             ended: Vec::new(),
             queued: queued.clone(),
@@ -395,6 +399,7 @@ struct Committer {
     dir: PathBuf,
     dir_file: File,
     hostname: String,
+    sync: SpoolSync,
     open: HashMap<u64, Pending>,
     ended: Vec<(u64, Pending)>,
     queued: Arc<AtomicUsize>,
@@ -525,12 +530,28 @@ impl Committer {
                 }
             }
         }
-        // Step 2: wait for the data, one file at a time; after the first, mostly done already.
-        for (i, (_, pending)) in batch.iter_mut().enumerate() {
-            if let Some((eml, json)) = &files[i] {
-                if let Err(e) = eml.sync_data().and_then(|()| json.sync_data()) {
-                    files[i] = None;
-                    self.fail(pending, e);
+        // Step 2: wait for the data, one file at a time (after the first, mostly done
+        // already), or for the whole filesystem at once.
+        match self.sync {
+            SpoolSync::File => {
+                for (i, (_, pending)) in batch.iter_mut().enumerate() {
+                    if let Some((eml, json)) = &files[i] {
+                        if let Err(e) = eml.sync_data().and_then(|()| json.sync_data()) {
+                            files[i] = None;
+                            self.fail(pending, e);
+                        }
+                    }
+                }
+            }
+            SpoolSync::Filesystem => {
+                // SAFETY: the fd is open for the duration of the call.
+                if unsafe { libc::syncfs(self.dir_file.as_raw_fd()) } != 0 {
+                    let e = io::Error::last_os_error();
+                    for (i, (_, pending)) in batch.iter_mut().enumerate() {
+                        if files[i].take().is_some() {
+                            self.fail(pending, io::Error::new(e.kind(), e.to_string()));
+                        }
+                    }
                 }
             }
         }
@@ -590,6 +611,9 @@ impl Committer {
             .mode(0o640)
             .open(json_path)?;
         json.write_all(envelope_json(&pending.meta, pending.size).as_bytes())?;
+        if self.sync == SpoolSync::Filesystem {
+            return Ok((eml, json));
+        }
         for f in [&eml, &json] {
             // SAFETY: the fd is open for the duration of the call; sync_file_range only
             // starts writeback and touches no memory of ours.

@@ -289,6 +289,7 @@ fn client_that_never_reads_is_bounded_and_others_are_served() {
         "the server kept reading: {written} bytes taken"
     );
     let rss_after = server.rss_kib();
+    eprintln!("never-reading client: {written} bytes taken; server RSS {rss_before} -> {rss_after} KiB");
     assert!(
         rss_after < rss_before + 16 * 1024,
         "server memory grew from {rss_before} KiB to {rss_after} KiB"
@@ -298,6 +299,52 @@ fn client_that_never_reads_is_bounded_and_others_are_served() {
     assert!(send_message(&mut polite, 1).starts_with("250 2.0.0 Ok: queued as "));
     assert!(polite.cmd("QUIT").starts_with("221"));
     drop(greedy);
+    server.stop().assert_clean();
+}
+
+#[test]
+fn a_flooding_client_does_not_starve_another_on_its_worker() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let server = Server::start(&["--sink"]);
+    let mut flood = server.connect();
+    assert!(flood.reply().starts_with("220 "));
+    assert!(flood.cmd("EHLO c.example").starts_with("250"));
+    assert!(flood.cmd("MAIL FROM:<a@b.example>").starts_with("250"));
+    assert!(flood.cmd("RCPT TO:<c@d.example>").starts_with("250"));
+    assert!(flood.cmd("DATA").starts_with("354"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let (stop2, sent2) = (stop.clone(), sent.clone());
+    let mut stream = flood.stream.try_clone().unwrap();
+    // An endless message body, as fast as the server takes it: its socket never runs dry.
+    let flooder = std::thread::spawn(move || {
+        let lines = b"flood flood flood flood flood flood flood flood flood flood\r\n".repeat(1000);
+        while !stop2.load(Ordering::Relaxed) {
+            if stream.write_all(&lines).is_err() {
+                break;
+            }
+            sent2.fetch_add(lines.len() as u64, Ordering::Relaxed);
+        }
+    });
+    while sent.load(Ordering::Relaxed) < 4 << 20 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // One worker: the polite session shares the event loop with the flood.
+    let mut polite = server.connect();
+    assert!(polite.reply().starts_with("220 "));
+    for _ in 0..50 {
+        assert_eq!(polite.cmd("NOOP"), "250 2.0.0 Ok\r\n");
+    }
+    assert!(polite.cmd("QUIT").starts_with("221"));
+    // The flooder ends only when told to or when the server drops it: it was still flooding.
+    assert!(
+        !flooder.is_finished(),
+        "the flood ended before the polite session"
+    );
+    stop.store(true, Ordering::Relaxed);
+    flooder.join().unwrap();
+    drop(flood);
     server.stop().assert_clean();
 }
 
@@ -327,6 +374,7 @@ fn full_disk_is_answered_452_and_leaves_no_entry() {
     let server = Server::start_with(Options {
         args: &[],
         file_size_limit: Some(8192),
+        ..Options::default()
     });
     let mut c = server.connect();
     assert!(c.reply().starts_with("220 "));
@@ -344,6 +392,24 @@ fn full_disk_is_answered_452_and_leaves_no_entry() {
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].content(), b"Subject: 1\r\n\r\nbody 1\r\n");
     server.stop().assert_clean();
+}
+
+#[test]
+fn filesystem_sync_commits_a_pipelined_pair() {
+    let dir = TempDir::new("syncfs");
+    let config = dir.0.join("ringmx.toml");
+    std::fs::write(&config, "spool_sync = \"filesystem\"\n").unwrap();
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    assert!(server.log().contains("sync: Filesystem"), "{}", server.log());
+    let mut c = server.connect();
+    assert!(c.reply().starts_with("220 "));
+    assert!(send_message(&mut c, 1).starts_with("250 2.0.0 Ok: queued as "));
+    assert!(send_message(&mut c, 2).starts_with("250 2.0.0 Ok: queued as "));
+    let stopped = server.stop();
+    stopped.assert_clean();
+    let stored = spooled(&stopped.spool);
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[1].content(), b"Subject: 2\r\n\r\nbody 2\r\n");
 }
 
 #[test]
@@ -392,6 +458,36 @@ fn over_max_connections_gets_421() {
     let stopped = server.stop();
     stopped.assert_clean();
     assert_eq!(stopped.stats["rejected"], 1);
+}
+
+#[test]
+fn out_of_descriptors_the_server_waits_and_accepts_later() {
+    let server = Server::start_with(Options {
+        args: &["--sink"],
+        open_files_limit: Some(40),
+        ..Options::default()
+    });
+    // More connections than descriptors: the kernel completes every handshake, the server
+    // accepts what it can and leaves the rest in the backlog.
+    let mut clients: Vec<Client> = (0..50).map(|_| server.connect()).collect();
+    for c in &mut clients[..20] {
+        assert!(c.reply().starts_with("220 "));
+        assert!(c.cmd("QUIT").starts_with("221"));
+        assert!(c.read_to_end().is_empty());
+    }
+    // Those 20 descriptors are free again: every connection left gets its greeting.
+    for c in &mut clients[20..] {
+        assert!(c.reply().starts_with("220 "));
+    }
+    drop(clients);
+    let stopped = server.stop();
+    stopped.assert_clean();
+    assert!(
+        stopped.log.contains("accept failed; retrying shortly"),
+        "{}",
+        stopped.log
+    );
+    assert_eq!(stopped.stats["accepted"], 50);
 }
 
 #[test]

@@ -11,12 +11,14 @@ use mio::{Events, Interest, Poll, Registry, Waker};
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const WAKER: mio::Token = mio::Token(usize::MAX);
 /// Accepts per listener per [`Backend::wait`], so a connection flood does not starve the
 /// sessions already open; the rest are accepted on the next call.
 const ACCEPT_BATCH: usize = 256;
+/// Pause before accepting again after running out of descriptors.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// Free receive buffers kept for reuse; more than this are freed when returned.
 const POOL_MAX: usize = 64;
 
@@ -51,7 +53,10 @@ pub struct Epoll {
     fired: Vec<(u64, bool, bool, bool)>,
     waker: Arc<Waker>,
     listeners: Vec<TcpListener>,
+    /// Listeners with connections possibly left in their backlog.
     accept_pending: Vec<bool>,
+    /// The last accept ran out of descriptors or memory: no accepts until then.
+    accept_paused_until: Option<Instant>,
     socks: Vec<Option<Sock>>,
     /// Connections with unread bytes and receiving on: served on the next `wait`.
     ready: Vec<Token>,
@@ -94,6 +99,7 @@ impl Epoll {
             fired: Vec::with_capacity(1024),
             waker,
             accept_pending: vec![false; mio_listeners.len()],
+            accept_paused_until: None,
             listeners: mio_listeners,
             socks: Vec::new(),
             ready: Vec::new(),
@@ -127,12 +133,21 @@ impl Epoll {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // ECONNABORTED and friends concern one connection; EMFILE/ENFILE clear when
-                // sessions end. Either way the listener stays and is retried next turn.
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    break;
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    ) =>
+                {
+                    // Out of descriptors or memory: sessions that end free some. Retry after
+                    // a pause; retrying at once would spin.
+                    tracing::warn!(error = %e, "accept failed; retrying shortly");
+                    self.accept_pending[i] = true;
+                    self.accept_paused_until = Some(Instant::now() + ACCEPT_RETRY);
+                    return;
                 }
+                // ECONNABORTED and the like: that one connection is gone.
+                Err(e) => tracing::debug!(error = %e, "accept failed"),
             }
         }
         self.accept_pending[i] = true;
@@ -141,9 +156,10 @@ impl Epoll {
     /// Reads from one ready connection until `EAGAIN`, end of stream or the budget.
     fn read(&mut self, token: Token, out: &mut Vec<Completion>) -> bool {
         let (buf_size, mut budget) = (self.buf_size, self.read_budget);
-        let Some(idx) = self.socks.get(token.slot as usize).map(|_| token.slot as usize) else {
+        let idx = token.slot as usize;
+        if idx >= self.socks.len() {
             return false;
-        };
+        }
         loop {
             let Some(sock) = self.socks[idx]
                 .as_mut()
@@ -261,8 +277,18 @@ impl Backend for Epoll {
 
     fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {
         out.append(&mut self.done);
-        let busy = !out.is_empty() || !self.ready.is_empty() || self.accept_pending.iter().any(|&p| p);
-        let timeout = if busy { Some(Duration::ZERO) } else { timeout };
+        let paused = self.accept_paused_until.filter(|&t| Instant::now() < t);
+        self.accept_paused_until = paused;
+        let accept_now = paused.is_none() && self.accept_pending.iter().any(|&p| p);
+        let busy = !out.is_empty() || !self.ready.is_empty() || accept_now;
+        let timeout = match paused {
+            _ if busy => Some(Duration::ZERO),
+            Some(until) => {
+                let rest = until.saturating_duration_since(Instant::now());
+                Some(timeout.map_or(rest, |t| t.min(rest)))
+            }
+            None => timeout,
+        };
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -308,9 +334,12 @@ impl Backend for Epoll {
                 self.continue_send(token);
             }
         }
-        for i in 0..self.listeners.len() {
-            if self.accept_pending[i] {
-                self.accept(i, out);
+        if self.accept_paused_until.is_none_or(|t| Instant::now() >= t) {
+            self.accept_paused_until = None;
+            for i in 0..self.listeners.len() {
+                if self.accept_pending[i] && self.accept_paused_until.is_none() {
+                    self.accept(i, out);
+                }
             }
         }
         let ready = std::mem::take(&mut self.ready);

@@ -64,6 +64,8 @@ pub struct Options<'a> {
     pub args: &'a [&'a str],
     /// RLIMIT_FSIZE for the server process, in octets.
     pub file_size_limit: Option<u64>,
+    /// RLIMIT_NOFILE (soft and hard) for the server process.
+    pub open_files_limit: Option<u64>,
 }
 
 impl Server {
@@ -94,21 +96,25 @@ impl Server {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        if let Some(limit) = options.file_size_limit {
-            // SAFETY: only async-signal-safe calls (setrlimit, signal) between fork and exec.
-            unsafe {
-                cmd.pre_exec(move || {
+        let (fsize, nofile) = (options.file_size_limit, options.open_files_limit);
+        // SAFETY: only async-signal-safe calls (setrlimit, signal) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                for (resource, limit) in [(libc::RLIMIT_FSIZE, fsize), (libc::RLIMIT_NOFILE, nofile)] {
+                    let Some(limit) = limit else { continue };
                     let lim = libc::rlimit {
                         rlim_cur: limit,
                         rlim_max: limit,
                     };
-                    if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                    if libc::setrlimit(resource, &lim) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
+                }
+                if fsize.is_some() {
                     libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-                    Ok(())
-                });
-            }
+                }
+                Ok(())
+            });
         }
         let mut child = cmd.spawn().expect("start ringmx");
         let stderr = child.stderr.take().unwrap();
@@ -118,13 +124,16 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                {
+                    let mut log = log2.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+                // After the line is in the log, so a started server's log holds its start line.
                 if let Some(rest) = line.split("listeners=").nth(1) {
                     let first = rest.split([' ', ',']).next().unwrap_or("").to_string();
                     let _ = tx.send(first);
                 }
-                let mut log = log2.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
             }
         });
         let addr = match rx.recv_timeout(LIMIT) {
