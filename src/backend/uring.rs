@@ -43,9 +43,9 @@ use std::time::{Duration, Instant};
 const BGID: u16 = 0;
 /// Slots must fit the 24 bits of the user data that hold them.
 const MAX_SLOT: usize = (1 << 24) - 1;
-/// How long a listener whose multishot accept failed (`EMFILE`, `ENFILE`, ...) rests before
-/// accepting again, so a descriptor shortage does not become a busy loop.
-const ACCEPT_RETRY: Duration = Duration::from_millis(10);
+/// How long a listener whose multishot accept ran out of descriptors or memory rests before
+/// accepting again (as the epoll backend), so a shortage does not become a busy loop.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// How long dropping the backend waits for the kernel to finish with its buffers.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
@@ -690,12 +690,17 @@ impl Uring {
                 Ok(Some(peer)) => out.push(Completion::Accepted { socket, peer }),
                 Ok(None) | Err(_) => self.vanished += 1,
             }
-        } else if res != -libc::ECANCELED {
+        } else if matches!(-res, libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) {
+            // Out of descriptors or memory: sessions that end free some. The failure ends the
+            // multishot accept; re-arming at once would spin, so it rests first.
             let e = io::Error::from_raw_os_error(-res);
-            tracing::warn!(error = %e, "accept failed");
+            tracing::warn!(error = %e, "accept failed; retrying shortly");
             if !more {
                 self.listeners[i].retry_at = Some(Instant::now() + ACCEPT_RETRY);
             }
+        } else if res != -libc::ECANCELED {
+            // ECONNABORTED and the like: that one connection is gone.
+            tracing::debug!(error = %io::Error::from_raw_os_error(-res), "accept failed");
         }
         let listener = &self.listeners[i];
         if !listener.armed && !listener.stopped && listener.retry_at.is_none() {
