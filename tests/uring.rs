@@ -244,6 +244,36 @@ fn submission_queue_of_eight_serves_two_hundred_sessions() {
     );
 }
 
+#[test]
+fn sqpoll_ring_serves_sessions() {
+    let (server, _config) = start_uring("uring_sqpoll = true\n", &["--sink"]);
+    for n in 0..3 {
+        let mut c = server.connect();
+        assert!(c.reply().starts_with("220 "));
+        c.send(
+            format!(
+                "EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<r{n}@d.example>\r\n\
+                 DATA\r\nSubject: {n}\r\n\r\nbody\r\n.\r\nQUIT\r\n"
+            )
+            .as_bytes(),
+        );
+        for expected in ["250-", "250 ", "250 ", "354 ", "250 2.0.0 Ok: queued as ", "221 "] {
+            let reply = c.reply();
+            assert!(reply.starts_with(expected), "{reply}");
+        }
+        assert!(c.read_to_end().is_empty());
+    }
+    let stopped = server.stop();
+    stopped.assert_clean();
+    assert_eq!(stopped.stats["messages"], 3);
+    let line = stopped
+        .log
+        .lines()
+        .find(|l| l.contains("io_uring backend stopped"))
+        .unwrap();
+    assert!(line.contains("sqpoll=true"), "{line}");
+}
+
 /// The backend named in the start line of `ringmx serve` run with `args` and `env`.
 fn started_backend(args: &[&str], env: Option<&str>) -> String {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringmx"));
