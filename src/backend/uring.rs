@@ -23,10 +23,10 @@
 //!   generation; a completion for another generation is recognized and dropped.
 //! - **Waking.** An eventfd with a read operation always pending on it.
 //!
-//! The ring is set up with `IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN` (or
-//! `COOP_TASKRUN`, or neither, whatever the kernel accepts) and `IORING_SETUP_R_DISABLED`: it is
-//! built on the main thread and enabled by the worker thread on its first wait, which makes
-//! that thread the ring's single issuer.
+//! The ring is set up with `IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN` where the
+//! kernel takes it (else with `COOP_TASKRUN`, else `SINGLE_ISSUER` alone, as with SQPOLL, else
+//! plain) and `IORING_SETUP_R_DISABLED`: it is built on the main thread and enabled by the
+//! worker thread on its first wait, which makes that thread the ring's single issuer.
 
 use super::{Backend, Completion, IoStats, Token, Wake};
 use io_uring::types::{BufRingEntry, CancelBuilder, Fd, SubmitArgs, Timespec};
@@ -1161,5 +1161,46 @@ impl Drop for Uring {
                 unsafe { libc::close(conn.fd) };
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_names_kind_slot_and_generation() {
+        for (op, slot, generation) in [
+            (Op::Recv, 0, 0),
+            (Op::Send, MAX_SLOT, u32::MAX),
+            (Op::Close, 12345, 7),
+            (Op::Accept, 1, 0),
+        ] {
+            assert_eq!(
+                decode(user_data(op, slot, generation)),
+                (Some(op), slot, generation)
+            );
+        }
+        assert_eq!(decode(0).0, None);
+    }
+
+    #[test]
+    fn lent_buffers_go_back_into_the_ring() {
+        let ring = IoUring::new(8).unwrap();
+        let mut bufs = BufRing::new(&ring, 3, 1024).unwrap();
+        assert_eq!(bufs.available(), 3);
+        assert_eq!(bufs.mask, 3, "three buffers need a ring of four entries");
+        let lent = bufs.take(1, 10);
+        assert_eq!((lent.len(), bufs.available()), (10, 2));
+        assert!(bufs.held[1].is_none());
+        bufs.recycle(lent);
+        assert_eq!(bufs.available(), 3);
+        assert_eq!(bufs.tail, 4, "three provided at start, one given back");
+        // A buffer too small for the ring (the empty one of an end of stream) is not taken.
+        let lent = bufs.take(0, 0);
+        bufs.recycle(Vec::new());
+        assert_eq!(bufs.available(), 2);
+        bufs.recycle(lent);
+        assert_eq!(bufs.available(), 3);
     }
 }
