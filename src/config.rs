@@ -102,7 +102,7 @@ limits! {
     input_buffer: usize = 16384, 1024, 1 << 20;
     /// Body octets a worker may have queued for its spool writer before sessions in DATA stop
     /// being read; keeps memory bounded when the disk is slower than the network.
-    spool_queue_bytes: usize = 32 << 20, 1 << 20, 1 << 30;
+    spool_queue_bytes: usize = 32 << 20, 1 << 16, 1 << 30;
     /// Submission queue entries of each worker's io_uring (`--backend uring`); its completion
     /// queue gets four times as many. Submissions beyond it wait in a backlog, so this bounds
     /// a batch, not the connections; 1024 covers a turn of a busy worker in one submission.

@@ -349,6 +349,67 @@ fn a_flooding_client_does_not_starve_another_on_its_worker() {
 }
 
 #[test]
+fn a_large_message_streams_to_the_spool_byte_exact() {
+    let dir = TempDir::new("large");
+    let config = dir.0.join("ringmx.toml");
+    // The smallest spool queue, and another session committing small messages meanwhile: while
+    // the spool writer waits for a flush, the queue fills and the worker pauses reading the
+    // large body, then resumes (seen with a probe: dozens of pauses per run).
+    std::fs::write(
+        &config,
+        "spool_queue_bytes = 65536\nmax_message_size = 33554432\n",
+    )
+    .unwrap();
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    let addr = server.addr;
+    let small = std::thread::spawn(move || {
+        let mut c = Client::connect(addr);
+        assert!(c.reply().starts_with("220 "));
+        for i in 0..100 {
+            assert!(send_message(&mut c, i).starts_with("250 2.0.0 Ok: queued as "));
+        }
+    });
+    let mut c = server.connect();
+    assert!(c.reply().starts_with("220 "));
+    assert!(c.cmd("EHLO c.example").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<a@b.example>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<c@d.example>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    let mut body = b"Subject: large\r\n\r\n".to_vec();
+    for i in 0..200_000u32 {
+        body.extend_from_slice(format!("{i:08} 0123456789abcdefghijklmnopqrstuvwxyz\r\n").as_bytes());
+        if i % 1000 == 0 {
+            body.extend_from_slice(b".a line that needs its dot stuffed\r\n");
+        }
+    }
+    let mut wire = Vec::with_capacity(body.len() + 1000);
+    for line in body.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b".") {
+            wire.push(b'.');
+        }
+        wire.extend_from_slice(line);
+    }
+    wire.extend_from_slice(b".\r\n");
+    c.send(&wire);
+    let reply = c.reply();
+    assert!(reply.starts_with("250 2.0.0 Ok: queued as "), "{reply}");
+    let id = reply.trim_end().rsplit(' ').next().unwrap().to_string();
+    small.join().expect("small-message session");
+    let stopped = server.stop();
+    stopped.assert_clean();
+    let stored = spooled(&stopped.spool);
+    assert_eq!(stored.len(), 101);
+    let large = stored.iter().find(|m| m.id == id).expect("the large message");
+    assert_eq!(large.content().len(), body.len());
+    assert!(large.content() == &body[..], "content differs");
+    assert!(
+        large.json.contains(&format!("\"size\":{}", body.len())),
+        "{}",
+        large.json
+    );
+}
+
+#[test]
 fn half_sent_message_then_disconnect_leaves_no_entry() {
     let server = Server::start(&[]);
     let mut c = server.connect();
