@@ -2,6 +2,8 @@
 """Opens N idle SMTP sessions to a server, reads each greeting, and prints the server's RSS growth per session.
 
 Usage: idle_rss.py PORT SERVER_PID N [FIRST_SOURCE_IP] [SOURCE_IPS]
+RSS is read after the first WARM (1,000) sessions and after all N, and the growth between the
+two divided by N - WARM, so one-time costs (allocator arenas, first buffers) do not count.
 Connections are spread over SOURCE_IPS loopback addresses starting at FIRST_SOURCE_IP
 (default 127.0.0.2, 4 addresses), so no source runs out of ephemeral ports. The caller raises
 the descriptor limit (ulimit -n) first; everything is closed before exit.
@@ -24,26 +26,31 @@ def main():
     port, pid, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     first = ipaddress.IPv4Address(sys.argv[4] if len(sys.argv) > 4 else "127.0.0.2")
     sources = int(sys.argv[5]) if len(sys.argv) > 5 else 4
-    before = rss_kib(pid)
+    warm = min(1000, n // 2)
     socks = []
     deadline = time.monotonic() + 120
-    for i in range(n):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.bind((str(first + i % sources), 0))
-        s.settimeout(10)
-        s.connect(("127.0.0.1", port))
-        socks.append(s)
-        if time.monotonic() > deadline:
-            raise SystemExit(f"took too long after {i} connections")
-    # Every session has been accepted and greeted before RSS is read.
-    for s in socks:
-        greeting = s.recv(512)
-        if not greeting.startswith(b"220 "):
-            raise SystemExit(f"unexpected greeting {greeting!r}")
-    time.sleep(1)
-    after = rss_kib(pid)
-    print(f"sessions={n} rss_before_kib={before} rss_after_kib={after} "
-          f"per_session_bytes={(after - before) * 1024 / n:.0f}")
+
+    def open_until(count):
+        while len(socks) < count:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((str(first + len(socks) % sources), 0))
+            s.settimeout(10)
+            s.connect(("127.0.0.1", port))
+            # Every session has been accepted and greeted before RSS is read.
+            greeting = s.recv(512)
+            if not greeting.startswith(b"220 "):
+                raise SystemExit(f"unexpected greeting {greeting!r}")
+            socks.append(s)
+            if time.monotonic() > deadline:
+                raise SystemExit(f"took too long after {len(socks)} connections")
+        time.sleep(1)
+        return rss_kib(pid)
+
+    start = rss_kib(pid)
+    before = open_until(warm)
+    after = open_until(n)
+    print(f"sessions={n} rss_start_kib={start} rss_at_{warm}_kib={before} rss_at_{n}_kib={after} "
+          f"per_session_bytes={(after - before) * 1024 / (n - warm):.0f}")
     for s in socks:
         s.close()
 

@@ -44,6 +44,11 @@ start() {
     PIDS+=("$SERVER_PID")
 }
 
+# CPU seconds (user + system) the server has used so far.
+cpu_s() {
+    awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$SERVER_PID/stat"
+}
+
 stop() {
     kill -TERM "$SERVER_PID"
     wait "$SERVER_PID" || true
@@ -68,11 +73,18 @@ for round in $(seq "$ROUNDS"); do
     for target in uring epoll sink; do
         PORT=$((PORT + 1))
         start "$target" "$PORT"
+        c0=$(cpu_s)
         src=$(smtp_source_rate "$PORT")
+        c1=$(cpu_s)
         lg=$(loadgen "$PORT" --connections 200 --messages-per-session 100 --duration 10s \
-            | field 'round(d["throughput"]["messages_per_s"])')
+            | field 'd["messages"], round(d["throughput"]["messages_per_s"])')
+        c2=$(cpu_s)
         stop
-        echo "round=$round target=$target smtp_source_msgs_per_s=$src loadgen_msgs_per_s=$lg"
+        read -r lg_msgs lg_rate <<<"$(tr -d '(),' <<<"$lg")"
+        src_us=$(echo "($c1 - $c0) * 1000000 / 50000" | bc -l | xargs printf '%.1f')
+        lg_us=$(echo "($c2 - $c1) * 1000000 / $lg_msgs" | bc -l | xargs printf '%.1f')
+        echo "round=$round target=$target smtp_source_msgs_per_s=$src server_cpu_us_per_msg=$src_us" \
+            "loadgen_msgs_per_s=$lg_rate server_cpu_us_per_msg=$lg_us"
     done
 done
 
