@@ -160,6 +160,13 @@ impl Server {
                 panic!("server did not start ({status}): {}", log.lock().unwrap());
             }
         };
+        if let Some(backend) = BACKEND.get() {
+            let log = log.lock().unwrap();
+            assert!(
+                log.contains(&format!("backend=\"{backend}\"")),
+                "not on {backend}: {log}"
+            );
+        }
         Server {
             child: Some(child),
             addr,
