@@ -62,8 +62,10 @@ smtp_source_rate() {
     echo "50000 / ($end - $start)" | bc -l | xargs printf '%.0f'
 }
 
+# loadgen PORT ARGS...: runs the load generator, keeps its summary in $OUT, prints it.
 loadgen() {
-    taskset -c 1 "$LOADGEN" --target "127.0.0.1:$1" --threads 1 --quiet --json "${@:2}"
+    taskset -c 1 "$LOADGEN" --target "127.0.0.1:$1" --threads 1 --quiet --json "${@:2}" \
+        | tee "$OUT/loadgen-$1.json"
 }
 
 field() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
@@ -77,14 +79,14 @@ for round in $(seq "$ROUNDS"); do
         src=$(smtp_source_rate "$PORT")
         c1=$(cpu_s)
         lg=$(loadgen "$PORT" --connections 200 --messages-per-session 100 --duration 10s \
-            | field 'd["messages"], round(d["throughput"]["messages_per_s"])')
+            | field 'd["messages"], round(d["throughput"]["messages_per_s"]), d["errors"]["total"]')
         c2=$(cpu_s)
         stop
-        read -r lg_msgs lg_rate <<<"$(tr -d '(),' <<<"$lg")"
+        read -r lg_msgs lg_rate lg_errors <<<"$(tr -d '(),' <<<"$lg")"
         src_us=$(echo "($c1 - $c0) * 1000000 / 50000" | bc -l | xargs printf '%.1f')
         lg_us=$(echo "($c2 - $c1) * 1000000 / $lg_msgs" | bc -l | xargs printf '%.1f')
         echo "round=$round target=$target smtp_source_msgs_per_s=$src server_cpu_us_per_msg=$src_us" \
-            "loadgen_msgs_per_s=$lg_rate server_cpu_us_per_msg=$lg_us"
+            "loadgen_msgs_per_s=$lg_rate server_cpu_us_per_msg=$lg_us loadgen_errors=$lg_errors"
     done
 done
 
@@ -97,7 +99,7 @@ for target in uring epoll; do
     PIDS+=("$STRACE")
     sleep 1
     msgs=$(loadgen "$PORT" --connections 200 --messages-per-session 100 --sessions 400 --timeout 30s \
-        | field 'd["messages"]')
+        | field 'd["messages"] if d["errors"]["total"] == 0 else sys.exit("loadgen errors")')
     kill -INT "$STRACE"
     wait "$STRACE" || true
     stop
