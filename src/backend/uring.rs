@@ -46,6 +46,11 @@ const MAX_SLOT: usize = (1 << 24) - 1;
 /// How long a listener whose multishot accept ran out of descriptors or memory rests before
 /// accepting again (as the epoll backend), so a shortage does not become a busy loop.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// How long a wait that submitted sends holds out for one more completion than those sends
+/// (IORING_FEAT_MIN_TIMEOUT, 6.12): sends to sockets with room complete during the submission,
+/// and without this their completions alone would end the wait, costing a second enter per
+/// turn to sleep for the next input.
+const MIN_WAIT_US: u32 = 50;
 /// How long dropping the backend waits for the kernel to finish with its buffers.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
@@ -345,6 +350,8 @@ pub struct Uring {
     /// The kernel flags deferred completions in the SQ ring (`IORING_SETUP_TASKRUN_FLAG`).
     taskrun_flag: bool,
     read_budget: usize,
+    /// Sends queued since the last enter.
+    sends_queued: u32,
     epoch: u64,
     stats: IoStats,
     /// Receives ended by an empty buffer ring.
@@ -432,6 +439,7 @@ impl Uring {
             sqpoll: config.sqpoll,
             taskrun_flag,
             read_budget: config.read_budget,
+            sends_queued: 0,
             epoch: 0,
             stats: IoStats::default(),
             enobufs: 0,
@@ -577,6 +585,7 @@ impl Uring {
             .user_data(user_data(Op::Send, slot, conn.generation));
         conn.send_inflight = true;
         self.inflight += 1;
+        self.sends_queued += 1;
         self.push(entry);
     }
 
@@ -874,8 +883,15 @@ impl Uring {
             sq.sync();
             (sq.len(), sq.taskrun(), sq.cq_overflow())
         };
+        let sends = std::mem::take(&mut self.sends_queued);
+        let min_timeout = self.ring.params().is_feature_min_timeout();
         let submitter = self.ring.submitter();
-        let result = if wait {
+        let result = if wait && sends > 0 && min_timeout {
+            // Wait for the sends and one more completion, but after MIN_WAIT_US for any one.
+            let ts = Timespec::from(timeout.unwrap_or(Duration::from_secs(3600)));
+            let args = SubmitArgs::new().timespec(&ts).min_wait_usec(MIN_WAIT_US);
+            submitter.submit_with_args(sends as usize + 1, &args)
+        } else if wait {
             match timeout {
                 Some(t) => {
                     let ts = Timespec::from(t);
