@@ -212,6 +212,7 @@ fn uring_config(limits: &Limits) -> UringConfig {
         buffers: limits.uring_buffers,
         buffer_size: limits.uring_buffer_size,
         read_budget: limits.read_budget,
+        reserve: limits.max_connections.min(1 << 16),
     }
 }
 

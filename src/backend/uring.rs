@@ -67,6 +67,9 @@ pub struct UringConfig {
     pub buffer_size: usize,
     /// Octets delivered per connection per [`Backend::wait`].
     pub read_budget: usize,
+    /// Connection slots to reserve (address space only, as the worker's slab does), so the
+    /// table never moves, nor leaves its outgrown copies resident, as connections arrive.
+    pub reserve: usize,
 }
 
 /// The kind of an operation, the top byte of its user data.
@@ -428,7 +431,7 @@ impl Uring {
             waker,
             wake_buf: Box::new(0),
             listeners,
-            conns: Vec::new(),
+            conns: Vec::with_capacity(config.reserve.min(MAX_SLOT + 1)),
             backlog: VecDeque::new(),
             ready: Vec::new(),
             starved: VecDeque::new(),
