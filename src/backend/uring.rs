@@ -263,9 +263,10 @@ impl BufRing {
 
 impl Drop for BufRing {
     fn drop(&mut self) {
-        // SAFETY: the mapping was created in `new` with this length. The io_uring it was
-        // registered with is closed before this runs (field order in `Uring`), after the
-        // in-flight operations were drained, so the kernel no longer reads it.
+        // SAFETY: the mapping was created in `new` with this length and nothing else refers
+        // to it. The kernel pinned its pages when it was registered (io_uring/kbuf.c), so
+        // unmapping cannot pull memory from under a ring still open; in `Uring` the ring is
+        // closed first anyway (field order), after its operations were drained.
         unsafe { libc::munmap(self.entries.cast(), self.map_len) };
     }
 }
