@@ -103,6 +103,21 @@ limits! {
     /// Body octets a worker may have queued for its spool writer before sessions in DATA stop
     /// being read; keeps memory bounded when the disk is slower than the network.
     spool_queue_bytes: usize = 32 << 20, 1 << 16, 1 << 30;
+    /// Submission queue entries of each worker's io_uring (`--backend uring`); its completion
+    /// queue gets four times as many. Submissions beyond it wait in a backlog, so this bounds
+    /// a batch, not the connections; 1024 covers a turn of a busy worker in one submission.
+    uring_entries: u32 = 1024, 8, 32768;
+    /// Let a kernel thread poll each worker's submission queue (IORING_SETUP_SQPOLL), which
+    /// saves the submitting system call but burns a core per worker while busy: off, because
+    /// an MX frontend shares its cores with its workers.
+    uring_sqpoll: bool = false, 0, 1;
+    /// Receive buffers in each worker's provided-buffer ring, shared by all its connections
+    /// (an idle connection holds none). 512 lets that many connections have a receive
+    /// completion waiting at once; when they run out, receives wait for buffers to come back.
+    uring_buffers: usize = 512, 1, 32768;
+    /// Octets per provided receive buffer, the most one receive completion carries; 16 KiB
+    /// like `input_buffer`, so a pipelined batch of commands usually arrives in one.
+    uring_buffer_size: usize = 16384, 1024, 1 << 20;
 }
 
 /// Everything the protocol engine needs to know about the operator's choices.
@@ -132,11 +147,11 @@ impl Default for ProtoConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
-    /// The best one built: epoll for now.
+    /// io_uring when the kernel has everything it uses, else epoll (the log says why).
     Auto,
     /// Readiness-based, through mio.
     Epoll,
-    /// Completion-based io_uring (not built yet).
+    /// Completion-based io_uring: multishot accept and receive, provided buffers.
     Uring,
 }
 

@@ -41,7 +41,8 @@ struct Serve {
     /// Worker threads, each pinned to a core with its own listener. [default: number of CPUs]
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
-    /// I/O backend; auto picks epoll (io_uring is not built yet). [default: auto]
+    /// I/O backend; auto picks io_uring if the kernel has what it needs, else epoll. The
+    /// environment variable RINGMX_BACKEND (auto, epoll, uring) overrides it. [default: auto]
     #[arg(long, value_enum, value_name = "BACKEND")]
     backend: Option<BackendKind>,
     /// Spool directory: each message is on disk (DIR/<id>.eml and DIR/<id>.json) before its

@@ -1,8 +1,9 @@
 //! `ringmx serve`: checks the configuration, binds each worker's listeners, runs the pinned workers, and stops them on SIGTERM/SIGINT.
 
 use crate::backend::epoll::Epoll;
+use crate::backend::uring::{self, Uring, UringConfig};
 use crate::backend::{Backend, Wake};
-use crate::config::{BackendKind, ServerConfig};
+use crate::config::{BackendKind, Limits, ServerConfig};
 use crate::proto::Settings;
 use crate::spool::{self, IdGen, Spool};
 use crate::worker::{Control, Report, Store, Worker};
@@ -18,8 +19,6 @@ use std::thread::JoinHandle;
 
 /// Pending connections per listener; the kernel caps it at `net.core.somaxconn`.
 const LISTEN_BACKLOG: i32 = 4096;
-
-const UNBUILT: &str = "io_uring backend not built yet; use --backend epoll (or auto)";
 
 /// What starting one worker needs besides its backend.
 struct WorkerContext<'a> {
@@ -84,9 +83,7 @@ impl WorkerContext<'_> {
 /// counters of all workers. An error is a message for the operator.
 pub fn serve(config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Report, String> {
     config.validate().map_err(|e| e.to_string())?;
-    if config.backend == BackendKind::Uring {
-        return Err(UNBUILT.into());
-    }
+    let backend = choose_backend(config.backend)?;
     let signals = block_signals().map_err(|e| format!("cannot block signals: {e}"))?;
     raise_nofile_limit();
     let cpus = allowed_cpus();
@@ -129,13 +126,17 @@ pub fn serve(config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Report
             settings: &settings,
             active: &active,
         };
-        let started = match config.backend {
+        let started = match backend {
+            BackendKind::Uring => {
+                let backend = Uring::new(listeners, uring_config(limits))
+                    .map_err(|e| format!("cannot set up io_uring: {e}"))?;
+                ctx.start(backend)?
+            }
             BackendKind::Auto | BackendKind::Epoll => {
                 let backend = Epoll::new(listeners, limits.input_buffer, limits.read_budget)
                     .map_err(|e| format!("cannot create epoll instance: {e}"))?;
                 ctx.start(backend)?
             }
-            BackendKind::Uring => return Err(UNBUILT.into()),
         };
         backend_name = started.backend;
         threads.push(started.thread);
@@ -174,6 +175,45 @@ pub fn serve(config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Report
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     Ok(report)
+}
+
+/// The backend to run, epoll or uring: `RINGMX_BACKEND` (auto, epoll or uring) overrides the
+/// configuration, and auto takes io_uring when the kernel has everything it uses.
+fn choose_backend(configured: BackendKind) -> Result<BackendKind, String> {
+    let kind = match std::env::var("RINGMX_BACKEND") {
+        Ok(v) if v.is_empty() => configured,
+        Ok(v) => match v.as_str() {
+            "auto" => BackendKind::Auto,
+            "epoll" => BackendKind::Epoll,
+            "uring" => BackendKind::Uring,
+            _ => return Err(format!("RINGMX_BACKEND={v}: expected auto, epoll or uring")),
+        },
+        Err(_) => configured,
+    };
+    match kind {
+        BackendKind::Auto => match uring::probe() {
+            Ok(()) => Ok(BackendKind::Uring),
+            Err(missing) => {
+                tracing::warn!("io_uring unusable ({missing}); using epoll");
+                Ok(BackendKind::Epoll)
+            }
+        },
+        BackendKind::Uring => uring::probe()
+            .map(|()| BackendKind::Uring)
+            .map_err(|missing| format!("io_uring unusable: {missing}")),
+        BackendKind::Epoll => Ok(BackendKind::Epoll),
+    }
+}
+
+fn uring_config(limits: &Limits) -> UringConfig {
+    UringConfig {
+        entries: limits.uring_entries,
+        sqpoll: limits.uring_sqpoll,
+        buffers: limits.uring_buffers,
+        buffer_size: limits.uring_buffer_size,
+        read_budget: limits.read_budget,
+        reserve: limits.max_connections.min(1 << 16),
+    }
 }
 
 /// The counters as `key=value` pairs.

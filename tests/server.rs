@@ -130,17 +130,14 @@ fn run_transcripts(byte_at_a_time: bool) {
     );
 }
 
-#[test]
 fn transcripts_over_tcp_all_at_once() {
     run_transcripts(false);
 }
 
-#[test]
 fn transcripts_over_tcp_byte_at_a_time() {
     run_transcripts(true);
 }
 
-#[test]
 fn pipelined_batch_is_answered_in_one_write() {
     let server = Server::start(&["--sink"]);
     let mut c = server.connect();
@@ -159,7 +156,6 @@ fn pipelined_batch_is_answered_in_one_write() {
     assert_eq!(stopped.stats["commands"], 6);
 }
 
-#[test]
 fn lettre_message_sits_byte_exact_in_the_spool() {
     use lettre::message::header::ContentType;
     use lettre::{Message, SmtpTransport, Transport};
@@ -218,7 +214,6 @@ fn send_message(c: &mut Client, n: usize) -> String {
     c.reply()
 }
 
-#[test]
 fn five_hundred_concurrent_sessions() {
     const SESSIONS: usize = 500;
     const THREADS: usize = 10;
@@ -256,7 +251,6 @@ fn five_hundred_concurrent_sessions() {
     assert_eq!(spooled(&stopped.spool).len(), SESSIONS);
 }
 
-#[test]
 fn client_that_never_reads_is_bounded_and_others_are_served() {
     let server = Server::start(&["--sink"]);
     let mut greedy = server.connect();
@@ -302,7 +296,6 @@ fn client_that_never_reads_is_bounded_and_others_are_served() {
     server.stop().assert_clean();
 }
 
-#[test]
 fn a_flooding_client_does_not_starve_another_on_its_worker() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
@@ -348,7 +341,6 @@ fn a_flooding_client_does_not_starve_another_on_its_worker() {
     server.stop().assert_clean();
 }
 
-#[test]
 fn a_large_message_streams_to_the_spool_byte_exact() {
     let dir = TempDir::new("large");
     let config = dir.0.join("ringmx.toml");
@@ -409,7 +401,6 @@ fn a_large_message_streams_to_the_spool_byte_exact() {
     );
 }
 
-#[test]
 fn half_sent_message_then_disconnect_leaves_no_entry() {
     let server = Server::start(&[]);
     let mut c = server.connect();
@@ -430,7 +421,6 @@ fn half_sent_message_then_disconnect_leaves_no_entry() {
     server.stop().assert_clean();
 }
 
-#[test]
 fn full_disk_is_answered_452_and_leaves_no_entry() {
     let server = Server::start_with(Options {
         args: &[],
@@ -455,7 +445,6 @@ fn full_disk_is_answered_452_and_leaves_no_entry() {
     server.stop().assert_clean();
 }
 
-#[test]
 fn filesystem_sync_commits_a_pipelined_pair() {
     let dir = TempDir::new("syncfs");
     let config = dir.0.join("ringmx.toml");
@@ -473,7 +462,6 @@ fn filesystem_sync_commits_a_pipelined_pair() {
     assert_eq!(stored[1].content(), b"Subject: 2\r\n\r\nbody 2\r\n");
 }
 
-#[test]
 fn sigterm_mid_transaction_completes_it() {
     let server = Server::start(&[]);
     let mut busy = server.connect();
@@ -502,7 +490,6 @@ fn sigterm_mid_transaction_completes_it() {
     );
 }
 
-#[test]
 fn over_max_connections_gets_421() {
     let server = Server::start(&["--sink", "--max-connections", "2"]);
     let mut a = server.connect();
@@ -521,7 +508,6 @@ fn over_max_connections_gets_421() {
     assert_eq!(stopped.stats["rejected"], 1);
 }
 
-#[test]
 fn out_of_descriptors_the_server_waits_and_accepts_later() {
     let server = Server::start_with(Options {
         args: &["--sink"],
@@ -551,7 +537,6 @@ fn out_of_descriptors_the_server_waits_and_accepts_later() {
     assert_eq!(stopped.stats["accepted"], 50);
 }
 
-#[test]
 fn idle_session_times_out_with_421() {
     let dir = TempDir::new("timeout");
     let config = dir.0.join("ringmx.toml");
@@ -581,7 +566,7 @@ fn ringmx(args: &[&str]) -> std::process::Output {
 }
 
 #[test]
-fn bad_values_and_uring_are_refused_at_start() {
+fn bad_values_are_refused_at_start() {
     let out = ringmx(&[
         "serve",
         "--sink",
@@ -596,10 +581,17 @@ fn bad_values_and_uring_are_refused_at_start() {
         err.contains("`max_recipients` = 5 is outside its allowed range 100..=100000"),
         "{err}"
     );
-    let out = ringmx(&["serve", "--sink", "--listen", "127.0.0.1:0", "--backend", "uring"]);
+    let out = ringmx(&[
+        "serve",
+        "--sink",
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        "kqueue",
+    ]);
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("io_uring backend not built yet"),
+        String::from_utf8_lossy(&out.stderr).contains("invalid value 'kqueue'"),
         "{out:?}"
     );
     let dir = TempDir::new("badconfig");
@@ -634,3 +626,34 @@ fn help_documents_every_flag() {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }
 }
+
+/// Every test above that starts a server runs once per backend from the same body (as monoio's
+/// `test_all`): `epoll::NAME` and `uring::NAME`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod epoll {
+            $( #[test] fn $name() { crate::serverkit::on_backend("epoll", super::$name) } )*
+        }
+        mod uring {
+            $( #[test] fn $name() { crate::serverkit::on_backend("uring", super::$name) } )*
+        }
+    };
+}
+
+on_both_backends!(
+    transcripts_over_tcp_all_at_once,
+    transcripts_over_tcp_byte_at_a_time,
+    pipelined_batch_is_answered_in_one_write,
+    lettre_message_sits_byte_exact_in_the_spool,
+    five_hundred_concurrent_sessions,
+    client_that_never_reads_is_bounded_and_others_are_served,
+    a_flooding_client_does_not_starve_another_on_its_worker,
+    a_large_message_streams_to_the_spool_byte_exact,
+    half_sent_message_then_disconnect_leaves_no_entry,
+    full_disk_is_answered_452_and_leaves_no_entry,
+    filesystem_sync_commits_a_pipelined_pair,
+    sigterm_mid_transaction_completes_it,
+    over_max_connections_gets_421,
+    out_of_descriptors_the_server_waits_and_accepts_later,
+    idle_session_times_out_with_421,
+);

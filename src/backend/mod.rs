@@ -37,6 +37,7 @@
 //! The worker never blocks anywhere but in [`Backend::wait`].
 
 pub mod epoll;
+pub mod uring;
 
 use std::io;
 use std::net::SocketAddr;

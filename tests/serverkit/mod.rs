@@ -15,6 +15,17 @@ use std::time::{Duration, Instant};
 /// How long anything in these tests may take before it counts as hung.
 pub const LIMIT: Duration = Duration::from_secs(20);
 
+thread_local! {
+    /// The backend servers started on this thread use (see [`on_backend`]); none: the default.
+    static BACKEND: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `test` with every server it starts (on this thread) using `backend`.
+pub fn on_backend(backend: &'static str, test: fn()) {
+    BACKEND.set(Some(backend));
+    test();
+}
+
 /// A scratch directory removed when dropped.
 pub struct TempDir(pub PathBuf);
 
@@ -92,6 +103,11 @@ impl Server {
             cmd.args(["--workers", "1"]);
         }
         cmd.args(options.args);
+        if let Some(backend) = BACKEND.get() {
+            if !options.args.contains(&"--backend") {
+                cmd.args(["--backend", backend]).env_remove("RINGMX_BACKEND");
+            }
+        }
         cmd.env("RUST_LOG", "info");
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -144,6 +160,13 @@ impl Server {
                 panic!("server did not start ({status}): {}", log.lock().unwrap());
             }
         };
+        if let Some(backend) = BACKEND.get() {
+            let log = log.lock().unwrap();
+            assert!(
+                log.contains(&format!("backend=\"{backend}\"")),
+                "not on {backend}: {log}"
+            );
+        }
         Server {
             child: Some(child),
             addr,
