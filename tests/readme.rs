@@ -26,7 +26,11 @@ fn readme_lists_every_limit_with_its_default_and_range() {
             .iter()
             .find(|r| r[0] == spec.name)
             .unwrap_or_else(|| panic!("README.md has no row for `{}`", spec.name));
-        let parse = |cell: &str| cell.replace(['_', ','], "").parse::<u64>().unwrap();
+        // A flag's default reads "0 (false)": the number is what counts.
+        let parse = |cell: &str| {
+            let number = cell.split_whitespace().next().unwrap_or("");
+            number.replace(['_', ','], "").parse::<u64>().unwrap()
+        };
         assert_eq!(
             (parse(&row[1]), parse(&row[2]), parse(&row[3])),
             (spec.default, spec.min, spec.max),
