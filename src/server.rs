@@ -213,6 +213,7 @@ fn uring_config(limits: &Limits) -> UringConfig {
         buffer_size: limits.uring_buffer_size,
         read_budget: limits.read_budget,
         reserve: limits.max_connections.min(1 << 16),
+        min_wait_us: limits.uring_min_wait_us,
     }
 }
 

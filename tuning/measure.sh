@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Measures the effect of the settings in tuning/README.md on this machine: each pair of
 # settings is run alternately ROUNDS times (A B A B …) so that drift hits both alike.
+# ONLY=REGEX (no spaces) runs only the comparisons whose title matches.
 # Loopback only; every run is bounded by --duration. Needs root for sysctl; restores every
 # sysctl it changes. Usage: bash tuning/measure.sh [ROUNDS] > results.txt
 set -euo pipefail
@@ -51,6 +52,7 @@ PY
 }
 
 pair() { # TITLE; then two "LABEL|SETUP|SERVER ARGS|LOADGEN ARGS" specs
+    [[ "$1" =~ ${ONLY:-.} ]] || return 0
     echo "== $1"
     for _ in $(seq "$ROUNDS"); do
         for spec in "$2" "$3"; do
@@ -65,6 +67,17 @@ pair() { # TITLE; then two "LABEL|SETUP|SERVER ARGS|LOADGEN ARGS" specs
 PIPE="--connections 50 --messages-per-session 200 --mix valid=100 --threads 1"
 ONE="--connections 50 --mix valid=100 --threads 1"
 
+pair "Backend with one worker, pipelined sink" \
+    "--backend uring --workers 1|:|--sink --backend uring --workers 1|$PIPE" \
+    "--backend epoll --workers 1|:|--sink --backend epoll --workers 1|$PIPE"
+printf 'uring_min_wait_us = 0\n' >"$TMP/nominwait.toml"
+printf 'uring_min_wait_us = 50\n' >"$TMP/minwait.toml"
+pair "io_uring min wait with two workers beside the load generator, pipelined sink" \
+    "uring_min_wait_us=50|:|--sink --backend uring --config $TMP/minwait.toml|$PIPE" \
+    "uring_min_wait_us=0|:|--sink --backend uring --config $TMP/nominwait.toml|$PIPE"
+pair "io_uring min wait with one worker, pipelined sink" \
+    "uring_min_wait_us=50|:|--sink --backend uring --workers 1 --config $TMP/minwait.toml|$PIPE" \
+    "uring_min_wait_us=0|:|--sink --backend uring --workers 1 --config $TMP/nominwait.toml|$PIPE"
 pair "TCP autocorking, pipelined sink" \
     "tcp_autocorking=1|set_sysctl net.ipv4.tcp_autocorking 1|--sink|$PIPE" \
     "tcp_autocorking=0|set_sysctl net.ipv4.tcp_autocorking 0|--sink|$PIPE"

@@ -46,11 +46,6 @@ const MAX_SLOT: usize = (1 << 24) - 1;
 /// How long a listener whose multishot accept ran out of descriptors or memory rests before
 /// accepting again (as the epoll backend), so a shortage does not become a busy loop.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
-/// How long a wait that submitted sends holds out for one more completion than those sends
-/// (IORING_FEAT_MIN_TIMEOUT, 6.12): sends to sockets with room complete during the submission,
-/// and without this their completions alone would end the wait, costing a second enter per
-/// turn to sleep for the next input.
-const MIN_WAIT_US: u32 = 50;
 /// How long dropping the backend waits for the kernel to finish with its buffers.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
@@ -70,6 +65,11 @@ pub struct UringConfig {
     /// Connection slots to reserve (address space only, as the worker's slab does), so the
     /// table never moves, nor leaves its outgrown copies resident, as connections arrive.
     pub reserve: usize,
+    /// How long a wait that submitted sends holds out for one more completion than those
+    /// sends (IORING_FEAT_MIN_TIMEOUT, 6.12), in microseconds; 0: not at all. Sends to sockets
+    /// with room complete during the submission, and without this their completions alone
+    /// would end the wait, costing a second enter per turn to sleep for the next input.
+    pub min_wait_us: u32,
 }
 
 /// The kind of an operation, the top byte of its user data.
@@ -356,6 +356,7 @@ pub struct Uring {
     read_budget: usize,
     /// Sends queued since the last enter.
     sends_queued: u32,
+    min_wait_us: u32,
     epoch: u64,
     stats: IoStats,
     /// Receives ended by an empty buffer ring.
@@ -444,6 +445,7 @@ impl Uring {
             taskrun_flag,
             read_budget: config.read_budget,
             sends_queued: 0,
+            min_wait_us: config.min_wait_us,
             epoch: 0,
             stats: IoStats::default(),
             enobufs: 0,
@@ -890,10 +892,10 @@ impl Uring {
         let sends = std::mem::take(&mut self.sends_queued);
         let min_timeout = self.ring.params().is_feature_min_timeout();
         let submitter = self.ring.submitter();
-        let result = if wait && sends > 0 && min_timeout {
-            // Wait for the sends and one more completion, but after MIN_WAIT_US for any one.
+        let result = if wait && sends > 0 && min_timeout && self.min_wait_us > 0 {
+            // Wait for the sends and one more completion, but after `min_wait_us` for any one.
             let ts = Timespec::from(timeout.unwrap_or(Duration::from_secs(3600)));
-            let args = SubmitArgs::new().timespec(&ts).min_wait_usec(MIN_WAIT_US);
+            let args = SubmitArgs::new().timespec(&ts).min_wait_usec(self.min_wait_us);
             submitter.submit_with_args(sends as usize + 1, &args)
         } else if wait {
             match timeout {
