@@ -55,3 +55,15 @@ fn nonsmtp_sessions_close_and_smtp_sessions_with_quit_close() {
         assert_eq!(outcome.closed, ends_with_quit_or_error, "{}", t.name);
     }
 }
+
+#[test]
+fn error_replies_are_counted() {
+    let all = transcripts();
+    let count = |name: &str| {
+        let t = all.iter().find(|t| t.name == name).unwrap();
+        drive(&t.config, [&t.input[..]]).errors
+    };
+    assert_eq!(count("too_many_errors"), 20, "the 20 unrecognized commands");
+    assert_eq!(count("typo_then_corrected"), 4, "HLEO, MIAL, RCTP, DTAA");
+    assert_eq!(count("basic_data"), 0);
+}

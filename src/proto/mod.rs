@@ -75,6 +75,8 @@ pub struct Stats {
     pub non_smtp: [u64; NonSmtp::COUNT],
     /// Command lines handled.
     pub commands: u64,
+    /// Error replies to commands: the ones `max_errors` counts ([`Reply::is_client_error`]).
+    pub errors: u64,
     /// Messages acknowledged with `250` after their commit.
     pub messages: u64,
 }
@@ -85,6 +87,7 @@ impl Default for Stats {
             replies: [0; Reply::COUNT],
             non_smtp: [0; NonSmtp::COUNT],
             commands: 0,
+            errors: 0,
             messages: 0,
         }
     }
@@ -109,6 +112,7 @@ impl Stats {
             *a += b;
         }
         self.commands += other.commands;
+        self.errors += other.errors;
         self.messages += other.messages;
     }
 }

@@ -393,6 +393,7 @@ impl Session {
         if !reply.is_client_error() {
             return;
         }
+        stats.errors += 1;
         self.errors += 1;
         if self.errors >= self.settings.config.limits.max_errors {
             out.extend_from_slice(Reply::TooManyErrors.fixed());

@@ -63,6 +63,8 @@ pub struct Outcome {
     pub output: Vec<u8>,
     pub messages: Vec<Vec<u8>>,
     pub closed: bool,
+    /// The session's error replies, as counted in its stats.
+    pub errors: u64,
 }
 
 impl Outcome {
@@ -124,6 +126,7 @@ pub fn drive<'a>(config: &ProtoConfig, chunks: impl IntoIterator<Item = &'a [u8]
         output,
         messages,
         closed,
+        errors: stats.errors,
     }
 }
 
