@@ -2,7 +2,7 @@
 
 mod serverkit;
 
-use serverkit::{mask_queue_ids, show, spooled, Client, Options, Server, TempDir, LIMIT};
+use serverkit::{all_at_once, mask_queue_ids, show, spooled, Client, Options, Server, TempDir, LIMIT};
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -216,34 +216,15 @@ fn send_message(c: &mut Client, n: usize) -> String {
 
 fn five_hundred_concurrent_sessions() {
     const SESSIONS: usize = 500;
-    const THREADS: usize = 10;
     let server = Server::start(&["--workers", "2"]);
-    let addr = server.addr;
-    let barrier = std::sync::Arc::new(std::sync::Barrier::new(THREADS));
-    let threads: Vec<_> = (0..THREADS)
-        .map(|t| {
-            let barrier = barrier.clone();
-            std::thread::spawn(move || {
-                let mut clients: Vec<Client> = (0..SESSIONS / THREADS)
-                    .map(|_| {
-                        let mut c = Client::connect(addr);
-                        assert!(c.reply().starts_with("220 "));
-                        c
-                    })
-                    .collect();
-                // All 500 are open at once before any sends mail.
-                barrier.wait();
-                for (i, c) in clients.iter_mut().enumerate() {
-                    let reply = send_message(c, t * 1000 + i);
-                    assert!(reply.starts_with("250 2.0.0 Ok: queued as "), "{reply}");
-                    assert!(c.cmd("QUIT").starts_with("221"));
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().expect("client thread");
-    }
+    // All 500 are open at once before any sends mail.
+    all_at_once(server.addr, SESSIONS, 10, |t, clients| {
+        for (i, c) in clients.iter_mut().enumerate() {
+            let reply = send_message(c, t * 1000 + i);
+            assert!(reply.starts_with("250 2.0.0 Ok: queued as "), "{reply}");
+            assert!(c.cmd("QUIT").starts_with("221"));
+        }
+    });
     let stopped = server.stop();
     stopped.assert_clean();
     assert_eq!(stopped.stats["accepted"], SESSIONS as u64);

@@ -2,7 +2,7 @@
 
 mod serverkit;
 
-use serverkit::{spooled, Client, Server, TempDir, LIMIT};
+use serverkit::{all_at_once, spooled, Client, Server, TempDir, LIMIT};
 use socket2::{Domain, Socket, Type};
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -191,48 +191,29 @@ fn abrupt_closes_mid_send_then_reused_slots_work() {
 #[test]
 fn submission_queue_of_eight_serves_two_hundred_sessions() {
     const SESSIONS: usize = 200;
-    const THREADS: usize = 10;
     let (server, _config) = start_uring("uring_entries = 8\n", &["--sink"]);
-    let addr = server.addr;
-    let barrier = Arc::new(Barrier::new(THREADS));
-    let threads: Vec<_> = (0..THREADS)
-        .map(|t| {
-            let barrier = barrier.clone();
-            std::thread::spawn(move || {
-                let mut clients: Vec<Client> = (0..SESSIONS / THREADS)
-                    .map(|_| {
-                        let mut c = Client::connect(addr);
-                        assert!(c.reply().starts_with("220 "));
-                        c
-                    })
-                    .collect();
-                barrier.wait();
-                // Every session's batch goes out before any reply is read, so the server
-                // has far more to submit in one turn than its queue holds.
-                for (i, c) in clients.iter_mut().enumerate() {
-                    c.send(
-                        format!(
-                            "EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<r{t}x{i}@d.example>\r\n\
-                             DATA\r\nSubject: {t} {i}\r\n\r\nbody\r\n.\r\nQUIT\r\n"
-                        )
-                        .as_bytes(),
-                    );
-                }
-                for c in &mut clients {
-                    assert!(c.reply().starts_with("250-"));
-                    assert!(c.reply().starts_with("250 "));
-                    assert!(c.reply().starts_with("250 "));
-                    assert!(c.reply().starts_with("354 "));
-                    assert!(c.reply().starts_with("250 2.0.0 Ok: queued as "));
-                    assert!(c.reply().starts_with("221 "));
-                    assert!(c.read_to_end().is_empty());
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().expect("client thread");
-    }
+    all_at_once(server.addr, SESSIONS, 10, |t, clients| {
+        // Every session's batch goes out before any reply is read, so the server
+        // has far more to submit in one turn than its queue holds.
+        for (i, c) in clients.iter_mut().enumerate() {
+            c.send(
+                format!(
+                    "EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<r{t}x{i}@d.example>\r\n\
+                     DATA\r\nSubject: {t} {i}\r\n\r\nbody\r\n.\r\nQUIT\r\n"
+                )
+                .as_bytes(),
+            );
+        }
+        for c in clients.iter_mut() {
+            assert!(c.reply().starts_with("250-"));
+            assert!(c.reply().starts_with("250 "));
+            assert!(c.reply().starts_with("250 "));
+            assert!(c.reply().starts_with("354 "));
+            assert!(c.reply().starts_with("250 2.0.0 Ok: queued as "));
+            assert!(c.reply().starts_with("221 "));
+            assert!(c.read_to_end().is_empty());
+        }
+    });
     let stopped = server.stop();
     stopped.assert_clean();
     assert_eq!(stopped.stats["accepted"], SESSIONS as u64);

@@ -269,6 +269,32 @@ impl Stopped {
 }
 
 /// A raw SMTP client with timeouts.
+/// Opens `sessions` connections to `addr` from `threads` client threads, each greeted before
+/// any thread goes on, so all are open at once; then each thread runs `each(thread, clients)`
+/// on its share and the call returns when all have finished.
+pub fn all_at_once(addr: SocketAddr, sessions: usize, threads: usize, each: fn(usize, &mut [Client])) {
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let mut clients: Vec<Client> = (0..sessions / threads)
+                    .map(|_| {
+                        let mut c = Client::connect(addr);
+                        assert!(c.reply().starts_with("220 "));
+                        c
+                    })
+                    .collect();
+                barrier.wait();
+                each(t, &mut clients);
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("client thread");
+    }
+}
+
 pub struct Client {
     pub stream: TcpStream,
     buf: Vec<u8>,
