@@ -34,7 +34,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -316,6 +316,8 @@ pub struct Spool {
     jobs: Option<Sender<Job>>,
     pub results: Receiver<Done>,
     queued: Arc<AtomicUsize>,
+    /// The worker found the queue full and waits for the committer to wake it.
+    waiting: Arc<AtomicBool>,
     limit: usize,
     thread: Option<JoinHandle<()>>,
     pub ids: IdGen,
@@ -335,6 +337,7 @@ impl Spool {
         let (jobs, job_rx) = crossbeam_channel::unbounded();
         let (done_tx, results) = crossbeam_channel::unbounded();
         let queued = Arc::new(AtomicUsize::new(0));
+        let waiting = Arc::new(AtomicBool::new(false));
         let committer = Committer {
             dir,
             dir_file,
@@ -343,6 +346,7 @@ impl Spool {
             open: HashMap::new(),
             ended: Vec::new(),
             queued: queued.clone(),
+            waiting: waiting.clone(),
             limit,
             done: done_tx,
             waker,
@@ -354,6 +358,7 @@ impl Spool {
             jobs: Some(jobs),
             results,
             queued,
+            waiting,
             limit,
             thread: Some(thread),
             ids: IdGen::new(worker),
@@ -363,7 +368,7 @@ impl Spool {
     /// Queues a job; a body chunk counts towards the queue limit until written.
     pub fn submit(&self, job: Job) {
         if let Job::Chunk { data, .. } = &job {
-            self.queued.fetch_add(data.len(), Ordering::Relaxed);
+            self.queued.fetch_add(data.len(), Ordering::SeqCst);
         }
         if let Some(jobs) = &self.jobs {
             // The committer outlives every send: it exits only when this sender is dropped.
@@ -371,10 +376,17 @@ impl Spool {
         }
     }
 
-    /// Whether body bytes written to the committer but not yet to disk exceed the limit;
-    /// sessions in DATA stop being read until the committer catches up.
+    /// Whether body bytes handed to the committer but not yet taken by it exceed the limit;
+    /// sessions in DATA stop being read until the committer catches up, and then it wakes the
+    /// worker. The flag is raised before the queue is looked at again, and the committer
+    /// lowers its count before it looks at the flag, so one of the two always sees the other:
+    /// no wake-up is lost.
     pub fn full(&self) -> bool {
-        self.queued.load(Ordering::Relaxed) > self.limit
+        if self.queued.load(Ordering::SeqCst) <= self.limit {
+            return false;
+        }
+        self.waiting.store(true, Ordering::SeqCst);
+        self.queued.load(Ordering::SeqCst) > self.limit
     }
 
     /// Lets the committer finish every job already queued, then waits for it.
@@ -403,6 +415,7 @@ struct Committer {
     open: HashMap<u64, Pending>,
     ended: Vec<(u64, Pending)>,
     queued: Arc<AtomicUsize>,
+    waiting: Arc<AtomicBool>,
     limit: usize,
     done: Sender<Done>,
     waker: Arc<dyn Wake>,
@@ -419,15 +432,18 @@ const BATCH_JOBS: usize = 1024;
 impl Committer {
     fn run(mut self, jobs: Receiver<Job>) {
         while let Ok(first) = jobs.recv() {
-            let was_full = self.queued.load(Ordering::Relaxed) > self.limit;
             self.handle(first);
             for job in jobs.try_iter().take(BATCH_JOBS) {
                 self.handle(job);
             }
-            if !self.ended.is_empty() {
+            // A worker that found the queue full waits for this wake (see `Spool::full`).
+            let drained = self.queued.load(Ordering::SeqCst) <= self.limit
+                && self.waiting.swap(false, Ordering::SeqCst);
+            let committed = !self.ended.is_empty();
+            if committed {
                 self.commit_batch();
-                self.waker.wake();
-            } else if was_full && self.queued.load(Ordering::Relaxed) <= self.limit {
+            }
+            if committed || drained {
                 self.waker.wake();
             }
         }
@@ -468,7 +484,7 @@ impl Committer {
                 self.open.insert(key, pending);
             }
             Job::Chunk { key, data } => {
-                self.queued.fetch_sub(data.len(), Ordering::Relaxed);
+                self.queued.fetch_sub(data.len(), Ordering::SeqCst);
                 let Some(mut pending) = self.open.remove(&key) else {
                     return;
                 };
