@@ -205,11 +205,16 @@ fn lettre_message_sits_byte_exact_in_the_spool() {
     assert!(m.json.contains(&format!("\"size\":{}", sent.len())), "{}", m.json);
 }
 
-fn send_message(c: &mut Client, n: usize) -> String {
+/// EHLO, MAIL and RCPT TO:<LOCAL@d.example>, then DATA, each accepted: the client may send the body.
+fn start_data(c: &mut Client, local: &str) {
     assert!(c.cmd("EHLO c.example").starts_with("250"));
     assert!(c.cmd("MAIL FROM:<a@b.example>").starts_with("250"));
-    assert!(c.cmd(&format!("RCPT TO:<r{n}@d.example>")).starts_with("250"));
+    assert!(c.cmd(&format!("RCPT TO:<{local}@d.example>")).starts_with("250"));
     assert!(c.cmd("DATA").starts_with("354"));
+}
+
+fn send_message(c: &mut Client, n: usize) -> String {
+    start_data(c, &format!("r{n}"));
     c.send(format!("Subject: {n}\r\n\r\nbody {n}\r\n.\r\n").as_bytes());
     c.reply()
 }
@@ -344,10 +349,7 @@ fn a_large_message_streams_to_the_spool_byte_exact() {
     });
     let mut c = server.connect();
     assert!(c.reply().starts_with("220 "));
-    assert!(c.cmd("EHLO c.example").starts_with("250"));
-    assert!(c.cmd("MAIL FROM:<a@b.example>").starts_with("250"));
-    assert!(c.cmd("RCPT TO:<c@d.example>").starts_with("250"));
-    assert!(c.cmd("DATA").starts_with("354"));
+    start_data(&mut c, "c");
     let mut body = b"Subject: large\r\n\r\n".to_vec();
     for i in 0..200_000u32 {
         body.extend_from_slice(format!("{i:08} 0123456789abcdefghijklmnopqrstuvwxyz\r\n").as_bytes());
@@ -386,10 +388,7 @@ fn half_sent_message_then_disconnect_leaves_no_entry() {
     let server = Server::start(&[]);
     let mut c = server.connect();
     assert!(c.reply().starts_with("220 "));
-    assert!(c.cmd("EHLO c.example").starts_with("250"));
-    assert!(c.cmd("MAIL FROM:<a@b.example>").starts_with("250"));
-    assert!(c.cmd("RCPT TO:<c@d.example>").starts_with("250"));
-    assert!(c.cmd("DATA").starts_with("354"));
+    start_data(&mut c, "c");
     c.send(&b"Subject: cut\r\n\r\n".repeat(2000));
     drop(c);
     // Same worker, so its jobs reach the spool after the abort of the first.
@@ -410,10 +409,7 @@ fn full_disk_is_answered_452_and_leaves_no_entry() {
     });
     let mut c = server.connect();
     assert!(c.reply().starts_with("220 "));
-    assert!(c.cmd("EHLO c.example").starts_with("250"));
-    assert!(c.cmd("MAIL FROM:<a@b.example>").starts_with("250"));
-    assert!(c.cmd("RCPT TO:<c@d.example>").starts_with("250"));
-    assert!(c.cmd("DATA").starts_with("354"));
+    start_data(&mut c, "c");
     c.send(&b"0123456789012345678901234567890123456789012345678901234567890123456789\r\n".repeat(300));
     c.send(b".\r\n");
     let reply = c.reply();
