@@ -117,7 +117,7 @@ fn data_group(c: &mut Criterion, name: &str, stream: &[u8]) {
             loop {
                 let fed = receiver.feed(&s[pos..]);
                 pos += fed.consumed;
-                content += black_box(fed.body).len();
+                content += black_box(fed.body).octets();
                 if fed.done {
                     break content;
                 }

@@ -13,7 +13,9 @@ fn run(input: &[u8], step: usize) -> (Vec<u8>, usize, bool, Option<Flaw>) {
         end = end.max(pos + step).min(input.len());
         let fed = receiver.feed(&input[pos..end]);
         assert!(fed.consumed > 0 || fed.body.is_empty(), "content without consumption");
-        out.extend_from_slice(fed.body);
+        for piece in fed.body.pieces() {
+            out.extend_from_slice(piece);
+        }
         pos += fed.consumed;
         if fed.done {
             return finish(out, pos, true, receiver.flaw());

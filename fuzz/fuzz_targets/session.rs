@@ -19,7 +19,7 @@ fn run(config: &ProtoConfig, input: &[u8], step: usize) -> (Vec<u8>, u64) {
         loop {
             let progress = session.handle_input(now, &pending, &mut out, &mut stats);
             let n = progress.consumed;
-            current += progress.body.len() as u64;
+            current += progress.body.octets() as u64;
             pending.drain(..n);
             let mut evented = false;
             while let Some(event) = session.poll_event() {

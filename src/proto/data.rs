@@ -47,6 +47,22 @@ struct Blocks {
     /// Bytes scanned.
     p: usize,
     stop: Option<Stop>,
+    /// Stuffing dots dropped in passing, and how many more may be.
+    cuts: Cuts,
+    max_cuts: usize,
+}
+
+/// Positions of stuffing dots the block scan dropped without stopping.
+#[derive(Debug, Clone, Copy)]
+struct Cuts {
+    at: [usize; MAX_PIECES],
+    len: usize,
+}
+
+impl Cuts {
+    fn positions(&self) -> &[usize] {
+        &self.at[..self.len]
+    }
 }
 
 /// Scans whole 64-byte blocks that are followed by at least one more byte, with the widest
@@ -124,34 +140,51 @@ fn run_blocks(hay: &[u8], b: &mut Blocks, masks: impl Fn(&[u8; 64]) -> (u64, u64
     // Locals, written back once, so the loop runs in registers.
     let (mut p, mut line, mut carry, mut longest) = (b.p, b.line, b.carry, b.longest);
     let (mut pending_cr, mut after_lf, mut saw_lf) = (b.pending_cr, b.after_lf, b.saw_lf);
-    while p + 64 < hay.len() {
+    'blocks: while p + 64 < hay.len() {
         let block: &[u8; 64] = hay[p..p + 64].try_into().expect("64 bytes");
         let (lf, cr, dot) = masks(block);
         let bare = lf & !((cr << 1) | u64::from(pending_cr));
         let dot_start = ((lf << 1) | u64::from(after_lf)) & dot;
-        let events = bare | dot_start;
-        let before = if events == 0 {
-            lf
-        } else {
-            lf & ((1u64 << events.trailing_zeros()) - 1)
-        };
-        if before != 0 {
-            // Only the first line end of a block can close a long line: the others are
-            // less than 64 octets from the previous one.
-            longest = longest.max(carry + p + before.trailing_zeros() as usize + 1 - line);
-            carry = 0;
-            line = p + 64 - before.leading_zeros() as usize;
-            saw_lf = true;
-        }
-        if events != 0 {
-            let at = events.trailing_zeros();
-            b.stop = Some(if dot_start >> at & 1 == 1 {
-                Stop::LineStart
+        let mut events = bare | dot_start;
+        let mut lfs = lf;
+        loop {
+            let before = if events == 0 {
+                lfs
             } else {
-                Stop::BareLf(p + at as usize - line)
-            });
-            pending_cr = pending_cr && line == 0;
-            break;
+                lfs & ((1u64 << events.trailing_zeros()) - 1)
+            };
+            if before != 0 {
+                // Only the first line end of a run can close a long line: the others are
+                // less than 64 octets from the previous one.
+                longest = longest.max(carry + p + before.trailing_zeros() as usize + 1 - line);
+                carry = 0;
+                line = p + 64 - before.leading_zeros() as usize;
+                saw_lf = true;
+                lfs &= !before;
+            }
+            if events == 0 {
+                break;
+            }
+            let at = events.trailing_zeros();
+            // A dot starting a line, followed in this block by an ordinary byte, is stuffing:
+            // drop it in passing; its line starts after it (RFC 5321 §4.5.2).
+            let stuffing = dot_start >> at & 1 == 1
+                && at < 63
+                && (lf | cr) >> (at + 1) & 1 == 0
+                && b.cuts.len < b.max_cuts;
+            if !stuffing {
+                b.stop = Some(if dot_start >> at & 1 == 1 {
+                    Stop::LineStart
+                } else {
+                    Stop::BareLf(p + at as usize - line)
+                });
+                pending_cr = pending_cr && line == 0;
+                break 'blocks;
+            }
+            b.cuts.at[b.cuts.len] = p + at as usize;
+            b.cuts.len += 1;
+            line = p + at as usize + 1;
+            events &= events - 1;
         }
         pending_cr = cr >> 63 == 1;
         after_lf = lf >> 63 == 1;
@@ -189,14 +222,67 @@ pub struct DataReceiver {
     flaws: u8,
 }
 
+/// Most pieces of content one call hands out.
+pub const MAX_PIECES: usize = 16;
+
+/// Message content handed out by one call, without copying: slices of the consumed input
+/// (split where a stuffing dot was dropped) and normalized line ends, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Body<'a> {
+    pieces: [&'a [u8]; MAX_PIECES],
+    len: usize,
+}
+
+impl Default for Body<'_> {
+    fn default() -> Self {
+        Body {
+            pieces: [&[]; MAX_PIECES],
+            len: 0,
+        }
+    }
+}
+
+impl<'a> Body<'a> {
+    /// One piece.
+    pub(crate) fn single(piece: &'a [u8]) -> Body<'a> {
+        let mut body = Body::default();
+        body.push(piece);
+        body
+    }
+
+    /// The pieces, in order; none is empty.
+    pub fn pieces(&self) -> &[&'a [u8]] {
+        &self.pieces[..self.len]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Octets in all pieces.
+    pub fn octets(&self) -> usize {
+        self.pieces().iter().map(|p| p.len()).sum()
+    }
+
+    fn push(&mut self, piece: &'a [u8]) {
+        if !piece.is_empty() {
+            self.pieces[self.len] = piece;
+            self.len += 1;
+        }
+    }
+
+    fn room(&self) -> usize {
+        MAX_PIECES - self.len
+    }
+}
+
 /// What one call to [`DataReceiver::feed`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fed<'a> {
     /// Input bytes consumed.
     pub consumed: usize,
-    /// Message content: a slice of the consumed input, or a normalized line end. Empty when
-    /// the message is refused or nothing is due.
-    pub body: &'a [u8],
+    /// Message content among them. Empty when the message is refused or nothing is due.
+    pub body: Body<'a>,
     /// The end-of-data line was consumed.
     pub done: bool,
 }
@@ -231,16 +317,13 @@ impl DataReceiver {
 
     /// Accounts for `piece` as content and hands it out, unless the message is refused. The
     /// size is counted exactly even then, so a refused message still gets the right reply.
-    fn piece<'a>(&mut self, consumed: usize, piece: &'a [u8]) -> Fed<'a> {
+    fn piece<'a>(&mut self, body: &mut Body<'a>, piece: &'a [u8]) {
         self.size += piece.len() as u64;
         if self.size > self.max_size {
             self.flag(Flaw::TooBig);
         }
-        let body = if self.flaws == 0 { piece } else { &[] };
-        Fed {
-            consumed,
-            body,
-            done: false,
+        if self.flaws == 0 {
+            body.push(piece);
         }
     }
 
@@ -253,11 +336,12 @@ impl DataReceiver {
     }
 
     /// The fast path: walks whole CRLF-ended lines, checking each line's length, until a line
-    /// starts with a dot, a bare LF shows up, or the input ends. Returns how far it got and why
-    /// it stopped. Blocks of 64 bytes are classified with SIMD compares into bit masks of LF, CR
+    /// starts with a dot it cannot drop in passing (up to `max_cuts` stuffing dots followed by
+    /// an ordinary byte are dropped and reported as cuts), a bare LF shows up, or the input
+    /// ends. Returns how far it got, why it stopped, and the cuts. Blocks of 64 bytes are classified with SIMD compares into bit masks of LF, CR
     /// and `.` positions, so a block without an event costs a handful of instructions whatever
     /// its number of lines; the tail goes through memchr.
-    fn scan_lines(&mut self, hay: &[u8]) -> (usize, Stop) {
+    fn scan_lines(&mut self, hay: &[u8], max_cuts: usize) -> (usize, Stop, Cuts) {
         // Start of the current line; bytes of it seen in earlier calls (only while `line` is 0);
         // the longest complete line so far.
         let mut b = Blocks {
@@ -269,6 +353,11 @@ impl DataReceiver {
             saw_lf: false,
             p: 0,
             stop: None,
+            cuts: Cuts {
+                at: [0; MAX_PIECES],
+                len: 0,
+            },
+            max_cuts,
         };
         scan_blocks(hay, &mut b);
         let Blocks {
@@ -280,6 +369,8 @@ impl DataReceiver {
             saw_lf,
             p,
             mut stop,
+            cuts,
+            ..
         } = b;
         if saw_lf {
             self.after_crlf = true;
@@ -318,38 +409,43 @@ impl DataReceiver {
         });
         self.line_len = carry;
         self.pending_cr = pending_cr;
-        (line, stop)
+        (line, stop, cuts)
     }
 
-    /// Consumes input and hands out the next piece of content without copying it: the longest
-    /// run of input that needs no edit, or a normalized line end. Call again with the rest of
-    /// the input until it is consumed or `done`. Content is handed out only with consumed
-    /// input; nothing is consumed when the input is a lone `<CR>` after a line-start dot, which
-    /// must be offered again with the byte after it.
+    /// Consumes input and hands out its content without copying it: runs of input that need
+    /// no edit, split where stuffing dots are dropped, and normalized line ends. Call again
+    /// with the rest of the input until it is consumed or `done`. Content is handed out only
+    /// with consumed input; nothing is consumed when the input is a lone `<CR>` after a
+    /// line-start dot, which must be offered again with the byte after it.
     pub fn feed<'a>(&mut self, input: &'a [u8]) -> Fed<'a> {
+        let mut body = Body::default();
         let mut i = 0;
-        // Start of the piece: past a stuffing dot dropped in this call.
+        // Start of the run of input not yet handed out (past a dropped stuffing dot).
         let mut start = 0;
-        loop {
+        // An edit adds at most two pieces; keep room for them and for the final run.
+        while body.room() >= 3 {
             match self.state {
                 State::LineStart => {
                     if i == input.len() {
                         break;
                     }
-                    if input[i] != b'.' {
-                        self.state = State::Text;
-                        self.pending_cr = false;
-                    } else if i > start {
-                        // The piece ends before the dot; the dot is looked at in the next call.
-                        break;
-                    } else {
+                    if input[i] == b'.' {
+                        self.piece(&mut body, &input[start..i]);
                         i += 1;
                         start = i;
                         self.state = State::Dot;
+                    } else {
+                        self.state = State::Text;
+                        self.pending_cr = false;
                     }
                 }
                 State::Text => {
-                    let (scanned, stop) = self.scan_lines(&input[i..]);
+                    let (scanned, stop, cuts) = self.scan_lines(&input[i..], body.room() - 3);
+                    for cut in cuts.positions() {
+                        // A stuffing dot the block scan dropped in passing.
+                        self.piece(&mut body, &input[start..i + cut]);
+                        start = i + cut + 1;
+                    }
                     i += scanned;
                     match stop {
                         Stop::End => break,
@@ -358,25 +454,19 @@ impl DataReceiver {
                             let lf = i + off;
                             self.after_crlf = false;
                             match self.bare_lf {
-                                BareLf::Normalize if lf > start => {
-                                    // Hand out the piece before the bare LF; the LF is
-                                    // normalized in the next call.
-                                    self.line_len += off;
-                                    self.pending_cr = false;
-                                    return self.piece(lf, &input[start..lf]);
-                                }
                                 BareLf::Normalize => {
+                                    self.piece(&mut body, &input[start..lf]);
+                                    self.piece(&mut body, b"\r\n");
                                     self.line_len += off + 2;
-                                    self.end_line();
-                                    return self.piece(lf + 1, b"\r\n");
+                                    start = lf + 1;
                                 }
                                 BareLf::Reject => {
                                     self.flag(Flaw::BareLf);
                                     self.line_len += off + 1;
-                                    i = lf + 1;
-                                    self.end_line();
                                 }
                             }
+                            i = lf + 1;
+                            self.end_line();
                         }
                     }
                 }
@@ -392,21 +482,22 @@ impl DataReceiver {
                             let Some(&next) = input.get(i + 1) else { break };
                             if next != b'\n' {
                                 // `.<CR>x`: the dot was stuffing; the CR is content.
-                                start = i;
                                 self.state = State::Text;
                                 self.pending_cr = false;
                             } else if self.after_crlf {
                                 return Fed {
                                     consumed: i + 2,
-                                    body: &[],
+                                    body,
                                     done: true,
                                 };
                             } else {
                                 // `<LF>.<CR><LF>`: a lone dot line after a bare LF is content.
+                                self.piece(&mut body, b".\r\n");
                                 self.after_crlf = true;
                                 self.line_len = 3;
                                 self.end_line();
-                                return self.piece(i + 2, b".\r\n");
+                                i += 2;
+                                start = i;
                             }
                         }
                         b'\n' => {
@@ -415,9 +506,11 @@ impl DataReceiver {
                             if self.bare_lf == BareLf::Reject {
                                 self.flag(Flaw::BareLf);
                             }
+                            self.piece(&mut body, b".\r\n");
                             self.line_len = 3;
                             self.end_line();
-                            return self.piece(i + 1, b".\r\n");
+                            i += 1;
+                            start = i;
                         }
                         _ => {
                             // A stuffing dot: dropped, and not counted in the line length.
@@ -428,7 +521,12 @@ impl DataReceiver {
                 }
             }
         }
-        self.piece(i, &input[start..i])
+        self.piece(&mut body, &input[start..i]);
+        Fed {
+            consumed: i,
+            body,
+            done: false,
+        }
     }
 }
 
@@ -452,7 +550,9 @@ mod tests {
                 fed.consumed > 0 || fed.body.is_empty(),
                 "content without consumption"
             );
-            out.extend_from_slice(fed.body);
+            for piece in fed.body.pieces() {
+                out.extend_from_slice(piece);
+            }
             pos += fed.consumed;
             if fed.done {
                 return (out, pos, true, r.flaw());

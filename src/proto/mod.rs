@@ -12,7 +12,7 @@ mod session;
 mod verb;
 
 pub use address::MailParams;
-pub use data::{DataReceiver, Fed, Flaw};
+pub use data::{Body, DataReceiver, Fed, Flaw, MAX_PIECES};
 pub use reply::Reply;
 pub use session::{Commit, Envelope, Event, Progress, Session, Settings};
 

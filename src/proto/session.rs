@@ -1,7 +1,7 @@
 //! One SMTP session as a deterministic state machine: bytes and the clock in, replies and events out.
 
 use super::address::{parse_mail_params, parse_path, MailParams, ParamError, PathError};
-use super::data::{DataReceiver, Flaw};
+use super::data::{Body, DataReceiver, Flaw};
 use super::reply::{write_u64, write_unrecognized, Reply};
 use super::verb::{lookup, plausible_first_byte, Verb};
 use super::{NonSmtp, Stats};
@@ -58,9 +58,9 @@ pub enum Event {
 pub struct Progress<'a> {
     /// Input bytes consumed.
     pub consumed: usize,
-    /// Message content, unstuffed and with line ends normalized: a slice of the consumed input
-    /// (or a normalized line end), handed out without copying. Store it before polling events.
-    pub body: &'a [u8],
+    /// Message content, unstuffed and with line ends normalized: slices of the consumed input
+    /// (and normalized line ends), handed out without copying. Store it before polling events.
+    pub body: Body<'a>,
 }
 
 /// The storage's answer to [`Event::MessageEnd`].
@@ -246,7 +246,7 @@ impl Session {
     ) -> Progress<'a> {
         let backlog = self.settings.config.limits.max_reply_backlog;
         let mut i = 0;
-        let mut body: &'a [u8] = &[];
+        let mut body = Body::default();
         while i < input.len() && self.events == 0 && out.len() < backlog && body.is_empty() {
             match &mut self.state {
                 State::Command => i += self.command_bytes(&input[i..], out, stats),
@@ -273,7 +273,7 @@ impl Session {
                         if self.bdat_size > self.settings.config.limits.max_message_size {
                             *error = Some(Reply::MessageTooBig);
                         } else {
-                            body = &input[i..i + n];
+                            body = Body::single(&input[i..i + n]);
                         }
                     }
                     i += n;
@@ -862,7 +862,7 @@ mod tests {
                 for _ in 0..10_000 {
                     let progress = s.handle_input(now, rest, &mut out, &mut stats);
                     let n = progress.consumed;
-                    prop_assert!(progress.body.len() <= n || progress.body.len() <= 3);
+                    prop_assert!(progress.body.octets() <= n || progress.body.octets() <= 3);
                     rest = &rest[n..];
                     prop_assert!(s.line.len() <= limits.max_command_line);
                     prop_assert!(s.line.capacity() <= limits.max_command_line);
@@ -982,7 +982,10 @@ mod tests {
         assert_eq!(&input[n..], b"hiNOOP\r\n", "the session stops at the start event");
         assert_eq!(s.poll_event(), Some(Event::MessageStart));
         let progress = s.handle_input(t0, &input[n..], &mut out, &mut stats);
-        assert_eq!((progress.consumed, progress.body), (2, &b"hi"[..]));
+        assert_eq!(
+            (progress.consumed, progress.body.pieces()),
+            (2, &[&b"hi"[..]][..])
+        );
         assert_eq!(s.poll_event(), Some(Event::MessageEnd));
         let waiting = s.handle_input(t0, &input[n + 2..], &mut out, &mut stats);
         assert_eq!(waiting.consumed, 0, "input after the end waits for the commit");
@@ -1015,8 +1018,11 @@ mod tests {
         busy.handle_shutdown(&mut out, &mut stats);
         assert!(out.is_empty());
         let progress = busy.handle_input(t0, b"x\r\n.\r\n", &mut out, &mut stats);
-        assert_eq!((progress.consumed, progress.body), (3, &b"x\r\n"[..]));
-        assert_eq!(busy.handle_input(t0, b".\r\n", &mut out, &mut stats).consumed, 3);
+        // The content and the end of data in one call: the content comes first.
+        assert_eq!(
+            (progress.consumed, progress.body.pieces()),
+            (6, &[&b"x\r\n"[..]][..])
+        );
         assert_eq!(busy.poll_event(), Some(Event::MessageEnd));
         busy.handle_commit(t0, Commit::Queued("ID1"), &mut out, &mut stats);
         assert_eq!(

@@ -204,7 +204,9 @@ impl Core {
                 if conn.body.capacity() == 0 {
                     conn.body = self.take_buf();
                 }
-                conn.body.extend_from_slice(progress.body);
+                for piece in progress.body.pieces() {
+                    conn.body.extend_from_slice(piece);
+                }
             }
             off += n;
             let events = self.events(conn, token);

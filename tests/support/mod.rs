@@ -97,11 +97,11 @@ pub fn drive<'a>(config: &ProtoConfig, chunks: impl IntoIterator<Item = &'a [u8]
                 n > 0 || progress.body.is_empty(),
                 "content handed out without consuming input"
             );
-            if !progress.body.is_empty() {
+            for piece in progress.body.pieces() {
                 current
                     .as_mut()
                     .expect("body outside a message")
-                    .extend_from_slice(progress.body);
+                    .extend_from_slice(piece);
             }
             pending.drain(..n);
             let mut evented = false;
