@@ -223,7 +223,7 @@ pub struct DataReceiver {
 }
 
 /// Most pieces of content one call hands out.
-pub const MAX_PIECES: usize = 16;
+pub const MAX_PIECES: usize = 8;
 
 /// Message content handed out by one call, without copying: slices of the consumed input
 /// (split where a stuffing dot was dropped) and normalized line ends, in order.
