@@ -568,6 +568,18 @@ fn transaction(plan: &mut Vec<Cmd>, o: &ScriptOpts, rng: &mut Rng, pipelined: bo
     group_end(plan);
 }
 
+/// MAIL, one RCPT and DATA, each expected to succeed: the start of a plain transaction.
+fn open_transaction(plan: &mut Vec<Cmd>) {
+    plan.push(cmd(Piece::Mail, Expect::Code(250), Step::Mail, Some(Phase::Mail)));
+    plan.push(cmd(
+        Piece::Rcpt(0),
+        Expect::Code(250),
+        Step::Rcpt,
+        Some(Phase::Rcpt),
+    ));
+    plan.push(cmd(Piece::Data, Expect::Code(354), Step::Data, Some(Phase::Data)));
+}
+
 /// Append the rest of the session once the EHLO reply told us the server's extensions.
 pub fn after_ehlo(kind: SessionKind, caps: Caps, o: &ScriptOpts, rng: &mut Rng, plan: &mut Vec<Cmd>) {
     let pipelined = match o.pipelining {
@@ -591,14 +603,7 @@ pub fn after_ehlo(kind: SessionKind, caps: Caps, o: &ScriptOpts, rng: &mut Rng, 
         }
         Class::Typo => {
             let start = plan.len();
-            plan.push(cmd(Piece::Mail, Expect::Code(250), Step::Mail, Some(Phase::Mail)));
-            plan.push(cmd(
-                Piece::Rcpt(0),
-                Expect::Code(250),
-                Step::Rcpt,
-                Some(Phase::Rcpt),
-            ));
-            plan.push(cmd(Piece::Data, Expect::Code(354), Step::Data, Some(Phase::Data)));
+            open_transaction(plan);
             let body = rng.below(o.body_count);
             plan.push(cmd(
                 Piece::Body(body),
@@ -624,14 +629,7 @@ pub fn after_ehlo(kind: SessionKind, caps: Caps, o: &ScriptOpts, rng: &mut Rng, 
                 plan.push(cmd(Piece::LongCmd(i), Expect::Code(500), Step::LongLine, None));
                 plan.push(cmd(Piece::Noop, Expect::Code(250), Step::Noop, None));
             } else {
-                plan.push(cmd(Piece::Mail, Expect::Code(250), Step::Mail, Some(Phase::Mail)));
-                plan.push(cmd(
-                    Piece::Rcpt(0),
-                    Expect::Code(250),
-                    Step::Rcpt,
-                    Some(Phase::Rcpt),
-                ));
-                plan.push(cmd(Piece::Data, Expect::Code(354), Step::Data, Some(Phase::Data)));
+                open_transaction(plan);
                 plan.push(cmd(Piece::LongBody, Expect::Class(5), Step::LongDataLine, None));
             }
         }
