@@ -10,4 +10,5 @@ pub mod config;
 pub mod proto;
 pub mod server;
 pub mod spool;
+pub mod wake;
 pub mod worker;

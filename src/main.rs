@@ -64,7 +64,8 @@ struct Serve {
     /// Recipients per message (at least 100, RFC 5321 §4.5.3.1.8). [default: 100]
     #[arg(long, value_name = "N")]
     max_recipients: Option<usize>,
-    /// Write the counters (accepted, commands, messages, reads, writes, ...) to FILE at exit.
+    /// Write the counters to FILE at exit, as one JSON object (accepted, commands, messages,
+    /// errors, and the backend's figures under "io").
     #[arg(long, value_name = "FILE")]
     stats_file: Option<PathBuf>,
 }

@@ -2,10 +2,11 @@
 
 use crate::backend::epoll::Epoll;
 use crate::backend::uring::{self, Uring, UringConfig};
-use crate::backend::{Backend, Wake};
+use crate::backend::Backend;
 use crate::config::{BackendKind, Limits, ServerConfig};
 use crate::proto::Settings;
 use crate::spool::{self, IdGen, Spool};
+use crate::wake::Wake;
 use crate::worker::{Control, Report, Store, Worker};
 use crossbeam_channel::Sender;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -171,7 +172,7 @@ pub fn serve(config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Report
     let line = stats_line(&report);
     tracing::info!("stopped: {line}");
     if let Some(path) = stats_file {
-        std::fs::write(&path, line.replace(' ', "\n") + "\n")
+        std::fs::write(&path, stats_json(&report) + "\n")
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     Ok(report)
@@ -223,6 +224,20 @@ fn stats_line(r: &Report) -> String {
         "accepted={} rejected={} commands={} messages={} reads={} writes={}",
         r.accepted, r.rejected, r.stats.commands, r.stats.messages, r.io.reads, r.io.writes
     )
+}
+
+/// The counters as one JSON object, for `--stats-file`: the top-level counts, then the
+/// backend's own figures under `io`.
+fn stats_json(r: &Report) -> String {
+    serde_json::json!({
+        "accepted": r.accepted,
+        "rejected": r.rejected,
+        "commands": r.stats.commands,
+        "errors": r.stats.errors,
+        "messages": r.stats.messages,
+        "io": r.io,
+    })
+    .to_string()
 }
 
 fn bind(addr: SocketAddr) -> io::Result<TcpListener> {

@@ -23,8 +23,8 @@
 //! A crash before step 4 completes can leave either name without the other, or files in
 //! `tmp/`; none of those was acknowledged, and [`recover`] removes all of them at start.
 
-use crate::backend::Wake;
 use crate::config::SpoolSync;
+use crate::wake::Wake;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
 use std::fmt::Write as _;

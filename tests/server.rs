@@ -152,7 +152,7 @@ fn pipelined_batch_is_answered_in_one_write() {
     let stopped = server.stop();
     stopped.assert_clean();
     // Greeting, the whole batch, the reply to QUIT.
-    assert_eq!(stopped.stats["writes"], 3, "{:?}", stopped.stats);
+    assert_eq!(stopped.stats["io.writes"], 3, "{:?}", stopped.stats);
     assert_eq!(stopped.stats["commands"], 6);
 }
 

@@ -45,6 +45,8 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::wake::Wake;
+
 /// A generation the worker never gives a connection, free for a backend's own tokens
 /// (listeners, waker).
 pub const RESERVED_GENERATION: u32 = u32::MAX;
@@ -95,17 +97,12 @@ pub enum Completion {
 }
 
 /// Counters a backend keeps, reported in the worker's statistics.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct IoStats {
     /// Receive system calls (or completions) that returned data or end of stream.
     pub reads: u64,
     /// Send system calls (or completions) that wrote bytes.
     pub writes: u64,
-}
-
-/// Wakes a worker parked in [`Backend::wait`] from another thread.
-pub trait Wake: Send + Sync {
-    fn wake(&self);
 }
 
 /// An I/O backend for one worker. See the module documentation for the contract.

@@ -49,6 +49,36 @@ impl Drop for TempDir {
     }
 }
 
+/// The `--stats-file` JSON as dotted paths to numbers: `{"io":{"reads":3}}` gives
+/// `io.reads = 3`.
+pub fn flatten_stats(text: &str) -> HashMap<String, u64> {
+    fn walk(prefix: &str, v: &serde_json::Value, out: &mut HashMap<String, u64>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, out);
+                }
+            }
+            serde_json::Value::Number(n) => {
+                out.insert(
+                    prefix.to_string(),
+                    n.as_u64().expect("counters are whole numbers"),
+                );
+            }
+            other => panic!("stats file: {prefix} is {other}, not a counter"),
+        }
+    }
+    let value: serde_json::Value = serde_json::from_str(text).expect("stats file is JSON");
+    let mut out = HashMap::new();
+    walk("", &value, &mut out);
+    out
+}
+
 /// A running `ringmx serve`.
 pub struct Server {
     child: Option<Child>,
@@ -228,13 +258,8 @@ impl Server {
         // The log thread ends with the pipe; give it a moment to take the last lines.
         std::thread::sleep(Duration::from_millis(50));
         let stats = std::fs::read_to_string(&self.stats_file)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let (k, v) = l.split_once('=')?;
-                Some((k.to_string(), v.parse().ok()?))
-            })
-            .collect();
+            .map(|text| flatten_stats(&text))
+            .unwrap_or_default();
         Stopped {
             status,
             log: self.log(),
