@@ -22,36 +22,50 @@ pub enum BareLf {
 }
 
 macro_rules! limits {
-    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr, $min:expr, $max:expr; )*) => {
-        /// Every numeric limit, each a named value with a default and a range (see the table in
-        /// this module's source and in README.md).
-        #[derive(Debug, Clone, Deserialize)]
-        #[serde(default, deny_unknown_fields)]
-        pub struct Limits {
-            $( $(#[doc = $doc])* pub $name: $ty, )*
-        }
-
-        impl Default for Limits {
-            fn default() -> Self {
-                Limits { $( $name: $default, )* }
+    ($( $(#[doc = $gdoc:literal])* $group:ident {
+        $( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr, $min:expr, $max:expr; )*
+    } )*) => {
+        $(
+            $(#[doc = $gdoc])*
+            #[derive(Debug, Clone, Deserialize)]
+            #[serde(default, deny_unknown_fields)]
+            pub struct $group {
+                $( $(#[doc = $doc])* pub $name: $ty, )*
             }
-        }
 
-        impl Limits {
-            /// The table itself: name, default, min, max and the documentation of each limit.
-            pub const TABLE: &'static [LimitSpec] = &[
-                $( LimitSpec {
-                    name: stringify!($name),
-                    default: $default as u64,
-                    min: $min as u64,
-                    max: $max as u64,
-                    doc: concat!($($doc, "\n"),*),
-                }, )*
-            ];
-
-            fn values(&self) -> Vec<(&'static str, u64)> {
-                vec![ $( (stringify!($name), self.$name as u64), )* ]
+            impl Default for $group {
+                fn default() -> Self {
+                    $group { $( $name: $default, )* }
+                }
             }
+
+            impl $group {
+                /// This group's rows of the table: name, default, min, max and reason.
+                pub const TABLE: &'static [LimitSpec] = &[
+                    $( LimitSpec {
+                        name: stringify!($name),
+                        default: $default as u64,
+                        min: $min as u64,
+                        max: $max as u64,
+                        doc: concat!($($doc, "\n"),*),
+                    }, )*
+                ];
+
+                fn values(&self) -> Vec<(&'static str, u64)> {
+                    vec![ $( (stringify!($name), self.$name as u64), )* ]
+                }
+
+                /// Checks every value against its range; the first one outside is reported.
+                pub fn validate(&self) -> Result<(), RangeError> {
+                    check_ranges(self.values(), Self::TABLE)
+                }
+            }
+        )*
+
+        /// Every limit of every group, in README order: the one table an operator sees
+        /// (`tests/readme.rs` keeps README.md's copy equal to it).
+        pub fn limits_table() -> impl Iterator<Item = &'static LimitSpec> {
+            std::iter::empty() $( .chain($group::TABLE.iter()) )*
         }
     };
 }
@@ -67,6 +81,8 @@ pub struct LimitSpec {
 }
 
 limits! {
+    /// The limits the protocol engine enforces, the ones a client can see.
+    ProtoLimits {
     /// Longest command line in octets, CRLF included. RFC 5321 §4.5.3.1.4: 512.
     max_command_line: usize = 512, 512, 65536;
     /// Longest text line of a message in octets, CRLF included, not counting a stuffing dot.
@@ -88,6 +104,11 @@ limits! {
     /// Reply octets a session may hold before it stops reading input until the client reads
     /// its replies (RFC 2920 §3.1 lets the client pipeline; this keeps memory bounded).
     max_reply_backlog: usize = 16384, 1024, 1 << 20;
+    }
+
+    /// The limits of the server around the protocol: connections, buffers, the spool queue,
+    /// the backends.
+    ServerLimits {
     /// Connections open at once across all workers; one more is answered `421 4.3.2` and
     /// closed, so a flood costs a reply instead of running the process out of descriptors.
     max_connections: usize = 10_000, 1, 1_000_000;
@@ -123,6 +144,7 @@ limits! {
     /// enter per turn, but measured here it bought at most 2% with a core to spare and cost
     /// 15% of the messages/s on cores shared with other busy threads (tuning/README.md).
     uring_min_wait_us: u32 = 0, 0, 10_000;
+    }
 }
 
 /// Everything the protocol engine needs to know about the operator's choices.
@@ -133,9 +155,9 @@ pub struct ProtoConfig {
     pub hostname: String,
     /// Policy for a bare LF inside message data.
     pub bare_lf: BareLf,
-    /// The numeric limits.
+    /// The protocol's numeric limits.
     #[serde(flatten)]
-    pub limits: Limits,
+    pub limits: ProtoLimits,
 }
 
 impl Default for ProtoConfig {
@@ -143,7 +165,7 @@ impl Default for ProtoConfig {
         ProtoConfig {
             hostname: "localhost".to_string(),
             bare_lf: BareLf::Normalize,
-            limits: Limits::default(),
+            limits: ProtoLimits::default(),
         }
     }
 }
@@ -191,7 +213,9 @@ pub struct ServerConfig {
     pub sink: bool,
     /// How a batch of spool files is made durable.
     pub spool_sync: SpoolSync,
-    /// The protocol settings and every numeric limit.
+    /// The server's limits (connections, buffers, queues, backends).
+    pub limits: ServerLimits,
+    /// The protocol settings and its limits.
     pub proto: ProtoConfig,
 }
 
@@ -216,6 +240,7 @@ impl Default for ServerConfig {
             spool: PathBuf::from("./spool"),
             sink: false,
             spool_sync: SpoolSync::File,
+            limits: ServerLimits::default(),
             proto: ProtoConfig::default(),
         }
     }
@@ -237,7 +262,14 @@ impl ServerConfig {
                 server.insert(key.to_string(), value);
             }
         }
+        let mut limits = toml::Table::new();
+        for spec in ServerLimits::TABLE {
+            if let Some(value) = table.remove(spec.name) {
+                limits.insert(spec.name.to_string(), value);
+            }
+        }
         let keys: ServerKeys = server.try_into().map_err(|e: toml::de::Error| e.to_string())?;
+        let limits: ServerLimits = limits.try_into().map_err(|e: toml::de::Error| e.to_string())?;
         let proto: ProtoConfig = table.try_into().map_err(|e: toml::de::Error| e.to_string())?;
         let default = ServerConfig::default();
         Ok(ServerConfig {
@@ -247,33 +279,34 @@ impl ServerConfig {
             spool: keys.spool.unwrap_or(default.spool),
             sink: keys.sink.unwrap_or(default.sink),
             spool_sync: keys.spool_sync.unwrap_or(default.spool_sync),
+            limits,
             proto,
         })
     }
 
-    /// Checks the limits table and the server keys; the message names the key, the value and
-    /// the allowed range.
-    pub fn validate(&self) -> Result<(), RangeError> {
-        self.proto.limits.validate()?;
+    /// Checks every value: the limits against their ranges, the server keys, and every value
+    /// that reaches the wire; the message names the key and the value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.proto.validate()?;
+        self.limits.validate()?;
         if self.workers > MAX_WORKERS {
-            return Err(RangeError {
+            return Err(ConfigError::Range(RangeError {
                 key: "workers",
                 value: self.workers as u64,
                 min: 0,
                 max: MAX_WORKERS as u64,
-            });
+            }));
         }
-        let limits = &self.proto.limits;
-        if limits.input_buffer < limits.max_command_line {
-            return Err(RangeError {
+        if self.limits.input_buffer < self.proto.limits.max_command_line {
+            return Err(ConfigError::Range(RangeError {
                 key: "input_buffer",
-                value: limits.input_buffer as u64,
-                min: limits.max_command_line as u64,
-                max: Limits::TABLE
+                value: self.limits.input_buffer as u64,
+                min: self.proto.limits.max_command_line as u64,
+                max: ServerLimits::TABLE
                     .iter()
                     .find(|s| s.name == "input_buffer")
                     .map_or(u64::MAX, |s| s.max),
-            });
+            }));
         }
         Ok(())
     }
@@ -300,21 +333,99 @@ impl fmt::Display for RangeError {
 
 impl std::error::Error for RangeError {}
 
-impl Limits {
-    /// Checks every value against its range; the first one outside is reported.
-    pub fn validate(&self) -> Result<(), RangeError> {
-        for ((key, value), spec) in self.values().into_iter().zip(Self::TABLE) {
-            if value < spec.min || value > spec.max {
-                return Err(RangeError {
-                    key,
-                    value,
-                    min: spec.min,
-                    max: spec.max,
-                });
+fn check_ranges(values: Vec<(&'static str, u64)>, table: &[LimitSpec]) -> Result<(), RangeError> {
+    for ((key, value), spec) in values.into_iter().zip(table) {
+        if value < spec.min || value > spec.max {
+            return Err(RangeError {
+                key,
+                value,
+                min: spec.min,
+                max: spec.max,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A configuration value the server refuses to start with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A number outside its range.
+    Range(RangeError),
+    /// A value that is not of its kind (`why` says what it must be).
+    Invalid {
+        key: &'static str,
+        value: String,
+        why: &'static str,
+    },
+}
+
+impl ConfigError {
+    /// The key the error is about.
+    pub fn key(&self) -> &'static str {
+        match self {
+            ConfigError::Range(e) => e.key,
+            ConfigError::Invalid { key, .. } => key,
+        }
+    }
+}
+
+impl From<RangeError> for ConfigError {
+    fn from(e: RangeError) -> Self {
+        ConfigError::Range(e)
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Range(e) => e.fmt(f),
+            ConfigError::Invalid { key, value, why } => {
+                write!(f, "config key `{key}` = {value:?} is not {why}")
             }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ProtoConfig {
+    /// Checks the limits and every value the session writes into replies or headers.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.limits.validate()?;
+        if !is_domain_or_literal(&self.hostname) {
+            return Err(ConfigError::Invalid {
+                key: "hostname",
+                value: self.hostname.clone(),
+                why: "a domain or an address literal (RFC 5321 §4.1.2)",
+            });
         }
         Ok(())
     }
+}
+
+/// RFC 5321 §4.1.2: `Domain = sub-domain *("." sub-domain)`, `sub-domain = Let-dig [Ldh-str]`,
+/// at most 255 octets (§4.5.3.1.2) with labels of at most 63 (RFC 1035 §2.3.4); or an address
+/// literal, `[IPv4]` or `[IPv6:…]` (§4.1.3). The hostname is written into the greeting, the
+/// EHLO reply and every `Received:` header, so nothing else may pass: a CR or LF in it would
+/// split a reply.
+pub fn is_domain_or_literal(name: &str) -> bool {
+    if let Some(literal) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        return match literal.strip_prefix("IPv6:") {
+            Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+            None => literal.parse::<std::net::Ipv4Addr>().is_ok(),
+        };
+    }
+    !name.is_empty()
+        && name.len() <= 255
+        && name.split('.').all(|label| {
+            let b = label.as_bytes();
+            !b.is_empty()
+                && b.len() <= 63
+                && b.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'-')
+                && b[0] != b'-'
+                && b[b.len() - 1] != b'-'
+        })
 }
 
 #[cfg(test)]
@@ -323,8 +434,9 @@ mod tests {
 
     #[test]
     fn defaults_are_inside_their_ranges() {
-        Limits::default().validate().unwrap();
-        for spec in Limits::TABLE {
+        ProtoLimits::default().validate().unwrap();
+        ServerLimits::default().validate().unwrap();
+        for spec in limits_table() {
             assert!(
                 spec.min <= spec.default && spec.default <= spec.max,
                 "{}",
@@ -345,7 +457,7 @@ mod tests {
         assert_eq!(config.spool_sync, SpoolSync::Filesystem);
         assert!(config.sink);
         assert_eq!(config.proto.hostname, "mx.test");
-        assert_eq!(config.proto.limits.max_connections, 5);
+        assert_eq!(config.limits.max_connections, 5);
         assert_eq!(config.proto.limits.max_recipients, 200);
         let err = ServerConfig::from_toml("max_conections = 5\n").unwrap_err();
         assert!(err.contains("max_conections"), "{err}");
@@ -357,15 +469,15 @@ mod tests {
     fn input_buffer_must_hold_a_command_line() {
         let mut config = ServerConfig::default();
         config.proto.limits.max_command_line = 4096;
-        config.proto.limits.input_buffer = 2048;
-        assert_eq!(config.validate().unwrap_err().key, "input_buffer");
+        config.limits.input_buffer = 2048;
+        assert_eq!(config.validate().unwrap_err().key(), "input_buffer");
     }
 
     #[test]
     fn out_of_range_names_key_value_and_range() {
-        let limits = Limits {
+        let limits = ProtoLimits {
             max_command_line: 100,
-            ..Limits::default()
+            ..ProtoLimits::default()
         };
         let err = limits.validate().unwrap_err();
         assert_eq!(err.key, "max_command_line");
@@ -373,5 +485,46 @@ mod tests {
             err.to_string(),
             "config key `max_command_line` = 100 is outside its allowed range 512..=65536"
         );
+    }
+
+    #[test]
+    fn hostname_must_be_a_domain_or_an_address_literal() {
+        for good in [
+            "localhost",
+            "mx1.example.net",
+            "a-b.c0",
+            "[192.0.2.1]",
+            "[IPv6:2001:db8::1]",
+        ] {
+            assert!(is_domain_or_literal(good), "{good}");
+        }
+        for bad in [
+            "",
+            "evil\r\n250 injected",
+            "a b",
+            "-a.example",
+            "a-.example",
+            "a..example",
+            "[300.1.1.1]",
+            "[2001:db8::1]",
+            "mx_1.example",
+        ] {
+            assert!(!is_domain_or_literal(bad), "{bad:?}");
+        }
+        let mut config = ServerConfig::default();
+        config.proto.hostname = "evil\r\n250 injected".into();
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.key(), "hostname");
+        assert!(err.to_string().contains("RFC 5321"), "{err}");
+        assert!(!is_domain_or_literal(&"a".repeat(64)));
+        assert!(is_domain_or_literal(&["a".repeat(63), "b".into()].join(".")));
+    }
+
+    #[test]
+    fn the_operator_table_holds_every_group_once() {
+        let names: Vec<_> = limits_table().map(|s| s.name).collect();
+        assert_eq!(names.len(), ProtoLimits::TABLE.len() + ServerLimits::TABLE.len());
+        assert_eq!(names.first(), Some(&"max_command_line"));
+        assert!(names.contains(&"max_connections") && names.contains(&"uring_min_wait_us"));
     }
 }

@@ -98,10 +98,10 @@ impl Serve {
         if let Some(name) = &self.hostname {
             config.proto.hostname.clone_from(name);
         }
-        let limits = &mut config.proto.limits;
         if let Some(n) = self.max_connections {
-            limits.max_connections = n;
+            config.limits.max_connections = n;
         }
+        let limits = &mut config.proto.limits;
         if let Some(n) = self.max_message_size {
             limits.max_message_size = n;
         }

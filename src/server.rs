@@ -3,11 +3,11 @@
 use crate::backend::epoll::Epoll;
 use crate::backend::uring::{self, Uring, UringConfig};
 use crate::backend::Backend;
-use crate::config::{BackendKind, Limits, ServerConfig};
+use crate::config::{BackendKind, ServerConfig, ServerLimits};
 use crate::proto::Settings;
 use crate::spool::{self, IdGen, Spool};
 use crate::wake::Wake;
-use crate::worker::{Control, Report, Store, Worker};
+use crate::worker::{Control, Report, Store, Worker, WorkerConfig};
 use crossbeam_channel::Sender;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::fmt::Write as _;
@@ -53,7 +53,7 @@ impl WorkerContext<'_> {
                     id,
                     self.config.spool.clone(),
                     self.config.proto.hostname.clone(),
-                    self.config.proto.limits.spool_queue_bytes,
+                    self.config.limits.spool_queue_bytes,
                     self.config.spool_sync,
                     waker.clone(),
                 )
@@ -62,13 +62,19 @@ impl WorkerContext<'_> {
         };
         let (tx, rx) = crossbeam_channel::bounded(1);
         let (settings, active, cpu) = (self.settings.clone(), self.active.clone(), self.cpu);
+        let limits = &self.config.limits;
+        let config = WorkerConfig {
+            max_connections: limits.max_connections,
+            shutdown_grace: std::time::Duration::from_secs(limits.shutdown_grace_secs),
+            input_buffer: limits.input_buffer,
+        };
         let thread = std::thread::Builder::new()
             .name(format!("ringmx-worker-{id}"))
             .spawn(move || {
                 if let Some(cpu) = cpu {
                     pin_to(cpu);
                 }
-                Worker::new(id, backend, settings, store, rx, active).run()
+                Worker::new(id, backend, settings, config, store, rx, active).run()
             })
             .map_err(|e| format!("cannot start worker: {e}"))?;
         Ok(Started {
@@ -93,7 +99,7 @@ pub fn serve(config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Report
     } else {
         config.workers
     };
-    let limits = &config.proto.limits;
+    let limits = &config.limits;
     if !config.sink {
         let removed =
             spool::recover(&config.spool).map_err(|e| format!("spool {}: {e}", config.spool.display()))?;
@@ -206,7 +212,7 @@ fn choose_backend(configured: BackendKind) -> Result<BackendKind, String> {
     }
 }
 
-fn uring_config(limits: &Limits) -> UringConfig {
+fn uring_config(limits: &ServerLimits) -> UringConfig {
     UringConfig {
         entries: limits.uring_entries,
         sqpoll: limits.uring_sqpoll,
@@ -218,23 +224,43 @@ fn uring_config(limits: &Limits) -> UringConfig {
     }
 }
 
-/// The counters as `key=value` pairs.
+/// The summary counters as `key=value` pairs, for the exit log line.
 fn stats_line(r: &Report) -> String {
     format!(
-        "accepted={} rejected={} commands={} messages={} reads={} writes={}",
-        r.accepted, r.rejected, r.stats.commands, r.stats.messages, r.io.reads, r.io.writes
+        "accepted={} rejected={} commands={} errors={} messages={} reads={} writes={}",
+        r.accepted,
+        r.rejected(),
+        r.stats.commands,
+        r.stats.errors,
+        r.stats.messages,
+        r.io.reads,
+        r.io.writes
     )
 }
 
-/// The counters as one JSON object, for `--stats-file`: the top-level counts, then the
-/// backend's own figures under `io`.
+/// The counters as one JSON object, for `--stats-file`: the summary at the top, then every
+/// group by name (connections refused by reason, sessions ended by reason, replies by kind,
+/// non-SMTP sessions by class) and the backend's own figures under `io`.
 fn stats_json(r: &Report) -> String {
+    let named = |pairs: &mut dyn Iterator<Item = (&'static str, u64)>| {
+        pairs
+            .map(|(k, v)| (k.to_string(), serde_json::Value::from(v)))
+            .collect::<serde_json::Map<_, _>>()
+    };
     serde_json::json!({
         "accepted": r.accepted,
-        "rejected": r.rejected,
+        "rejected": r.rejected(),
         "commands": r.stats.commands,
         "errors": r.stats.errors,
         "messages": r.stats.messages,
+        "refused": {
+            "max_connections": r.refused.max_connections,
+            "shutting_down": r.refused.shutting_down,
+            "attach_failed": r.refused.attach_failed,
+        },
+        "sessions_ended": named(&mut r.stats.closed_by_name()),
+        "replies": named(&mut r.stats.replies_by_name()),
+        "non_smtp": named(&mut r.stats.non_smtp_by_name()),
         "io": r.io,
     })
     .to_string()

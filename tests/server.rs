@@ -532,7 +532,7 @@ fn idle_session_times_out_with_421() {
     );
     let stopped = server.stop();
     stopped.assert_clean();
-    assert!(stopped.log.contains("reason=\"timeout\""), "{}", stopped.log);
+    assert_eq!(stopped.stats["sessions_ended.timeout"], 1, "{:?}", stopped.stats);
 }
 
 fn ringmx(args: &[&str]) -> std::process::Output {

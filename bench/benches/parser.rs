@@ -19,10 +19,10 @@ fn ringmx_sessions(
     let mut pos = 0;
     let mut sessions = 0;
     while pos < stream.len() {
-        let mut session = Session::new(settings.clone(), now, out, stats);
+        let mut session = Session::new(settings.clone(), now, out);
         sessions += 1;
         'session: loop {
-            let progress = session.handle_input(now, &stream[pos..], out, stats);
+            let progress = session.handle_input(now, &stream[pos..], out);
             let n = progress.consumed;
             black_box(progress.body);
             pos += n;
@@ -31,8 +31,8 @@ fn ringmx_sessions(
             while let Some(event) = session.poll_event() {
                 evented = true;
                 match event {
-                    Event::MessageEnd => session.handle_commit(now, Commit::Queued("Q"), out, stats),
-                    Event::Close => break 'session,
+                    Event::MessageEnd => session.handle_commit(now, Commit::Queued("Q"), out),
+                    Event::Close(_) => break 'session,
                     Event::MessageStart | Event::MessageAbort => {}
                 }
             }
@@ -40,6 +40,8 @@ fn ringmx_sessions(
                 break;
             }
         }
+        // As a worker does when a session ends.
+        stats.add(session.stats());
     }
     sessions
 }

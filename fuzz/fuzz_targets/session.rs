@@ -3,13 +3,13 @@
 
 use libfuzzer_sys::fuzz_target;
 use ringmx::config::ProtoConfig;
-use ringmx::proto::{Commit, Event, Session, Settings, Stats};
+use ringmx::proto::{Commit, Event, Session, Settings};
 use std::time::Instant;
 
 fn run(config: &ProtoConfig, input: &[u8], step: usize) -> (Vec<u8>, u64) {
     let now = Instant::now();
-    let (mut out, mut stats) = (Vec::new(), Stats::default());
-    let mut session = Session::new(Settings::new(config.clone()), now, &mut out, &mut stats);
+    let mut out = Vec::new();
+    let mut session = Session::new(Settings::new(config.clone()), now, &mut out);
     let mut pending = Vec::new();
     // Content of committed messages only: how much of a refused message was handed out
     // before its flaw showed depends on the split, and it is discarded anyway.
@@ -17,8 +17,11 @@ fn run(config: &ProtoConfig, input: &[u8], step: usize) -> (Vec<u8>, u64) {
     for chunk in input.chunks(step.max(1)) {
         pending.extend_from_slice(chunk);
         loop {
-            let progress = session.handle_input(now, &pending, &mut out, &mut stats);
+            let progress = session.handle_input(now, &pending, &mut out);
             let n = progress.consumed;
+            if session.stats().should_fold() {
+                session.take_stats();
+            }
             current += progress.body.octets() as u64;
             pending.drain(..n);
             let mut evented = false;
@@ -27,10 +30,10 @@ fn run(config: &ProtoConfig, input: &[u8], step: usize) -> (Vec<u8>, u64) {
                 match event {
                     Event::MessageEnd => {
                         body_bytes += std::mem::take(&mut current);
-                        session.handle_commit(now, Commit::Queued("F"), &mut out, &mut stats);
+                        session.handle_commit(now, Commit::Queued("F"), &mut out);
                     }
                     Event::MessageStart | Event::MessageAbort => current = 0,
-                    Event::Close => {}
+                    Event::Close(_) => {}
                 }
             }
             if n == 0 && !evented {

@@ -105,6 +105,14 @@ pub struct IoStats {
     pub writes: u64,
 }
 
+impl IoStats {
+    /// Adds another worker's backend counters to these.
+    pub fn merge(&mut self, other: &IoStats) {
+        self.reads += other.reads;
+        self.writes += other.writes;
+    }
+}
+
 /// An I/O backend for one worker. See the module documentation for the contract.
 pub trait Backend {
     /// A short name for logs.

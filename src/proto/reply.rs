@@ -4,7 +4,7 @@
 //! server cannot recognize (unknown verb, overlong line, illegal characters), 501 for a known
 //! verb with bad arguments, 502 for a known verb not offered, 503 for a bad sequence.
 
-/// The kind of a reply; each kind is counted in [`crate::proto::Stats`].
+/// The kind of a reply; each kind is counted in [`crate::proto::SessionStats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Reply {
@@ -47,11 +47,102 @@ pub enum Reply {
     BareLf,
     UnsupportedParam,
     NonSmtp,
+    /// Sent by the caller, not a session: a connection over `max_connections`.
+    TooManyConnections,
 }
 
 impl Reply {
     /// Number of reply kinds, for counter arrays.
-    pub const COUNT: usize = Reply::NonSmtp as usize + 1;
+    pub const COUNT: usize = Reply::TooManyConnections as usize + 1;
+    /// Every kind, in counter order.
+    pub const ALL: [Reply; Reply::COUNT] = [
+        Reply::Greeting,
+        Reply::Helo,
+        Reply::Ehlo,
+        Reply::Ok,
+        Reply::MailOk,
+        Reply::RcptOk,
+        Reply::Queued,
+        Reply::ChunkOk,
+        Reply::Vrfy,
+        Reply::Help,
+        Reply::StartData,
+        Reply::Bye,
+        Reply::ShuttingDown,
+        Reply::TooManyErrors,
+        Reply::Timeout,
+        Reply::CommitTimeout,
+        Reply::TooManyRecipients,
+        Reply::Storage,
+        Reply::Unrecognized,
+        Reply::LineTooLong,
+        Reply::IllegalChars,
+        Reply::EmptyLine,
+        Reply::Syntax,
+        Reply::BadSender,
+        Reply::BadRecipient,
+        Reply::NotImplemented,
+        Reply::NeedHelo,
+        Reply::NeedMail,
+        Reply::NeedRcpt,
+        Reply::NestedMail,
+        Reply::BadSequence,
+        Reply::DataAfterBdat,
+        Reply::BdatAfterData,
+        Reply::SizeExceeded,
+        Reply::MessageTooBig,
+        Reply::TextLineTooLong,
+        Reply::BareLf,
+        Reply::UnsupportedParam,
+        Reply::NonSmtp,
+        Reply::TooManyConnections,
+    ];
+
+    /// A short name for logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reply::Greeting => "greeting",
+            Reply::Helo => "helo",
+            Reply::Ehlo => "ehlo",
+            Reply::Ok => "ok",
+            Reply::MailOk => "mail_ok",
+            Reply::RcptOk => "rcpt_ok",
+            Reply::Queued => "queued",
+            Reply::ChunkOk => "chunk_ok",
+            Reply::Vrfy => "vrfy",
+            Reply::Help => "help",
+            Reply::StartData => "start_data",
+            Reply::Bye => "bye",
+            Reply::ShuttingDown => "shutting_down",
+            Reply::TooManyErrors => "too_many_errors",
+            Reply::Timeout => "timeout",
+            Reply::CommitTimeout => "commit_timeout",
+            Reply::TooManyRecipients => "too_many_recipients",
+            Reply::Storage => "storage",
+            Reply::Unrecognized => "unrecognized",
+            Reply::LineTooLong => "line_too_long",
+            Reply::IllegalChars => "illegal_chars",
+            Reply::EmptyLine => "empty_line",
+            Reply::Syntax => "syntax",
+            Reply::BadSender => "bad_sender",
+            Reply::BadRecipient => "bad_recipient",
+            Reply::NotImplemented => "not_implemented",
+            Reply::NeedHelo => "need_helo",
+            Reply::NeedMail => "need_mail",
+            Reply::NeedRcpt => "need_rcpt",
+            Reply::NestedMail => "nested_mail",
+            Reply::BadSequence => "bad_sequence",
+            Reply::DataAfterBdat => "data_after_bdat",
+            Reply::BdatAfterData => "bdat_after_data",
+            Reply::SizeExceeded => "size_exceeded",
+            Reply::MessageTooBig => "message_too_big",
+            Reply::TextLineTooLong => "text_line_too_long",
+            Reply::BareLf => "bare_lf",
+            Reply::UnsupportedParam => "unsupported_param",
+            Reply::NonSmtp => "non_smtp",
+            Reply::TooManyConnections => "too_many_connections",
+        }
+    }
 
     /// Whether the reply counts towards the session's error limit (RFC 5321 §4.2.1: 4yz and
     /// 5yz replies to commands; the 421 that ends the session and storage failures do not).
@@ -80,7 +171,7 @@ impl Reply {
     }
 
     /// The complete reply line for kinds whose text never varies.
-    pub(crate) fn fixed(self) -> &'static [u8] {
+    pub fn fixed(self) -> &'static [u8] {
         match self {
             Reply::Ok => b"250 2.0.0 Ok\r\n",
             Reply::MailOk => b"250 2.1.0 Ok\r\n",
@@ -90,6 +181,7 @@ impl Reply {
             Reply::StartData => b"354 End data with <CR><LF>.<CR><LF>\r\n",
             Reply::Bye => b"221 2.0.0 Bye\r\n",
             Reply::ShuttingDown => b"421 4.3.2 Service shutting down\r\n",
+            Reply::TooManyConnections => b"421 4.3.2 Too many connections, try again later\r\n",
             Reply::TooManyErrors => b"421 4.7.0 Error: too many errors\r\n",
             Reply::Timeout => b"421 4.4.2 Error: timeout exceeded\r\n",
             Reply::CommitTimeout => b"451 4.3.0 Error: storage did not answer in time\r\n",
@@ -156,4 +248,21 @@ pub(crate) fn write_u64(out: &mut Vec<u8>, mut n: u64) {
         }
     }
     out.extend_from_slice(&digits[i..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Reply;
+
+    #[test]
+    fn every_kind_is_listed_once_in_counter_order() {
+        for (i, r) in Reply::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?}");
+        }
+        let mut names: Vec<_> = Reply::ALL.iter().map(|r| r.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Reply::COUNT);
+        assert_eq!(Reply::TooManyConnections.name(), "too_many_connections");
+    }
 }

@@ -1,161 +1,17 @@
 //! One SMTP session as a deterministic state machine: bytes and the clock in, replies and events out.
 
-use super::address::{parse_mail_params, parse_path, MailParams, ParamError, PathError};
+use super::address::{parse_mail_params, parse_path, ParamError, PathError};
 use super::data::{Body, DataReceiver, Flaw};
+use super::envelope::Envelope;
+use super::event::{CloseReason, Commit, Event, Progress};
 use super::reply::{write_u64, write_unrecognized, Reply};
-use super::verb::{lookup, plausible_first_byte, Verb};
-use super::{NonSmtp, Stats};
-use crate::config::ProtoConfig;
+use super::settings::Settings;
+use super::sniff::{classify_line, sniff, NonSmtp};
+use super::stats::SessionStats;
+use super::verb::{lookup, scan_octets, Verb};
 use memchr::memchr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// The configuration plus the replies that depend only on it, rendered once.
-#[derive(Debug)]
-pub struct Settings {
-    pub config: ProtoConfig,
-    greeting: Vec<u8>,
-    helo: Vec<u8>,
-    ehlo: Vec<u8>,
-}
-
-impl Settings {
-    pub fn new(config: ProtoConfig) -> Arc<Settings> {
-        let host = config.hostname.as_bytes();
-        let greeting = [b"220 ", host, b" ESMTP ringmx\r\n"].concat();
-        let helo = [b"250 ", host, b"\r\n"].concat();
-        let mut ehlo = [b"250-", host, b"\r\n250-PIPELINING\r\n250-SIZE "].concat();
-        write_u64(&mut ehlo, config.limits.max_message_size);
-        ehlo.extend_from_slice(
-            b"\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250 CHUNKING\r\n",
-        );
-        Arc::new(Settings {
-            config,
-            greeting,
-            helo,
-            ehlo,
-        })
-    }
-}
-
-/// What the session asks of its caller. Polled in a fixed order: start, end, abort, close.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Event {
-    /// A message begins (after `354`, or at the first BDAT chunk); [`Session::envelope`]
-    /// describes it until its end or abort.
-    MessageStart,
-    /// The message is complete: commit it durably, then call [`Session::handle_commit`]. The
-    /// session reads no further input until then, so pipelined replies keep their order.
-    MessageEnd,
-    /// The message was refused or its transaction ended: discard what was written of it.
-    MessageAbort,
-    /// The session is over: send what is in the output buffer, then close the connection.
-    Close,
-}
-
-/// What one call to [`Session::handle_input`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Progress<'a> {
-    /// Input bytes consumed.
-    pub consumed: usize,
-    /// Message content, unstuffed and with line ends normalized: slices of the consumed input
-    /// (and normalized line ends), handed out without copying. Store it before polling events.
-    pub body: Body<'a>,
-}
-
-/// The storage's answer to [`Event::MessageEnd`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Commit<'a> {
-    /// Durably stored under this queue id.
-    Queued(&'a str),
-    /// Not stored (write or fsync error, full disk): `452 4.3.1`.
-    Failed,
-}
-
-/// HELO/EHLO name and the envelope of the current transaction, their text back to back in one
-/// buffer that is reused between transactions: a session allocates only while its largest
-/// envelope grows.
-#[derive(Debug, Default)]
-pub struct Envelope {
-    /// The HELO name, the reverse-path, the MAIL parameters, then each recipient.
-    text: Vec<u8>,
-    helo_end: usize,
-    from_end: usize,
-    params_end: usize,
-    rcpt_ends: Vec<usize>,
-    esmtp: bool,
-    mail: bool,
-    params: MailParams,
-    bdat: bool,
-}
-
-impl Envelope {
-    /// The name the client gave in HELO or EHLO.
-    pub fn helo(&self) -> &[u8] {
-        &self.text[..self.helo_end]
-    }
-    /// Whether the client greeted with EHLO (RFC 5321 §4.1.1.1).
-    pub fn esmtp(&self) -> bool {
-        self.esmtp
-    }
-    /// The reverse-path without brackets; empty for the null sender `<>`.
-    pub fn mail_from(&self) -> &[u8] {
-        &self.text[self.helo_end..self.from_end]
-    }
-    /// The MAIL FROM parameters as the client sent them.
-    pub fn mail_params(&self) -> &[u8] {
-        &self.text[self.from_end..self.params_end]
-    }
-    /// The MAIL FROM parameters, parsed.
-    pub fn params(&self) -> MailParams {
-        self.params
-    }
-    /// The accepted recipients, without brackets.
-    pub fn recipients(&self) -> impl Iterator<Item = &[u8]> {
-        let mut start = self.params_end;
-        self.rcpt_ends.iter().map(move |&end| {
-            let r = &self.text[start..end];
-            start = end;
-            r
-        })
-    }
-    fn rcpt_count(&self) -> usize {
-        self.rcpt_ends.len()
-    }
-    fn set_helo(&mut self, name: &[u8], esmtp: bool) {
-        if self.text.capacity() == 0 {
-            // Room for a typical envelope in one allocation.
-            self.text.reserve(512);
-        }
-        self.text.clear();
-        self.text.extend_from_slice(name);
-        self.helo_end = self.text.len();
-        self.esmtp = esmtp;
-        self.reset();
-    }
-    fn set_mail(&mut self, address: &[u8], raw_params: &[u8], params: MailParams) {
-        self.text.truncate(self.helo_end);
-        self.text.extend_from_slice(address);
-        self.from_end = self.text.len();
-        self.text.extend_from_slice(raw_params);
-        self.params_end = self.text.len();
-        self.params = params;
-        self.mail = true;
-    }
-    fn add_rcpt(&mut self, address: &[u8]) {
-        self.text.extend_from_slice(address);
-        self.rcpt_ends.push(self.text.len());
-    }
-    fn reset(&mut self) {
-        self.text.truncate(self.helo_end);
-        self.from_end = self.helo_end;
-        self.params_end = self.helo_end;
-        self.rcpt_ends.clear();
-        self.params = MailParams::default();
-        self.mail = false;
-        self.bdat = false;
-    }
-}
 
 #[derive(Debug)]
 enum State {
@@ -174,7 +30,6 @@ enum State {
 const EV_START: u8 = 1;
 const EV_END: u8 = 2;
 const EV_ABORT: u8 = 4;
-const EV_CLOSE: u8 = 8;
 
 /// One SMTP session (RFC 5321), with PIPELINING (RFC 2920), CHUNKING (RFC 3030), SIZE
 /// (RFC 1870), 8BITMIME, SMTPUTF8 (RFC 6531) and ENHANCEDSTATUSCODES (RFC 2034).
@@ -198,14 +53,20 @@ pub struct Session {
     discarding: bool,
     bdat_size: u64,
     events: u8,
+    /// Set when the session ends; polled as [`Event::Close`] after the other events.
+    close: Option<CloseReason>,
+    /// Whether `close` was already polled.
+    close_polled: bool,
     envelope: Envelope,
     deadline: Instant,
+    stats: SessionStats,
 }
 
 impl Session {
     /// Starts a session and appends the greeting to `out`.
-    pub fn new(settings: Arc<Settings>, now: Instant, out: &mut Vec<u8>, stats: &mut Stats) -> Session {
+    pub fn new(settings: Arc<Settings>, now: Instant, out: &mut Vec<u8>) -> Session {
         out.extend_from_slice(&settings.greeting);
+        let mut stats = SessionStats::default();
         stats.count(Reply::Greeting);
         let deadline = now + Duration::from_secs(settings.config.limits.command_timeout_secs);
         Session {
@@ -219,9 +80,22 @@ impl Session {
             discarding: false,
             bdat_size: 0,
             events: 0,
+            close: None,
+            close_polled: false,
             envelope: Envelope::default(),
             deadline,
+            stats,
         }
+    }
+
+    /// The session's counters since it started or since the last [`take_stats`](Self::take_stats).
+    pub fn stats(&self) -> &SessionStats {
+        &self.stats
+    }
+
+    /// Hands the counters over and starts them again from zero (see [`SessionStats::FOLD_AT`]).
+    pub fn take_stats(&mut self) -> SessionStats {
+        std::mem::take(&mut self.stats)
     }
 
     /// The envelope of the message in progress (valid from `MessageStart` to its end).
@@ -234,28 +108,28 @@ impl Session {
     ///
     /// It stops early when it hands out content, when an event is ready (drain
     /// [`poll_event`](Self::poll_event), then call again with the rest), when `out` holds
-    /// `max_reply_backlog` bytes (write it first), and while a message awaits
-    /// [`handle_commit`](Self::handle_commit) (consumes nothing). After the session has closed
+    /// `max_reply_backlog` bytes (write it first), when its counters are due to be folded
+    /// ([`take_stats`](Self::take_stats), see [`SessionStats::FOLD_AT`]), and while a message
+    /// awaits [`handle_commit`](Self::handle_commit) (consumes nothing). After the session has closed
     /// it consumes and ignores everything.
-    pub fn handle_input<'a>(
-        &mut self,
-        now: Instant,
-        input: &'a [u8],
-        out: &mut Vec<u8>,
-        stats: &mut Stats,
-    ) -> Progress<'a> {
+    pub fn handle_input<'a>(&mut self, now: Instant, input: &'a [u8], out: &mut Vec<u8>) -> Progress<'a> {
         let backlog = self.settings.config.limits.max_reply_backlog;
         let mut i = 0;
         let mut body = Body::default();
-        while i < input.len() && self.events == 0 && out.len() < backlog && body.is_empty() {
+        while i < input.len()
+            && !self.event_pending()
+            && out.len() < backlog
+            && body.is_empty()
+            && !self.stats.should_fold()
+        {
             match &mut self.state {
-                State::Command => i += self.command_bytes(&input[i..], out, stats),
+                State::Command => i += self.command_bytes(&input[i..], out),
                 State::Data(receiver) => {
                     let fed = receiver.feed(&input[i..]);
                     i += fed.consumed;
                     body = fed.body;
                     if fed.done {
-                        self.finish_data(out, stats);
+                        self.finish_data(out);
                     } else if fed.consumed == 0 {
                         // The receiver needs the next byte to decide (`.<CR>` at the end).
                         break;
@@ -279,13 +153,13 @@ impl Session {
                     i += n;
                     if *remaining == 0 {
                         let (last, error) = (*last, *error);
-                        self.finish_chunk(last, error, out, stats);
+                        self.finish_chunk(last, error, out);
                     }
                 }
                 State::AwaitCommit => break,
                 State::Closed => i = input.len(),
             }
-            self.drain_if_idle(out, stats);
+            self.drain_if_idle(out);
         }
         if i > 0 {
             self.touch(now);
@@ -301,11 +175,17 @@ impl Session {
             Some(Event::MessageEnd)
         } else if self.take_event(EV_ABORT) {
             Some(Event::MessageAbort)
-        } else if self.take_event(EV_CLOSE) {
-            Some(Event::Close)
+        } else if let (Some(reason), false) = (self.close, self.close_polled) {
+            self.close_polled = true;
+            Some(Event::Close(reason))
         } else {
             None
         }
+    }
+
+    /// Whether an event waits to be polled.
+    fn event_pending(&self) -> bool {
+        self.events != 0 || (self.close.is_some() && !self.close_polled)
     }
 
     fn take_event(&mut self, flag: u8) -> bool {
@@ -316,7 +196,7 @@ impl Session {
 
     /// Reports the storage's answer to `MessageEnd` and appends the final reply to `out`.
     /// Ignored unless a message is awaiting its commit.
-    pub fn handle_commit(&mut self, now: Instant, commit: Commit<'_>, out: &mut Vec<u8>, stats: &mut Stats) {
+    pub fn handle_commit(&mut self, now: Instant, commit: Commit<'_>, out: &mut Vec<u8>) {
         if !matches!(self.state, State::AwaitCommit) {
             return;
         }
@@ -325,14 +205,14 @@ impl Session {
                 out.extend_from_slice(b"250 2.0.0 Ok: queued as ");
                 out.extend_from_slice(id.as_bytes());
                 out.extend_from_slice(b"\r\n");
-                stats.count(Reply::Queued);
-                stats.messages += 1;
+                self.stats.count(Reply::Queued);
+                self.stats.messages += 1;
             }
-            Commit::Failed => self.reply(Reply::Storage, out, stats),
+            Commit::Failed => self.reply(Reply::Storage, out),
         }
         self.envelope.reset();
         self.state = State::Command;
-        self.drain_if_idle(out, stats);
+        self.drain_if_idle(out);
         self.touch(now);
     }
 
@@ -342,23 +222,23 @@ impl Session {
     }
 
     /// Ends the session with `421` if its deadline has passed (RFC 5321 §4.5.3.2).
-    pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<u8>, stats: &mut Stats) {
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<u8>) {
         if matches!(self.state, State::Closed) || now < self.deadline {
             return;
         }
-        let reply = match self.state {
-            State::AwaitCommit => Reply::CommitTimeout,
-            _ => Reply::Timeout,
+        let (reply, reason) = match self.state {
+            State::AwaitCommit => (Reply::CommitTimeout, CloseReason::CommitTimeout),
+            _ => (Reply::Timeout, CloseReason::Timeout),
         };
-        self.reply(reply, out, stats);
-        self.close();
+        self.reply(reply, out);
+        self.close(reason);
     }
 
     /// Server shutdown: an idle session gets `421 4.3.2` and closes now; one inside a
     /// transaction may finish it and closes after its final reply.
-    pub fn handle_shutdown(&mut self, out: &mut Vec<u8>, stats: &mut Stats) {
+    pub fn handle_shutdown(&mut self, out: &mut Vec<u8>) {
         self.draining = true;
-        self.drain_if_idle(out, stats);
+        self.drain_if_idle(out);
     }
 
     fn touch(&mut self, now: Instant) {
@@ -372,60 +252,63 @@ impl Session {
         self.deadline = now + Duration::from_secs(secs);
     }
 
-    fn close(&mut self) {
+    /// Ends the session for `reason` (the first reason given stands).
+    fn close(&mut self, reason: CloseReason) {
+        if matches!(self.state, State::Closed) {
+            return;
+        }
         if self.envelope.bdat || matches!(self.state, State::Data(_) | State::AwaitCommit) {
             self.events |= EV_ABORT;
         }
         self.envelope.reset();
         self.state = State::Closed;
-        self.events |= EV_CLOSE;
+        self.close = Some(reason);
         self.line = Vec::new();
     }
 
     /// Appends a fixed reply, counts it, and ends the session at the error limit.
-    fn reply(&mut self, reply: Reply, out: &mut Vec<u8>, stats: &mut Stats) {
+    fn reply(&mut self, reply: Reply, out: &mut Vec<u8>) {
         out.extend_from_slice(reply.fixed());
-        stats.count(reply);
-        self.count_error(reply, out, stats);
+        self.stats.count(reply);
+        self.count_error(reply, out);
     }
 
-    fn count_error(&mut self, reply: Reply, out: &mut Vec<u8>, stats: &mut Stats) {
+    fn count_error(&mut self, reply: Reply, out: &mut Vec<u8>) {
         if !reply.is_client_error() {
             return;
         }
-        stats.errors += 1;
         self.errors += 1;
         if self.errors >= self.settings.config.limits.max_errors {
             out.extend_from_slice(Reply::TooManyErrors.fixed());
-            stats.count(Reply::TooManyErrors);
-            self.close();
+            self.stats.count(Reply::TooManyErrors);
+            self.close(CloseReason::TooManyErrors);
         }
     }
 
-    fn syntax(&mut self, usage: &'static [u8], out: &mut Vec<u8>, stats: &mut Stats) {
+    fn syntax(&mut self, usage: &'static [u8], out: &mut Vec<u8>) {
         out.extend_from_slice(b"501 5.5.4 Syntax: ");
         out.extend_from_slice(usage);
         out.extend_from_slice(b"\r\n");
-        stats.count(Reply::Syntax);
-        self.count_error(Reply::Syntax, out, stats);
+        self.stats.count(Reply::Syntax);
+        self.count_error(Reply::Syntax, out);
     }
 
-    fn non_smtp(&mut self, class: NonSmtp, out: &mut Vec<u8>, stats: &mut Stats) {
+    fn non_smtp(&mut self, class: NonSmtp, out: &mut Vec<u8>) {
         out.extend_from_slice(class.reply());
-        stats.count(Reply::NonSmtp);
-        stats.non_smtp[class as usize] += 1;
-        self.close();
+        self.stats.count(Reply::NonSmtp);
+        self.stats.non_smtp = Some(class);
+        self.close(CloseReason::NonSmtp(class));
     }
 
     /// Handles bytes in command state: cuts one line (or buffers a partial one) and returns the
     /// bytes consumed.
-    fn command_bytes(&mut self, input: &[u8], out: &mut Vec<u8>, stats: &mut Stats) -> usize {
+    fn command_bytes(&mut self, input: &[u8], out: &mut Vec<u8>) -> usize {
         let max = self.settings.config.limits.max_command_line;
         let lf = memchr(b'\n', input);
         let segment = &input[..lf.map_or(input.len(), |p| p + 1)];
         if !self.spoke_smtp {
             if let Some(class) = sniff(self.line.is_empty() && !self.discarding, segment) {
-                self.non_smtp(class, out, stats);
+                self.non_smtp(class, out);
                 return segment.len();
             }
         }
@@ -434,7 +317,7 @@ impl Session {
             return match lf {
                 Some(p) => {
                     self.discarding = false;
-                    self.reply(Reply::LineTooLong, out, stats);
+                    self.reply(Reply::LineTooLong, out);
                     p + 1
                 }
                 None => input.len(),
@@ -443,7 +326,7 @@ impl Session {
         if self.line.len() + segment.len() > max {
             self.line.clear();
             match lf {
-                Some(_) => self.reply(Reply::LineTooLong, out, stats),
+                Some(_) => self.reply(Reply::LineTooLong, out),
                 None => self.discarding = true,
             }
             return segment.len();
@@ -456,11 +339,11 @@ impl Session {
             return segment.len();
         }
         if self.line.is_empty() {
-            self.command_line(segment, out, stats);
+            self.command_line(segment, out);
         } else {
             let mut line = std::mem::take(&mut self.line);
             line.extend_from_slice(segment);
-            self.command_line(&line, out, stats);
+            self.command_line(&line, out);
             line.clear();
             if !matches!(self.state, State::Closed) {
                 self.line = line;
@@ -470,12 +353,12 @@ impl Session {
     }
 
     /// Handles one complete command line, LF included.
-    fn command_line(&mut self, line: &[u8], out: &mut Vec<u8>, stats: &mut Stats) {
-        stats.commands += 1;
+    fn command_line(&mut self, line: &[u8], out: &mut Vec<u8>) {
+        self.stats.commands += 1;
         let line = line.strip_suffix(b"\n").unwrap_or(line);
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
-            return self.reply(Reply::EmptyLine, out, stats);
+            return self.reply(Reply::EmptyLine, out);
         }
         let (control, eight_bit) = scan_octets(line);
         let (word, arg) = match memchr(b' ', line) {
@@ -486,62 +369,58 @@ impl Session {
             // No HTTP method, SSH banner or header name is an SMTP verb, so other protocols
             // are looked for only here, off the path of valid commands.
             if let Some(class) = classify_line(line, self.spoke_smtp) {
-                return self.non_smtp(class, out, stats);
+                return self.non_smtp(class, out);
             }
             if control || eight_bit {
-                return self.reply(Reply::IllegalChars, out, stats);
+                return self.reply(Reply::IllegalChars, out);
             }
             write_unrecognized(out, word);
-            stats.count(Reply::Unrecognized);
-            return self.count_error(Reply::Unrecognized, out, stats);
+            self.stats.count(Reply::Unrecognized);
+            return self.count_error(Reply::Unrecognized, out);
         };
         if control {
-            return self.reply(Reply::IllegalChars, out, stats);
+            return self.reply(Reply::IllegalChars, out);
         }
         self.spoke_smtp = true;
         if eight_bit && !matches!(verb, Verb::Mail | Verb::Rcpt) {
-            return self.reply(Reply::IllegalChars, out, stats);
+            return self.reply(Reply::IllegalChars, out);
         }
         match verb {
-            Verb::Helo | Verb::Ehlo => self.helo(verb == Verb::Ehlo, arg, out, stats),
-            Verb::Mail => self.mail(arg, out, stats),
-            Verb::Rcpt => self.rcpt(arg, out, stats),
-            Verb::Data => self.data(arg, out, stats),
-            Verb::Bdat => self.bdat(arg, out, stats),
+            Verb::Helo | Verb::Ehlo => self.helo(verb == Verb::Ehlo, arg, out),
+            Verb::Mail => self.mail(arg, out),
+            Verb::Rcpt => self.rcpt(arg, out),
+            Verb::Data => self.data(arg, out),
+            Verb::Bdat => self.bdat(arg, out),
             Verb::Rset => {
                 if !arg.is_empty() {
-                    return self.syntax(b"RSET", out, stats);
+                    return self.syntax(b"RSET", out);
                 }
                 self.abort_transaction();
-                self.reply(Reply::Ok, out, stats);
+                self.reply(Reply::Ok, out);
             }
-            Verb::Noop => self.reply(Reply::Ok, out, stats),
+            Verb::Noop => self.reply(Reply::Ok, out),
             Verb::Quit => {
                 if !arg.is_empty() {
-                    return self.syntax(b"QUIT", out, stats);
+                    return self.syntax(b"QUIT", out);
                 }
-                self.reply(Reply::Bye, out, stats);
-                self.close();
+                self.reply(Reply::Bye, out);
+                self.close(CloseReason::Quit);
             }
             Verb::Vrfy => {
                 if arg.is_empty() {
-                    return self.syntax(b"VRFY address", out, stats);
+                    return self.syntax(b"VRFY address", out);
                 }
-                self.reply(Reply::Vrfy, out, stats);
+                self.reply(Reply::Vrfy, out);
             }
-            Verb::Help => self.reply(Reply::Help, out, stats),
-            Verb::NotOffered => self.reply(Reply::NotImplemented, out, stats),
+            Verb::Help => self.reply(Reply::Help, out),
+            Verb::NotOffered => self.reply(Reply::NotImplemented, out),
         }
     }
 
-    fn helo(&mut self, esmtp: bool, arg: &[u8], out: &mut Vec<u8>, stats: &mut Stats) {
+    fn helo(&mut self, esmtp: bool, arg: &[u8], out: &mut Vec<u8>) {
         let name = arg.trim_ascii();
         if name.is_empty() {
-            return self.syntax(
-                if esmtp { b"EHLO hostname" } else { b"HELO hostname" },
-                out,
-                stats,
-            );
+            return self.syntax(if esmtp { b"EHLO hostname" } else { b"HELO hostname" }, out);
         }
         // RFC 5321 §4.1.4: HELO/EHLO also resets any transaction in progress.
         self.abort_transaction();
@@ -554,82 +433,82 @@ impl Session {
             (&settings.helo, Reply::Helo)
         };
         out.extend_from_slice(reply);
-        stats.count(kind);
+        self.stats.count(kind);
     }
 
-    fn mail(&mut self, arg: &[u8], out: &mut Vec<u8>, stats: &mut Stats) {
+    fn mail(&mut self, arg: &[u8], out: &mut Vec<u8>) {
         const USAGE: &[u8] = b"MAIL FROM:<address> [parameters]";
         if !self.greeted {
-            return self.reply(Reply::NeedHelo, out, stats);
+            return self.reply(Reply::NeedHelo, out);
         }
         if self.envelope.mail {
-            return self.reply(Reply::NestedMail, out, stats);
+            return self.reply(Reply::NestedMail, out);
         }
         let path = match parse_path(arg, b"FROM:", true) {
             Ok(path) => path,
-            Err(PathError::Syntax) => return self.syntax(USAGE, out, stats),
-            Err(PathError::Address) => return self.reply(Reply::BadSender, out, stats),
+            Err(PathError::Syntax) => return self.syntax(USAGE, out),
+            Err(PathError::Address) => return self.reply(Reply::BadSender, out),
         };
-        if !path.params.is_empty() && !self.envelope.esmtp {
+        if !path.params.is_empty() && !self.envelope.esmtp() {
             // Service extensions exist only after EHLO (RFC 5321 §4.1.1.11, §2.2.1).
-            return self.reply(Reply::UnsupportedParam, out, stats);
+            return self.reply(Reply::UnsupportedParam, out);
         }
         let params = match parse_mail_params(path.params) {
             Ok(params) => params,
-            Err(ParamError::Syntax) => return self.syntax(USAGE, out, stats),
-            Err(ParamError::Unsupported) => return self.reply(Reply::UnsupportedParam, out, stats),
+            Err(ParamError::Syntax) => return self.syntax(USAGE, out),
+            Err(ParamError::Unsupported) => return self.reply(Reply::UnsupportedParam, out),
         };
         // RFC 6531 §3.4: non-ASCII only in the address, and only with SMTPUTF8.
         if (path.eight_bit && !params.smtputf8) || path.params.iter().any(|&b| b >= 0x80) {
-            return self.reply(Reply::IllegalChars, out, stats);
+            return self.reply(Reply::IllegalChars, out);
         }
         if params
             .size
             .is_some_and(|size| size > self.settings.config.limits.max_message_size)
         {
-            return self.reply(Reply::SizeExceeded, out, stats);
+            return self.reply(Reply::SizeExceeded, out);
         }
         self.envelope.set_mail(path.address, path.params, params);
-        self.reply(Reply::MailOk, out, stats);
+        self.reply(Reply::MailOk, out);
     }
 
-    fn rcpt(&mut self, arg: &[u8], out: &mut Vec<u8>, stats: &mut Stats) {
+    fn rcpt(&mut self, arg: &[u8], out: &mut Vec<u8>) {
         if !self.greeted {
-            return self.reply(Reply::NeedHelo, out, stats);
+            return self.reply(Reply::NeedHelo, out);
         }
         if !self.envelope.mail {
-            return self.reply(Reply::NeedMail, out, stats);
+            return self.reply(Reply::NeedMail, out);
         }
         if self.envelope.bdat {
-            return self.reply(Reply::BadSequence, out, stats);
+            return self.reply(Reply::BadSequence, out);
         }
         let path = match parse_path(arg, b"TO:", false) {
             Ok(path) => path,
-            Err(PathError::Syntax) => return self.syntax(b"RCPT TO:<address>", out, stats),
-            Err(PathError::Address) => return self.reply(Reply::BadRecipient, out, stats),
+            Err(PathError::Syntax) => return self.syntax(b"RCPT TO:<address>", out),
+            Err(PathError::Address) => return self.reply(Reply::BadRecipient, out),
         };
         if (path.eight_bit && !self.envelope.params.smtputf8) || path.params.iter().any(|&b| b >= 0x80) {
-            return self.reply(Reply::IllegalChars, out, stats);
+            return self.reply(Reply::IllegalChars, out);
         }
         if !path.params.is_empty() {
-            return self.reply(Reply::UnsupportedParam, out, stats);
+            return self.reply(Reply::UnsupportedParam, out);
         }
         if self.envelope.rcpt_count() >= self.settings.config.limits.max_recipients {
-            return self.reply(Reply::TooManyRecipients, out, stats);
+            return self.reply(Reply::TooManyRecipients, out);
         }
         self.envelope.add_rcpt(path.address);
-        self.reply(Reply::RcptOk, out, stats);
+        self.reply(Reply::RcptOk, out);
     }
 
-    fn data(&mut self, arg: &[u8], out: &mut Vec<u8>, stats: &mut Stats) {
+    fn data(&mut self, arg: &[u8], out: &mut Vec<u8>) {
         if !arg.is_empty() {
-            return self.syntax(b"DATA", out, stats);
+            return self.syntax(b"DATA", out);
         }
         if let Some(reply) = self.transaction_error() {
-            return self.reply(reply, out, stats);
+            return self.reply(reply, out);
         }
         if self.envelope.bdat {
-            return self.reply(Reply::DataAfterBdat, out, stats);
+            return self.reply(Reply::DataAfterBdat, out);
         }
         let c = &self.settings.config;
         self.state = State::Data(DataReceiver::new(
@@ -637,11 +516,11 @@ impl Session {
             c.limits.max_message_size,
             c.bare_lf,
         ));
-        self.reply(Reply::StartData, out, stats);
+        self.reply(Reply::StartData, out);
         self.events |= EV_START;
     }
 
-    fn bdat(&mut self, arg: &[u8], out: &mut Vec<u8>, stats: &mut Stats) {
+    fn bdat(&mut self, arg: &[u8], out: &mut Vec<u8>) {
         const USAGE: &[u8] = b"BDAT size [LAST]";
         let (size, rest) = match memchr(b' ', arg) {
             Some(sp) => (&arg[..sp], arg[sp + 1..].trim_ascii()),
@@ -653,7 +532,7 @@ impl Session {
             || !size.iter().all(u8::is_ascii_digit)
             || !(last || rest.is_empty())
         {
-            return self.syntax(USAGE, out, stats);
+            return self.syntax(USAGE, out);
         }
         let size = size.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
         // RFC 3030 §4.2: a refused chunk is still read, and dropped, before the reply.
@@ -669,18 +548,18 @@ impl Session {
             error,
         };
         if size == 0 {
-            self.finish_chunk(last, error, out, stats);
+            self.finish_chunk(last, error, out);
         }
     }
 
-    fn finish_chunk(&mut self, last: bool, error: Option<Reply>, out: &mut Vec<u8>, stats: &mut Stats) {
+    fn finish_chunk(&mut self, last: bool, error: Option<Reply>, out: &mut Vec<u8>) {
         self.state = State::Command;
         match error {
             Some(reply) => {
                 if self.envelope.bdat {
                     self.abort_transaction();
                 }
-                self.reply(reply, out, stats);
+                self.reply(reply, out);
             }
             None if last => {
                 self.state = State::AwaitCommit;
@@ -690,12 +569,12 @@ impl Session {
                 out.extend_from_slice(b"250 2.0.0 Ok: ");
                 write_u64(out, self.bdat_size);
                 out.extend_from_slice(b" octets received\r\n");
-                stats.count(Reply::ChunkOk);
+                self.stats.count(Reply::ChunkOk);
             }
         }
     }
 
-    fn finish_data(&mut self, out: &mut Vec<u8>, stats: &mut Stats) {
+    fn finish_data(&mut self, out: &mut Vec<u8>) {
         let State::Data(receiver) = &self.state else {
             return;
         };
@@ -716,7 +595,6 @@ impl Session {
                         Flaw::BareLf => Reply::BareLf,
                     },
                     out,
-                    stats,
                 );
             }
         }
@@ -745,95 +623,19 @@ impl Session {
 
     /// A draining session says goodbye as soon as no transaction is in progress: after the
     /// final reply of its transaction, or after any command outside one.
-    fn drain_if_idle(&mut self, out: &mut Vec<u8>, stats: &mut Stats) {
+    fn drain_if_idle(&mut self, out: &mut Vec<u8>) {
         if self.draining && matches!(self.state, State::Command) && !self.envelope.mail {
-            self.reply(Reply::ShuttingDown, out, stats);
-            self.close();
+            self.reply(Reply::ShuttingDown, out);
+            self.close(CloseReason::Shutdown);
         }
     }
-}
-
-/// Classifies the first bytes of a line before the client has spoken SMTP: a TLS record or
-/// binary data may never send a line end, so they are recognized without waiting for one.
-fn sniff(line_start: bool, bytes: &[u8]) -> Option<NonSmtp> {
-    if line_start {
-        match bytes.first() {
-            // A TLS handshake record (RFC 8446 §5.1: content type 22).
-            Some(0x16) => return Some(NonSmtp::Tls),
-            // Letters wait for the line: it may be an HTTP header (`User-Agent: …`).
-            Some(&b) if !(b.is_ascii_alphabetic() || plausible_first_byte(b)) => {
-                return Some(NonSmtp::Binary)
-            }
-            _ => {}
-        }
-    }
-    let binary = bytes
-        .iter()
-        .any(|&b| (b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n')) || b == 0x7f);
-    binary.then_some(NonSmtp::Binary)
-}
-
-/// Whether a command line holds control characters (other than HT) or octets above 0x7f, eight
-/// bytes at a time (RFC 5321 §4.1.1: commands are printable US-ASCII).
-fn scan_octets(line: &[u8]) -> (bool, bool) {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let (mut low, mut high) = (0u64, 0u64);
-    let mut chunks = line.chunks_exact(8);
-    for chunk in &mut chunks {
-        let x = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
-        // A byte below 0x20 borrows in `x - 0x20…`; DEL is a zero byte of `x ^ 0x7f…`.
-        low |= (x.wrapping_sub(0x20 * ONES) & !x)
-            | ((x ^ (0x7f * ONES)).wrapping_sub(ONES) & !(x ^ (0x7f * ONES)));
-        high |= x;
-    }
-    let tail = chunks.remainder();
-    let eight_bit = high & HIGH != 0 || tail.iter().any(|&b| b >= 0x80);
-    let control = (low & HIGH != 0 || tail.iter().any(|&b| b < 0x20 || b == 0x7f))
-        // The word test cannot tell HT from other controls; HT is allowed, so look closer.
-        && line.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f);
-    (control, eight_bit)
-}
-
-const HTTP_METHODS: [&[u8]; 9] = [
-    b"GET ",
-    b"POST ",
-    b"HEAD ",
-    b"PUT ",
-    b"DELETE ",
-    b"CONNECT ",
-    b"OPTIONS ",
-    b"TRACE ",
-    b"PATCH ",
-];
-
-/// Recognizes a complete line of another protocol: an HTTP request line or an SSH banner at
-/// any point, and an HTTP header line (`Name: value`) before the client has spoken SMTP.
-fn classify_line(line: &[u8], spoke_smtp: bool) -> Option<NonSmtp> {
-    if HTTP_METHODS.iter().any(|m| line.starts_with(m)) {
-        return Some(NonSmtp::Http);
-    }
-    if line.starts_with(b"SSH-") {
-        return Some(NonSmtp::Ssh);
-    }
-    if !spoke_smtp {
-        let name_end = line
-            .iter()
-            .position(|&b| !(b.is_ascii_alphanumeric() || b == b'-'));
-        if name_end.is_some_and(|end| end > 0 && line[end] == b':') {
-            return Some(NonSmtp::Header);
-        }
-        // A complete line that no SMTP verb, HTTP method or SSH banner starts like.
-        if !plausible_first_byte(line[0]) {
-            return Some(NonSmtp::Binary);
-        }
-    }
-    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ProtoConfig;
+    use crate::proto::MailParams;
     use proptest::prelude::*;
 
     proptest! {
@@ -855,12 +657,12 @@ mod tests {
             let config = ProtoConfig::default();
             let limits = config.limits.clone();
             let now = Instant::now();
-            let (mut out, mut stats) = (Vec::new(), Stats::default());
-            let mut s = Session::new(Settings::new(config), now, &mut out, &mut stats);
+            let mut out = Vec::new();
+            let mut s = Session::new(Settings::new(config), now, &mut out);
             for chunk in &chunks {
                 let mut rest = &chunk[..];
                 for _ in 0..10_000 {
-                    let progress = s.handle_input(now, rest, &mut out, &mut stats);
+                    let progress = s.handle_input(now, rest, &mut out);
                     let n = progress.consumed;
                     prop_assert!(progress.body.octets() <= n || progress.body.octets() <= 3);
                     rest = &rest[n..];
@@ -872,7 +674,7 @@ mod tests {
                         ended |= event == Event::MessageEnd;
                     }
                     if ended {
-                        s.handle_commit(now, Commit::Queued("X"), &mut out, &mut stats);
+                        s.handle_commit(now, Commit::Queued("X"), &mut out);
                     }
                     if drain_output {
                         out.clear();
@@ -885,26 +687,14 @@ mod tests {
         }
     }
 
-    proptest! {
-        #[test]
-        fn octet_scan_matches_the_definition(line in proptest::collection::vec(any::<u8>(), 0..40)) {
-            let control = line.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f);
-            let eight_bit = line.iter().any(|&b| b >= 0x80);
-            prop_assert_eq!(scan_octets(&line), (control, eight_bit));
-        }
-    }
-
     #[test]
     fn envelope_describes_the_message() {
         let t0 = Instant::now();
-        let (mut out, mut stats) = (Vec::new(), Stats::default());
-        let mut s = Session::new(Settings::new(ProtoConfig::default()), t0, &mut out, &mut stats);
+        let mut out = Vec::new();
+        let mut s = Session::new(Settings::new(ProtoConfig::default()), t0, &mut out);
         let input = b"EHLO client.example\r\nMAIL FROM:<a@b.example> SIZE=10 BODY=8BITMIME\r\n\
             RCPT TO:<c@d.example>\r\nRCPT TO:<e@f.example>\r\nDATA\r\n";
-        assert_eq!(
-            s.handle_input(t0, input, &mut out, &mut stats).consumed,
-            input.len()
-        );
+        assert_eq!(s.handle_input(t0, input, &mut out).consumed, input.len());
         assert_eq!(s.poll_event(), Some(Event::MessageStart));
         let env = s.envelope();
         assert_eq!(env.helo(), b"client.example");
@@ -921,18 +711,10 @@ mod tests {
         );
         let rcpts: Vec<&[u8]> = env.recipients().collect();
         assert_eq!(rcpts, [&b"c@d.example"[..], b"e@f.example"]);
-        assert_eq!(
-            s.handle_input(t0, b".\r\nMAIL FROM:<>\r\n", &mut out, &mut stats)
-                .consumed,
-            3
-        );
+        assert_eq!(s.handle_input(t0, b".\r\nMAIL FROM:<>\r\n", &mut out).consumed, 3);
         assert_eq!(s.poll_event(), Some(Event::MessageEnd));
-        s.handle_commit(t0, Commit::Queued("Q"), &mut out, &mut stats);
-        assert_eq!(
-            s.handle_input(t0, b"MAIL FROM:<>\r\n", &mut out, &mut stats)
-                .consumed,
-            14
-        );
+        s.handle_commit(t0, Commit::Queued("Q"), &mut out);
+        assert_eq!(s.handle_input(t0, b"MAIL FROM:<>\r\n", &mut out).consumed, 14);
         assert_eq!(
             s.envelope().helo(),
             b"client.example",
@@ -946,112 +728,123 @@ mod tests {
     fn timeouts_follow_the_state() {
         let config = ProtoConfig::default();
         let t0 = Instant::now();
-        let (mut out, mut stats) = (Vec::new(), Stats::default());
-        let mut s = Session::new(Settings::new(config), t0, &mut out, &mut stats);
+        let mut out = Vec::new();
+        let mut s = Session::new(Settings::new(config), t0, &mut out);
         assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(300)));
         let t1 = t0 + Duration::from_secs(10);
         let input = b"EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n";
-        assert_eq!(
-            s.handle_input(t1, input, &mut out, &mut stats).consumed,
-            input.len()
-        );
+        assert_eq!(s.handle_input(t1, input, &mut out).consumed, input.len());
         assert_eq!(s.poll_event(), Some(Event::MessageStart));
         assert_eq!(
             s.poll_timeout(),
             Some(t1 + Duration::from_secs(180)),
             "RFC 5321 §4.5.3.2.6"
         );
-        s.handle_timeout(t1 + Duration::from_secs(179), &mut out, &mut stats);
+        s.handle_timeout(t1 + Duration::from_secs(179), &mut out);
         assert_eq!(s.poll_event(), None);
         out.clear();
-        s.handle_timeout(t1 + Duration::from_secs(180), &mut out, &mut stats);
+        s.handle_timeout(t1 + Duration::from_secs(180), &mut out);
         assert_eq!(out, b"421 4.4.2 Error: timeout exceeded\r\n");
         assert_eq!(s.poll_event(), Some(Event::MessageAbort));
-        assert_eq!(s.poll_event(), Some(Event::Close));
+        assert_eq!(s.poll_event(), Some(Event::Close(CloseReason::Timeout)));
         assert_eq!(s.poll_timeout(), None);
     }
 
     #[test]
     fn commit_wait_times_out_with_451() {
         let t0 = Instant::now();
-        let (mut out, mut stats) = (Vec::new(), Stats::default());
-        let mut s = Session::new(Settings::new(ProtoConfig::default()), t0, &mut out, &mut stats);
+        let mut out = Vec::new();
+        let mut s = Session::new(Settings::new(ProtoConfig::default()), t0, &mut out);
         let input =
             b"EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nBDAT 2 LAST\r\nhiNOOP\r\n";
-        let n = s.handle_input(t0, input, &mut out, &mut stats).consumed;
+        let n = s.handle_input(t0, input, &mut out).consumed;
         assert_eq!(&input[n..], b"hiNOOP\r\n", "the session stops at the start event");
         assert_eq!(s.poll_event(), Some(Event::MessageStart));
-        let progress = s.handle_input(t0, &input[n..], &mut out, &mut stats);
+        let progress = s.handle_input(t0, &input[n..], &mut out);
         assert_eq!(
             (progress.consumed, progress.body.pieces()),
             (2, &[&b"hi"[..]][..])
         );
         assert_eq!(s.poll_event(), Some(Event::MessageEnd));
-        let waiting = s.handle_input(t0, &input[n + 2..], &mut out, &mut stats);
+        let waiting = s.handle_input(t0, &input[n + 2..], &mut out);
         assert_eq!(waiting.consumed, 0, "input after the end waits for the commit");
         assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(600)));
         out.clear();
-        s.handle_timeout(t0 + Duration::from_secs(600), &mut out, &mut stats);
+        s.handle_timeout(t0 + Duration::from_secs(600), &mut out);
         assert_eq!(out, b"451 4.3.0 Error: storage did not answer in time\r\n");
         assert_eq!(s.poll_event(), Some(Event::MessageAbort));
-        assert_eq!(s.poll_event(), Some(Event::Close));
+        assert_eq!(s.poll_event(), Some(Event::Close(CloseReason::CommitTimeout)));
     }
 
     #[test]
     fn shutdown_waits_for_the_transaction() {
         let t0 = Instant::now();
-        let (mut out, mut stats) = (Vec::new(), Stats::default());
-        let mut idle = Session::new(Settings::new(ProtoConfig::default()), t0, &mut out, &mut stats);
+        let mut out = Vec::new();
+        let mut idle = Session::new(Settings::new(ProtoConfig::default()), t0, &mut out);
         out.clear();
-        idle.handle_shutdown(&mut out, &mut stats);
+        idle.handle_shutdown(&mut out);
         assert_eq!(out, b"421 4.3.2 Service shutting down\r\n");
-        assert_eq!(idle.poll_event(), Some(Event::Close));
+        assert_eq!(idle.poll_event(), Some(Event::Close(CloseReason::Shutdown)));
 
-        let mut busy = Session::new(Settings::new(ProtoConfig::default()), t0, &mut out, &mut stats);
+        let mut busy = Session::new(Settings::new(ProtoConfig::default()), t0, &mut out);
         let input = b"EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n";
-        assert_eq!(
-            busy.handle_input(t0, input, &mut out, &mut stats).consumed,
-            input.len()
-        );
+        assert_eq!(busy.handle_input(t0, input, &mut out).consumed, input.len());
         assert_eq!(busy.poll_event(), Some(Event::MessageStart));
         out.clear();
-        busy.handle_shutdown(&mut out, &mut stats);
+        busy.handle_shutdown(&mut out);
         assert!(out.is_empty());
-        let progress = busy.handle_input(t0, b"x\r\n.\r\n", &mut out, &mut stats);
+        let progress = busy.handle_input(t0, b"x\r\n.\r\n", &mut out);
         // The content and the end of data in one call: the content comes first.
         assert_eq!(
             (progress.consumed, progress.body.pieces()),
             (6, &[&b"x\r\n"[..]][..])
         );
         assert_eq!(busy.poll_event(), Some(Event::MessageEnd));
-        busy.handle_commit(t0, Commit::Queued("ID1"), &mut out, &mut stats);
+        busy.handle_commit(t0, Commit::Queued("ID1"), &mut out);
         assert_eq!(
             out,
             b"250 2.0.0 Ok: queued as ID1\r\n421 4.3.2 Service shutting down\r\n"
         );
-        assert_eq!(busy.poll_event(), Some(Event::Close));
-        assert_eq!(stats.messages, 1);
+        assert_eq!(busy.poll_event(), Some(Event::Close(CloseReason::Shutdown)));
+        assert_eq!(busy.stats().messages, 1);
 
         // Inside a refused BDAT chunk: the chunk is read, answered, then the session ends.
-        let mut chunk = Session::new(Settings::new(ProtoConfig::default()), t0, &mut out, &mut stats);
+        let mut chunk = Session::new(Settings::new(ProtoConfig::default()), t0, &mut out);
         let input = b"EHLO x\r\nBDAT 4\r\nab";
-        assert_eq!(
-            chunk.handle_input(t0, input, &mut out, &mut stats).consumed,
-            input.len()
-        );
+        assert_eq!(chunk.handle_input(t0, input, &mut out).consumed, input.len());
         out.clear();
-        chunk.handle_shutdown(&mut out, &mut stats);
+        chunk.handle_shutdown(&mut out);
         assert!(out.is_empty());
-        assert_eq!(
-            chunk
-                .handle_input(t0, b"cdNOOP\r\n", &mut out, &mut stats)
-                .consumed,
-            2
-        );
+        assert_eq!(chunk.handle_input(t0, b"cdNOOP\r\n", &mut out).consumed, 2);
         assert_eq!(
             out,
             b"503 5.5.1 Error: need MAIL command\r\n421 4.3.2 Service shutting down\r\n"
         );
-        assert_eq!(chunk.poll_event(), Some(Event::Close));
+        assert_eq!(chunk.poll_event(), Some(Event::Close(CloseReason::Shutdown)));
+    }
+
+    #[test]
+    fn counters_are_folded_before_they_could_wrap() {
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        let mut s = Session::new(Settings::new(ProtoConfig::default()), t0, &mut out);
+        let input = b"NOOP\r\n".repeat(3 * usize::from(SessionStats::FOLD_AT));
+        let (mut pos, mut noops) = (0, 0u64);
+        while pos < input.len() {
+            let n = s.handle_input(t0, &input[pos..], &mut out).consumed;
+            out.clear();
+            if n == 0 {
+                assert!(s.stats().should_fold(), "stopped at {pos} for no reason");
+                noops += u64::from(s.take_stats().replies[Reply::Ok as usize]);
+            }
+            assert!(s.stats().commands <= SessionStats::FOLD_AT);
+            pos += n;
+        }
+        noops += u64::from(s.stats().replies[Reply::Ok as usize]);
+        assert_eq!(
+            noops,
+            3 * u64::from(SessionStats::FOLD_AT),
+            "every NOOP counted once"
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! Recognizes SMTP verbs without allocating: the verb is upper-cased and packed into a `u64`.
+//! Recognizes SMTP verbs without allocating (the verb is upper-cased and packed into a `u64`) and checks a command line's octets.
 
 /// A recognized command verb.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,37 +86,41 @@ pub fn lookup(word: &[u8]) -> Option<Verb> {
     })
 }
 
-/// Whether a line may begin with this byte in an SMTP or a classifiable non-SMTP session: the
-/// first letters of SMTP verbs, of HTTP methods and of an SSH banner, and white space. Any
-/// other first byte, before the client has spoken SMTP, marks the connection as binary.
-pub fn plausible_first_byte(b: u8) -> bool {
-    matches!(
-        b.to_ascii_uppercase(),
-        b'A' | b'B'
-            | b'C'
-            | b'D'
-            | b'E'
-            | b'G'
-            | b'H'
-            | b'M'
-            | b'N'
-            | b'O'
-            | b'P'
-            | b'Q'
-            | b'R'
-            | b'S'
-            | b'T'
-            | b'V'
-            | b' '
-            | b'\t'
-            | b'\r'
-            | b'\n'
-    )
+/// Whether a command line holds control characters (other than HT) or octets above 0x7f, eight
+/// bytes at a time (RFC 5321 §4.1.1: commands are printable US-ASCII).
+pub fn scan_octets(line: &[u8]) -> (bool, bool) {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let (mut low, mut high) = (0u64, 0u64);
+    let mut chunks = line.chunks_exact(8);
+    for chunk in &mut chunks {
+        let x = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        // A byte below 0x20 borrows in `x - 0x20…`; DEL is a zero byte of `x ^ 0x7f…`.
+        low |= (x.wrapping_sub(0x20 * ONES) & !x)
+            | ((x ^ (0x7f * ONES)).wrapping_sub(ONES) & !(x ^ (0x7f * ONES)));
+        high |= x;
+    }
+    let tail = chunks.remainder();
+    let eight_bit = high & HIGH != 0 || tail.iter().any(|&b| b >= 0x80);
+    let control = (low & HIGH != 0 || tail.iter().any(|&b| b < 0x20 || b == 0x7f))
+        // The word test cannot tell HT from other controls; HT is allowed, so look closer.
+        && line.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f);
+    (control, eight_bit)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn octet_scan_matches_the_definition(line in proptest::collection::vec(any::<u8>(), 0..40)) {
+            let control = line.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f);
+            let eight_bit = line.iter().any(|&b| b >= 0x80);
+            prop_assert_eq!(scan_octets(&line), (control, eight_bit));
+        }
+    }
 
     #[test]
     fn case_insensitive_and_exact() {

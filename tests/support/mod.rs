@@ -2,7 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 use ringmx::config::ProtoConfig;
-use ringmx::proto::{Commit, Event, Session, Settings, Stats};
+use ringmx::proto::{Commit, Event, Session, Settings};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -78,21 +78,24 @@ impl Outcome {
 /// with an instant disk. Unconsumed input is kept and offered again with the next chunk.
 pub fn drive<'a>(config: &ProtoConfig, chunks: impl IntoIterator<Item = &'a [u8]>) -> Outcome {
     let now = Instant::now();
-    let mut stats = Stats::default();
     let mut output = Vec::new();
-    let mut session = Session::new(Settings::new(config.clone()), now, &mut output, &mut stats);
+    let mut session = Session::new(Settings::new(config.clone()), now, &mut output);
     let mut messages = Vec::new();
     let mut current: Option<Vec<u8>> = None;
     let mut closed = false;
     let mut pending: Vec<u8> = Vec::new();
     let mut steps = 0usize;
+    let mut errors = 0u64;
     for chunk in chunks {
         pending.extend_from_slice(chunk);
         loop {
             steps += 1;
             assert!(steps < 10_000_000, "session does not make progress");
-            let progress = session.handle_input(now, &pending, &mut output, &mut stats);
+            let progress = session.handle_input(now, &pending, &mut output);
             let n = progress.consumed;
+            if session.stats().should_fold() {
+                errors += u64::from(session.take_stats().errors);
+            }
             assert!(
                 n > 0 || progress.body.is_empty(),
                 "content handed out without consuming input"
@@ -111,10 +114,10 @@ pub fn drive<'a>(config: &ProtoConfig, chunks: impl IntoIterator<Item = &'a [u8]
                     Event::MessageStart => current = Some(Vec::new()),
                     Event::MessageEnd => {
                         messages.push(current.take().expect("end outside a message"));
-                        session.handle_commit(now, Commit::Queued(QUEUE_ID), &mut output, &mut stats);
+                        session.handle_commit(now, Commit::Queued(QUEUE_ID), &mut output);
                     }
                     Event::MessageAbort => current = None,
-                    Event::Close => closed = true,
+                    Event::Close(_) => closed = true,
                 }
             }
             if n == 0 && !evented {
@@ -126,7 +129,7 @@ pub fn drive<'a>(config: &ProtoConfig, chunks: impl IntoIterator<Item = &'a [u8]
         output,
         messages,
         closed,
-        errors: stats.errors,
+        errors: errors + u64::from(session.stats().errors),
     }
 }
 

@@ -1,0 +1,35 @@
+//! The protocol's configuration and the replies that depend only on it, rendered once and shared by every session of the server.
+
+use super::reply::write_u64;
+use crate::config::ProtoConfig;
+use std::sync::Arc;
+
+/// The configuration plus the greeting and the HELO/EHLO replies, rendered once.
+#[derive(Debug)]
+pub struct Settings {
+    pub config: ProtoConfig,
+    pub(crate) greeting: Vec<u8>,
+    pub(crate) helo: Vec<u8>,
+    pub(crate) ehlo: Vec<u8>,
+}
+
+impl Settings {
+    /// Renders the replies. The hostname is written into them as it is: the configuration
+    /// checked it is a domain or an address literal (RFC 5321 §4.1.2) before it got here.
+    pub fn new(config: ProtoConfig) -> Arc<Settings> {
+        let host = config.hostname.as_bytes();
+        let greeting = [b"220 ", host, b" ESMTP ringmx\r\n"].concat();
+        let helo = [b"250 ", host, b"\r\n"].concat();
+        let mut ehlo = [b"250-", host, b"\r\n250-PIPELINING\r\n250-SIZE "].concat();
+        write_u64(&mut ehlo, config.limits.max_message_size);
+        ehlo.extend_from_slice(
+            b"\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250 CHUNKING\r\n",
+        );
+        Arc::new(Settings {
+            config,
+            greeting,
+            helo,
+            ehlo,
+        })
+    }
+}

@@ -1,0 +1,317 @@
+//! One connection as its worker sees it, and the bridge to its session: received bytes go in, the session's events go to the store, replies collect for one send.
+
+use super::store::{Ended, Message, Store};
+use super::timer::Tick;
+use crate::backend::Token;
+use crate::proto::{CloseReason, Commit, Event, Session, Settings, Stats};
+use slab::Slab;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Free session buffers kept for reuse.
+const POOL_MAX: usize = 256;
+/// Initial capacity of a session's output buffer; most reply batches fit.
+const OUT_CAPACITY: usize = 4096;
+
+/// Where a connection is in its life; it only moves down this list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Reading and answering.
+    Open,
+    /// The client closed its side; what it sent is still answered.
+    PeerClosed,
+    /// The session ended (or the connection broke): send what is left, then close.
+    Finishing(CloseReason),
+    /// `Backend::close` was called; waiting for `Closed`.
+    Closing(CloseReason),
+}
+
+impl Phase {
+    /// Whether the session is over (its last replies may still be leaving).
+    pub(crate) fn ended(self) -> bool {
+        matches!(self, Phase::Finishing(_) | Phase::Closing(_))
+    }
+}
+
+pub(crate) struct Conn {
+    pub(crate) generation: u32,
+    pub(crate) session: Session,
+    pub(crate) peer: SocketAddr,
+    pub(crate) started: Instant,
+    /// Bytes received but not yet consumed by the session.
+    pub(crate) input: Vec<u8>,
+    /// Replies not yet handed to the backend.
+    pub(crate) out: Vec<u8>,
+    /// Message content from the current batch of input, not yet handed to the spool.
+    pub(crate) body: Vec<u8>,
+    pub(crate) phase: Phase,
+    /// A send is in flight (at most one per connection).
+    pub(crate) sending: bool,
+    /// What the backend was last told about receiving.
+    pub(crate) receiving: bool,
+    /// On the list of connections to settle this turn.
+    pub(crate) dirty: bool,
+    pub(crate) message: Message,
+    pub(crate) timer: Tick,
+    /// The session's counters folded into the worker's totals so far, for its log line.
+    pub(crate) folded: Folded,
+}
+
+/// What a session's log line reports, summed over every fold of its counters.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Folded {
+    pub(crate) commands: u32,
+    pub(crate) messages: u32,
+    pub(crate) errors: u32,
+}
+
+/// Session buffers for reuse, so an idle connection holds none and a busy one does not
+/// allocate per batch.
+pub(crate) struct Pool {
+    free: Vec<Vec<u8>>,
+    /// Buffers grown past this are dropped rather than kept.
+    max_capacity: usize,
+}
+
+impl Pool {
+    pub(crate) fn new(input_buffer: usize) -> Pool {
+        Pool {
+            free: Vec::new(),
+            max_capacity: 4 * input_buffer,
+        }
+    }
+
+    pub(crate) fn take(&mut self) -> Vec<u8> {
+        self.free
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(OUT_CAPACITY))
+    }
+
+    pub(crate) fn put(&mut self, mut buf: Vec<u8>) {
+        if buf.capacity() > 0 && self.free.len() < POOL_MAX && buf.capacity() <= self.max_capacity {
+            buf.clear();
+            self.free.push(buf);
+        }
+    }
+
+    /// Gives `buf` a pooled buffer if it has none.
+    pub(crate) fn ensure(&mut self, buf: &mut Vec<u8>) {
+        if buf.capacity() == 0 {
+            *buf = self.take();
+        }
+    }
+}
+
+/// What handling any connection needs from its worker: the clock of this turn, the settings,
+/// the buffer pool, the store, the counters, and the connections to settle at the end of it.
+pub(crate) struct Shared {
+    pub(crate) id: usize,
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) now: Instant,
+    pub(crate) stats: Stats,
+    pub(crate) store: Store,
+    pub(crate) pool: Pool,
+    pub(crate) dirty: Vec<Token>,
+    /// Connections paused on a full spool queue, to settle again once it drains.
+    pub(crate) spool_waiting: Vec<Token>,
+}
+
+impl Shared {
+    /// Puts a connection on this turn's list to settle (once).
+    pub(crate) fn mark(&mut self, conn: &mut Conn, token: Token) {
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(token);
+        }
+    }
+}
+
+/// The live connection a token names, if its slot still holds that generation.
+pub(crate) fn live(conns: &mut Slab<Conn>, token: Token) -> Option<&mut Conn> {
+    conns
+        .get_mut(token.slot as usize)
+        .filter(|c| c.generation == token.generation)
+}
+
+impl Conn {
+    pub(crate) fn new(
+        session: Session,
+        generation: u32,
+        peer: SocketAddr,
+        now: Instant,
+        out: Vec<u8>,
+    ) -> Conn {
+        Conn {
+            generation,
+            session,
+            peer,
+            started: now,
+            input: Vec::new(),
+            out,
+            body: Vec::new(),
+            phase: Phase::Open,
+            sending: false,
+            receiving: true,
+            dirty: false,
+            message: Message::None,
+            timer: 0,
+            folded: Folded::default(),
+        }
+    }
+
+    /// Adds the session's counters to the worker's totals (and to this connection's own, for
+    /// its log line), and starts them again from zero.
+    pub(crate) fn fold_stats(&mut self, stats: &mut Stats) {
+        let s = self.session.take_stats();
+        self.folded.commands += u32::from(s.commands);
+        self.folded.messages += u32::from(s.messages);
+        self.folded.errors += u32::from(s.errors);
+        stats.add(&s);
+    }
+
+    /// Takes received bytes: fed straight from the backend's buffer when nothing waits before
+    /// them, else appended to what waits; what the session leaves is kept for later.
+    pub(crate) fn receive(&mut self, sh: &mut Shared, token: Token, buf: &[u8]) {
+        if self.input.is_empty() {
+            let n = self.feed(sh, token, buf);
+            if n < buf.len() {
+                self.input = sh.pool.take();
+                self.input.extend_from_slice(&buf[n..]);
+            }
+        } else {
+            self.input.extend_from_slice(buf);
+            self.pump(sh, token);
+        }
+    }
+
+    /// Feeds `bytes` to the session until it has consumed them or cannot take more now
+    /// (waiting for a commit, or its reply backlog is full); returns how many it took.
+    ///
+    /// This is the seam for STARTTLS: with TLS on, the received bytes go to rustls's
+    /// `read_tls` and the plaintext it yields comes here; replies go through its `writer`.
+    fn feed(&mut self, sh: &mut Shared, token: Token, bytes: &[u8]) -> usize {
+        let mut off = 0;
+        loop {
+            sh.pool.ensure(&mut self.out);
+            let progress = self.session.handle_input(sh.now, &bytes[off..], &mut self.out);
+            let n = progress.consumed;
+            if self.session.stats().should_fold() {
+                self.fold_stats(&mut sh.stats);
+            }
+            if !progress.body.is_empty() && sh.store.keeps_bodies() {
+                sh.pool.ensure(&mut self.body);
+                for piece in progress.body.pieces() {
+                    self.body.extend_from_slice(piece);
+                }
+            }
+            off += n;
+            let evented = self.events(sh, token);
+            if off == bytes.len() || (n == 0 && !evented) {
+                self.flush_body(sh, token);
+                return off;
+            }
+        }
+    }
+
+    /// Feeds the bytes the session left unconsumed earlier.
+    pub(crate) fn pump(&mut self, sh: &mut Shared, token: Token) {
+        if self.input.is_empty() {
+            return;
+        }
+        let mut input = std::mem::take(&mut self.input);
+        let n = self.feed(sh, token, &input);
+        input.drain(..n);
+        if input.is_empty() {
+            sh.pool.put(input);
+        } else {
+            self.input = input;
+        }
+    }
+
+    /// Hands the content gathered from one batch of input to the store.
+    fn flush_body(&mut self, sh: &mut Shared, token: Token) {
+        if !self.body.is_empty() {
+            sh.store.chunk(token, std::mem::take(&mut self.body));
+        }
+    }
+
+    /// Drains the session's events; returns whether there were any.
+    pub(crate) fn events(&mut self, sh: &mut Shared, token: Token) -> bool {
+        let mut any = false;
+        while let Some(event) = self.session.poll_event() {
+            any = true;
+            match event {
+                Event::MessageStart => {
+                    self.message = sh.store.start(token, self.session.envelope(), self.peer);
+                }
+                Event::MessageEnd => {
+                    self.flush_body(sh, token);
+                    if let Ended::Queued(id) = sh.store.end(token, &mut self.message) {
+                        sh.pool.ensure(&mut self.out);
+                        self.session
+                            .handle_commit(sh.now, Commit::Queued(&id), &mut self.out);
+                    }
+                }
+                Event::MessageAbort => self.abort_message(sh, token),
+                Event::Close(reason) => self.finish(reason),
+            }
+        }
+        any
+    }
+
+    /// Hands the store's result for the message this connection waits for to its session.
+    pub(crate) fn committed(&mut self, sh: &mut Shared, token: Token, id: &str, ok: bool) {
+        self.message = Message::None;
+        let commit = if ok { Commit::Queued(id) } else { Commit::Failed };
+        sh.pool.ensure(&mut self.out);
+        self.session.handle_commit(sh.now, commit, &mut self.out);
+        self.events(sh, token);
+        self.pump(sh, token);
+        self.after_eof(sh, token);
+    }
+
+    fn abort_message(&mut self, sh: &mut Shared, token: Token) {
+        let body = std::mem::take(&mut self.body);
+        sh.pool.put(body);
+        sh.store.abort(token, &mut self.message);
+    }
+
+    /// Ends the session: what is queued is sent, then the connection closes.
+    fn finish(&mut self, reason: CloseReason) {
+        if !self.phase.ended() {
+            self.phase = Phase::Finishing(reason);
+        }
+    }
+
+    /// After the client's end of stream, the input already received is still answered (a
+    /// client may send its last commands and half-close); once nothing more can come of it,
+    /// the session is abandoned like a broken connection.
+    pub(crate) fn after_eof(&mut self, sh: &mut Shared, token: Token) {
+        let committing = matches!(self.message, Message::Committing(_));
+        let blocked_on_send = self.sending && !self.input.is_empty();
+        if self.phase == Phase::PeerClosed && !committing && !blocked_on_send {
+            self.abandon(sh, token, CloseReason::PeerClosed);
+        }
+    }
+
+    /// The connection is unusable or the client left: drop any message in progress and close
+    /// once what is already queued has been sent.
+    pub(crate) fn abandon(&mut self, sh: &mut Shared, token: Token, reason: CloseReason) {
+        self.abort_message(sh, token);
+        self.finish(reason);
+        let input = std::mem::take(&mut self.input);
+        sh.pool.put(input);
+    }
+
+    /// Gives every buffer back to the pool (the connection is gone).
+    pub(crate) fn release(&mut self, pool: &mut Pool) {
+        for buf in [
+            std::mem::take(&mut self.input),
+            std::mem::take(&mut self.out),
+            std::mem::take(&mut self.body),
+        ] {
+            pool.put(buf);
+        }
+    }
+}
