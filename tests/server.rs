@@ -604,6 +604,93 @@ fn help_documents_every_flag() {
     }
 }
 
+/// A message whose end arrived intact is committed and its `250` attempted, whatever follows
+/// the final dot: a half-close (the client still reads), a whole transaction in one write then
+/// a half-close, or a full close (nobody reads the `250`; the message is stored all the same).
+/// Both backends alike.
+fn fin_right_after_the_final_dot_commits_the_message() {
+    let server = Server::start(&[]);
+    let mut c = server.connect();
+    assert!(c.reply().starts_with("220 "));
+    start_data(&mut c, "half");
+    c.send(b"Subject: half\r\n\r\nbody\r\n.\r\n");
+    c.half_close();
+    let rest = String::from_utf8(c.read_to_end()).unwrap();
+    assert!(rest.starts_with("250 2.0.0 Ok: queued as "), "{rest:?}");
+
+    let mut d = server.connect();
+    assert!(d.reply().starts_with("220 "));
+    d.send(
+        b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<piped@d.example>\r\nDATA\r\n\
+        Subject: piped\r\n\r\nbody\r\n.\r\n",
+    );
+    d.half_close();
+    let rest = String::from_utf8(d.read_to_end()).unwrap();
+    let last = rest.trim_end().lines().last().unwrap_or("");
+    assert!(last.starts_with("250 2.0.0 Ok: queued as "), "{rest:?}");
+
+    let mut e = server.connect();
+    assert!(e.reply().starts_with("220 "));
+    start_data(&mut e, "gone");
+    e.send(b"Subject: gone\r\n\r\nbody\r\n.\r\n");
+    drop(e);
+
+    // DATA and the content in one write, then a reset: the server reads the content, then
+    // ECONNRESET, in the same turn.
+    let mut f = server.connect();
+    assert!(f.reply().starts_with("220 "));
+    f.send(
+        b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<reset@d.example>\r\nDATA\r\n\
+        Subject: reset\r\n\r\nbody\r\n.\r\n",
+    );
+    socket2::SockRef::from(&f.stream)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(f);
+    // Nothing tells this client when the server is done with it: wait for the spool (a
+    // shutdown before the server read the reset connection would rightly drop it unread).
+    let deadline = Instant::now() + LIMIT;
+    let committed = |dir: &Path| {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .path()
+                        .extension()
+                        .is_some_and(|x| x == "json")
+                })
+                .count()
+            })
+            .unwrap_or(0)
+    };
+    while committed(&server.spool) < 4 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let stopped = server.stop();
+    stopped.assert_clean();
+    let mut subjects: Vec<String> = spooled(&stopped.spool)
+        .iter()
+        .map(|m| {
+            String::from_utf8_lossy(m.content())
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    subjects.sort();
+    assert_eq!(
+        subjects,
+        [
+            "Subject: gone",
+            "Subject: half",
+            "Subject: piped",
+            "Subject: reset"
+        ]
+    );
+}
+
 /// Every test above that starts a server runs once per backend from the same body (as monoio's
 /// `test_all`): `epoll::NAME` and `uring::NAME`.
 macro_rules! on_both_backends {
@@ -633,4 +720,5 @@ on_both_backends!(
     over_max_connections_gets_421,
     out_of_descriptors_the_server_waits_and_accepts_later,
     idle_session_times_out_with_421,
+    fin_right_after_the_final_dot_commits_the_message,
 );

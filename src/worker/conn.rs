@@ -295,10 +295,14 @@ impl Conn {
         }
     }
 
-    /// The connection is unusable or the client left: drop any message in progress and close
-    /// once what is already queued has been sent.
+    /// The connection is unusable or the client left: drop the message still streaming, if
+    /// any, and close once what is already queued has been sent. A message whose end arrived
+    /// intact is not dropped: it is committed, and its `250` attempted if the connection
+    /// still takes it (the contract of both backends: what was received is answered).
     pub(crate) fn abandon(&mut self, sh: &mut Shared, token: Token, reason: CloseReason) {
-        self.abort_message(sh, token);
+        if !matches!(self.message, Message::Committing(_)) {
+            self.abort_message(sh, token);
+        }
         self.finish(reason);
         let input = std::mem::take(&mut self.input);
         sh.pool.put(input);

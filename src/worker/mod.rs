@@ -307,7 +307,11 @@ impl<B: Backend> Worker<B> {
         self.generations[slot] = if next == RESERVED_GENERATION { 0 } else { next };
         self.active.fetch_sub(1, Ordering::Relaxed);
         let sh = &mut self.shared;
-        sh.store.abort(token, &mut conn.message);
+        // A message still streaming is dropped; one committing is left to commit (its end
+        // arrived intact), and its late result finds no connection.
+        if matches!(conn.message, store::Message::Streaming(_)) {
+            sh.store.abort(token, &mut conn.message);
+        }
         conn.release(&mut sh.pool);
         let reason = match conn.phase {
             Phase::Finishing(reason) | Phase::Closing(reason) => reason,
