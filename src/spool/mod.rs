@@ -22,13 +22,18 @@
 //!
 //! A crash before step 4 completes can leave either name without the other, or files in
 //! `tmp/`; none of those was acknowledged, and [`recover`] removes all of them at start.
+//!
+//! One server owns a spool at a time ([`lock`]): recovery in a second one would delete the
+//! first one's messages in flight.
 
 mod committer;
 mod format;
 mod id;
+mod lock;
 mod recover;
 
 pub use id::IdGen;
+pub use lock::{lock, SpoolLock};
 pub use recover::recover;
 
 use crate::config::SpoolSync;

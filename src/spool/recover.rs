@@ -44,6 +44,7 @@ pub fn recover(dir: &Path) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spool::lock::LOCK_FILE;
 
     #[test]
     fn recover_removes_only_uncommitted_files() {
@@ -58,6 +59,7 @@ mod tests {
             "tmp/D.eml",
             "tmp/D.json",
             "notes",
+            LOCK_FILE,
         ] {
             fs::write(dir.join(name), b"x").unwrap();
         }
@@ -68,7 +70,7 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         left.sort();
-        assert_eq!(left, ["A.eml", "A.json", "notes", "tmp"]);
+        assert_eq!(left, ["A.eml", "A.json", "notes", LOCK_FILE, "tmp"]);
         fs::remove_dir_all(&dir).unwrap();
     }
 }
