@@ -5,7 +5,7 @@ use crate::backend::uring::{self, Uring, UringConfig};
 use crate::backend::Backend;
 use crate::config::{BackendKind, Limits, ServerConfig};
 use crate::proto::Settings;
-use crate::spool::{self, IdGen, Spool};
+use crate::spool::{self, IdGen, Spool, SpoolLock};
 use crate::wake::Wake;
 use crate::worker::{Control, Report, Store, Worker};
 use crossbeam_channel::Sender;
@@ -102,17 +102,7 @@ pub fn serve(mut config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Re
     )?;
     let limits = &config.proto.limits;
     // Held until this function returns, after every committer has finished.
-    let _spool_lock = if config.sink {
-        None
-    } else {
-        let spool_error = |e| format!("spool {}: {e}", config.spool.display());
-        let lock = spool::lock(&config.spool).map_err(spool_error)?;
-        let removed = spool::recover(&config.spool).map_err(spool_error)?;
-        if removed > 0 {
-            tracing::warn!(removed, spool = %config.spool.display(), "removed uncommitted files");
-        }
-        Some(lock)
-    };
+    let _spool_lock = claim_spool(&config)?;
     let (per_worker, bound) = bind_all(&config.listen, workers)?;
     let settings = Settings::new(config.proto.clone());
     let active = Arc::new(AtomicUsize::new(0));
@@ -177,6 +167,21 @@ pub fn serve(mut config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Re
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     Ok(report)
+}
+
+/// Takes the spool for this process, then removes what a crash left in it: in this order, so
+/// a second server never deletes the first one's messages in flight. None with `--sink`.
+fn claim_spool(config: &ServerConfig) -> Result<Option<SpoolLock>, String> {
+    if config.sink {
+        return Ok(None);
+    }
+    let spool_error = |e| format!("spool {}: {e}", config.spool.display());
+    let lock = spool::lock(&config.spool).map_err(spool_error)?;
+    let removed = spool::recover(&config.spool).map_err(spool_error)?;
+    if removed > 0 {
+        tracing::warn!(removed, spool = %config.spool.display(), "removed uncommitted files");
+    }
+    Ok(Some(lock))
 }
 
 /// The backend to run, epoll or uring: `RINGMX_BACKEND` (auto, epoll or uring) overrides the
