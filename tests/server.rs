@@ -733,8 +733,8 @@ fn sighup_and_sigusr1_leave_the_server_serving() {
     assert!(busy.reply().starts_with("220 "));
     start_data(&mut busy, "c");
     busy.send(b"Subject: signals\r\n\r\nfirst half\r\n");
-    // SIGUSR1 first: pending signals are taken lowest number first, so once SIGHUP's line is
-    // logged, SIGUSR1 has been handled (or, by its default action, has killed the server).
+    // SIGUSR1 first: were it not taken by sigwait, its default action would end the server as
+    // it arrives, before SIGHUP's line could be logged.
     server.signal(libc::SIGUSR1);
     server.signal(libc::SIGHUP);
     server.wait_for_log("reload is not implemented yet; ignored");
