@@ -1,11 +1,11 @@
-//! `ringmx serve`: checks the configuration, binds each worker's listeners, runs the pinned workers, and stops them on SIGTERM/SIGINT.
+//! `ringmx serve`: checks the configuration, claims the spool and the listen addresses, runs the pinned workers, and stops them on SIGTERM/SIGINT.
 
 use crate::backend::epoll::Epoll;
 use crate::backend::uring::{self, Uring, UringConfig};
 use crate::backend::Backend;
 use crate::config::{BackendKind, ServerConfig, ServerLimits};
 use crate::proto::Settings;
-use crate::spool::{self, IdGen, Spool};
+use crate::spool::{self, IdGen, Spool, SpoolLock};
 use crate::wake::Wake;
 use crate::worker::{Control, Report, Store, Worker, WorkerConfig};
 use crossbeam_channel::Sender;
@@ -88,37 +88,28 @@ impl WorkerContext<'_> {
 
 /// Runs the server until SIGTERM or SIGINT has shut it down cleanly; returns the merged
 /// counters of all workers. An error is a message for the operator.
-pub fn serve(config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Report, String> {
+pub fn serve(mut config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Report, String> {
     config.validate().map_err(|e| e.to_string())?;
     let backend = choose_backend(config.backend)?;
     let signals = block_signals().map_err(|e| format!("cannot block signals: {e}"))?;
-    raise_nofile_limit();
+    let open_files = raise_nofile_limit();
     let cpus = allowed_cpus();
     let workers = if config.workers == 0 {
         cpus.len().max(1)
     } else {
         config.workers
     };
+    config.limits.max_connections = fit_max_connections(
+        config.limits.max_connections,
+        open_files,
+        workers,
+        config.listen.len(),
+        config.sink,
+    )?;
     let limits = &config.limits;
-    if !config.sink {
-        let removed =
-            spool::recover(&config.spool).map_err(|e| format!("spool {}: {e}", config.spool.display()))?;
-        if removed > 0 {
-            tracing::warn!(removed, spool = %config.spool.display(), "removed uncommitted files");
-        }
-    }
-    let mut per_worker: Vec<Vec<TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
-    let mut bound = Vec::new();
-    for &addr in &config.listen {
-        // Port 0 is resolved by the first bind; the other workers share the port it got.
-        let mut addr = addr;
-        for listeners in &mut per_worker {
-            let listener = bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-            addr = listener.local_addr().map_err(|e| e.to_string())?;
-            listeners.push(listener);
-        }
-        bound.push(addr);
-    }
+    // Held until this function returns, after every committer has finished.
+    let _spool_lock = claim_spool(&config)?;
+    let (per_worker, bound) = bind_all(&config.listen, workers)?;
     let settings = Settings::new(config.proto.clone());
     let active = Arc::new(AtomicUsize::new(0));
     let mut controls: Vec<(Sender<Control>, Arc<dyn Wake>)> = Vec::new();
@@ -182,6 +173,21 @@ pub fn serve(config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Report
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     Ok(report)
+}
+
+/// Takes the spool for this process, then removes what a crash left in it: in this order, so
+/// a second server never deletes the first one's messages in flight. None with `--sink`.
+fn claim_spool(config: &ServerConfig) -> Result<Option<SpoolLock>, String> {
+    if config.sink {
+        return Ok(None);
+    }
+    let spool_error = |e| format!("spool {}: {e}", config.spool.display());
+    let lock = spool::lock(&config.spool).map_err(spool_error)?;
+    let removed = spool::recover(&config.spool).map_err(spool_error)?;
+    if removed > 0 {
+        tracing::warn!(removed, spool = %config.spool.display(), "removed uncommitted files");
+    }
+    Ok(Some(lock))
 }
 
 /// The backend to run, epoll or uring: `RINGMX_BACKEND` (auto, epoll or uring) overrides the
@@ -266,6 +272,67 @@ fn stats_json(r: &Report) -> String {
     .to_string()
 }
 
+/// Binds every listen address once per worker, after checking that no other process has any
+/// of them: every probe is made (and closed) before the first real bind, which two listen
+/// addresses that overlap (`0.0.0.0:25` and `127.0.0.1:25`) would otherwise make conflict.
+/// Returns each worker's listeners and the addresses bound.
+fn bind_all(
+    listen: &[SocketAddr],
+    workers: usize,
+) -> Result<(Vec<Vec<TcpListener>>, Vec<SocketAddr>), String> {
+    for &addr in listen {
+        probe(addr)?;
+    }
+    let mut per_worker: Vec<Vec<TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut bound = Vec::new();
+    for &addr in listen {
+        // Port 0 is resolved by the first bind; the other workers share the port it got.
+        let mut addr = addr;
+        for listeners in &mut per_worker {
+            let listener = bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            addr = listener.local_addr().map_err(|e| e.to_string())?;
+            listeners.push(listener);
+        }
+        bound.push(addr);
+    }
+    Ok((per_worker, bound))
+}
+
+/// Refuses an address another process listens on. The real binds set `SO_REUSEPORT` (one
+/// socket per worker), and so would a second ringmx: Linux lets sockets of one user that all
+/// set it share a port, so the second server would start without a word and take a share of
+/// the connections. A bind without `SO_REUSEPORT` conflicts with every socket bound there,
+/// which is the test; the probe is closed at once, since it would block the real binds too.
+///
+/// A race remains: a process that binds between this probe and the first real bind (a few
+/// microseconds) is not seen, so two servers started at the same instant on different spools
+/// could still share the port (on the same spool, the second stops at the spool lock, taken
+/// first). Closing it would take the first real socket bound without `SO_REUSEPORT` and
+/// switched to it before `listen`, which rests on undocumented kernel behaviour.
+fn probe(addr: SocketAddr) -> Result<(), String> {
+    // Port 0: the kernel picks a port no socket holds, never one of a SO_REUSEPORT group.
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let refused = |e: io::Error| format!("cannot listen on {addr}: {e}");
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(refused)?;
+    // As the real binds: connections of a previous run in TIME_WAIT are no conflict (Linux
+    // still refuses the address while a socket listens on it), nor is `0.0.0.0:25` beside
+    // `[::]:25`.
+    socket.set_reuse_address(true).map_err(refused)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true).map_err(refused)?;
+    }
+    match socket.bind(&addr.into()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(format!(
+            "cannot listen on {addr}: already in use by another process (another ringmx?)"
+        )),
+        Err(e) => Err(refused(e)),
+    }
+}
+
 fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -280,17 +347,30 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
-/// Blocks SIGTERM and SIGINT in this thread and (by inheritance) every thread it starts, so
-/// they are only ever taken by `sigwait` in the signal thread. Ignores SIGXFSZ, so a file
-/// size limit shows up as `EFBIG` on the spool write (answered 452), not as a dead server.
+/// The signals taken by `sigwait` in the signal thread. The default action of each is to end
+/// the process at once (with no `421` to anyone): SIGTERM and SIGINT stop the server
+/// gracefully instead; SIGHUP (`systemctl reload`, logrotate's `postrotate`) and SIGUSR1/2
+/// are logged and ignored until they are given a meaning.
+const SIGNALS: [libc::c_int; 5] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
+/// Blocks [`SIGNALS`] in this thread and (by inheritance) every thread it starts, so they are
+/// only ever taken by `sigwait` in the signal thread. Ignores SIGXFSZ, so a file size limit
+/// shows up as `EFBIG` on the spool write (answered 452), not as a dead server.
 fn block_signals() -> io::Result<libc::sigset_t> {
     // SAFETY: sigset_t is plain data, initialized by sigemptyset before use; the calls only
     // read and write the set we own and this thread's mask.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
+        for sig in SIGNALS {
+            libc::sigaddset(&mut set, sig);
+        }
         let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         if rc != 0 {
             return Err(io::Error::from_raw_os_error(rc));
@@ -300,7 +380,8 @@ fn block_signals() -> io::Result<libc::sigset_t> {
     }
 }
 
-/// The first signal starts a graceful shutdown; a second one exits at once.
+/// The first SIGTERM or SIGINT starts a graceful shutdown; a second one exits at once. The
+/// other signals of [`SIGNALS`] are ignored and do not count.
 fn wait_for_signals(set: libc::sigset_t, controls: Vec<(Sender<Control>, Arc<dyn Wake>)>) {
     let mut first = true;
     loop {
@@ -308,6 +389,14 @@ fn wait_for_signals(set: libc::sigset_t, controls: Vec<(Sender<Control>, Arc<dyn
         // SAFETY: `set` is an initialized signal set and `sig` a valid out-pointer.
         let rc = unsafe { libc::sigwait(&set, &mut sig) };
         if rc != 0 {
+            continue;
+        }
+        if sig == libc::SIGHUP {
+            tracing::warn!(signal = "SIGHUP", "reload is not implemented yet; ignored");
+            continue;
+        }
+        if sig == libc::SIGUSR1 || sig == libc::SIGUSR2 {
+            tracing::debug!(signal = sig, "ignored");
             continue;
         }
         if !first {
@@ -324,15 +413,84 @@ fn wait_for_signals(set: libc::sigset_t, controls: Vec<(Sender<Control>, Arc<dyn
 }
 
 /// Raises the soft descriptor limit to the hard one: each connection needs a descriptor.
-fn raise_nofile_limit() {
+/// Returns the soft limit in force (`u64::MAX` if it cannot be read: then nothing is fitted).
+fn raise_nofile_limit() -> u64 {
     // SAFETY: getrlimit/setrlimit read and write the struct we own.
     unsafe {
         let mut lim: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return u64::MAX;
         }
+        if lim.rlim_cur < lim.rlim_max
+            && libc::setrlimit(
+                libc::RLIMIT_NOFILE,
+                &libc::rlimit {
+                    rlim_cur: lim.rlim_max,
+                    ..lim
+                },
+            ) == 0
+        {
+            lim.rlim_cur = lim.rlim_max;
+        }
+        lim.rlim_cur as u64
     }
+}
+
+/// Descriptors the count in [`fit_max_connections`] does not see, opened by libraries or
+/// for a moment (recovery's directory reads, the stats file at exit).
+const SPARE_DESCRIPTORS: u64 = 8;
+
+/// Descriptors open now: stdin, stdout, stderr and whatever else the process inherited (a
+/// test harness or a shell may pass on several). Three if `/proc` cannot tell.
+fn open_descriptors() -> u64 {
+    // The directory's own descriptor is counted too: one more, on the safe side.
+    std::fs::read_dir("/proc/self/fd").map_or(3, |entries| entries.count() as u64)
+}
+
+/// Fewer connections than this is no server: refuse to start rather than lower to it.
+const FEWEST_CONNECTIONS: usize = 8;
+
+/// `max_connections`, lowered (with a warning) to what `open_files` descriptors can serve.
+///
+/// Besides its connections the process holds: the descriptors open now
+/// ([`open_descriptors`]) and the spool's lock file; per worker, its listeners, its backend's
+/// epoll or ring descriptor and eventfd, one for a connection over the limit (accepted only to
+/// be answered `421` and closed), the spare descriptor the backend keeps to answer `421` when
+/// even that accept fails, and its committer's handle on the spool directory; and
+/// [`SPARE_DESCRIPTORS`]. A connection holds its socket and, while its message commits, the
+/// `.eml` and the `.json` (the committer keeps both open from the writeback to the directory
+/// fsync): 3 descriptors, 1 with `--sink`.
+fn fit_max_connections(
+    max_connections: usize,
+    open_files: u64,
+    workers: usize,
+    listeners: usize,
+    sink: bool,
+) -> Result<usize, String> {
+    let (lock, per_worker, per_connection) = if sink {
+        (0, listeners as u64 + 4, 1)
+    } else {
+        (1, listeners as u64 + 5, 3)
+    };
+    let overhead = open_descriptors() + lock + workers as u64 * per_worker + SPARE_DESCRIPTORS;
+    let fit = open_files.saturating_sub(overhead) / per_connection;
+    let fit = usize::try_from(fit).unwrap_or(usize::MAX);
+    if fit >= max_connections {
+        return Ok(max_connections);
+    }
+    if fit < max_connections.min(FEWEST_CONNECTIONS) {
+        return Err(format!(
+            "the open-files limit {open_files} leaves room for {fit} connections; \
+             raise it (ulimit -n, LimitNOFILE=)"
+        ));
+    }
+    tracing::warn!(
+        configured = max_connections,
+        lowered = fit,
+        open_files,
+        "max_connections lowered to fit the open-files limit"
+    );
+    Ok(fit)
 }
 
 /// The CPUs this process may run on, in order.

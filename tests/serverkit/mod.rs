@@ -220,6 +220,14 @@ impl Server {
         Client::connect(self.addr)
     }
 
+    /// Connects and reads the `220` greeting.
+    pub fn connect_greeted(&self) -> Client {
+        let mut c = self.connect();
+        let greeting = c.reply();
+        assert!(greeting.starts_with("220 "), "{greeting}");
+        c
+    }
+
     /// Sends SIGTERM without waiting (once: a second one makes the server exit at once).
     pub fn terminate(&self) {
         if self.terminated.replace(true) {
@@ -227,6 +235,25 @@ impl Server {
         }
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+    }
+
+    /// Sends `signal` (a `libc::SIG*`) without waiting.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.pid(), signal) };
+    }
+
+    /// Waits (bounded) until the log holds `text`.
+    pub fn wait_for_log(&self, text: &str) {
+        let deadline = Instant::now() + LIMIT;
+        while !self.log().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} in the log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Resident set size of the server process, in KiB.
@@ -431,7 +458,7 @@ pub fn spooled(dir: &Path) -> Vec<Spooled> {
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries {
             let name = entry.unwrap().file_name().into_string().unwrap();
-            if name == "tmp" {
+            if name == "tmp" || name == "ringmx.lock" {
                 continue;
             }
             if let Some(id) = name.strip_suffix(".json") {
@@ -483,4 +510,52 @@ pub fn show(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes)
         .replace('\r', "\\r")
         .replace('\n', "\\n\n")
+}
+
+/// Runs `ringmx serve --workers 1 ARGS` (on this thread's backend, and with no address or
+/// spool but those in `args`), which must refuse to start; returns its exit status and log.
+/// Panics if it starts instead.
+pub fn start_refused(args: &[&str]) -> (ExitStatus, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringmx"));
+    cmd.args(["serve", "--workers", "1"]).args(args);
+    if let Some(backend) = BACKEND.get() {
+        cmd.args(["--backend", backend]).env_remove("RINGMX_BACKEND");
+    }
+    cmd.env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("start ringmx");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = String::new();
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => {
+                log.push_str(&line);
+                log.push('\n');
+                if line.contains("ringmx started") {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("the second server started:\n{log}");
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the second server neither started nor exited:\n{log}");
+            }
+        }
+    }
+    (child.wait().unwrap(), log)
 }

@@ -1,0 +1,166 @@
+//! The durable spool as a worker sees it: the `Spool` handle and the jobs it streams to its committer; a message is acknowledged only once its `.eml` and `.json` are on disk.
+//!
+//! Layout: `DIR/<id>.eml` is a `Received:` trace header (RFC 5321 §4.4) followed by the
+//! message exactly as received after dot-unstuffing; `DIR/<id>.json` is its envelope. Both are
+//! written in `DIR/tmp/` and renamed into `DIR`; the `.json` is the commit marker. Writing in a
+//! separate, small directory keeps file creation cheap (inserting a name into a directory of
+//! 100,000 entries costs several times more than into one of 100) and leaves the big directory
+//! one insertion per file.
+//!
+//! Each worker has one committer thread, so the worker's event loop never touches the disk.
+//! The worker streams `Start`, `Chunk`, `End` and `Abort` jobs; the committer writes body bytes
+//! as they come and, whenever it finds ended messages, commits all of them together:
+//!
+//! 1. write each `tmp/<id>.json`; start writeback of every file of the batch
+//!    (`sync_file_range`), so their blocks are allocated in one journal transaction;
+//! 2. `fdatasync` each file: the first waits for that transaction, the others find their data
+//!    and metadata mostly durable already (with [`SpoolSync::Filesystem`], steps 1 and 2 are
+//!    one `syncfs` instead);
+//! 3. rename each `tmp/<id>.eml` to `<id>.eml`, then each `tmp/<id>.json` to `<id>.json`;
+//! 4. fsync the directory once for the whole batch; only then are the ids reported back (to
+//!    the worker's channel, then its waker), and the sessions send `250`.
+//!
+//! A crash before step 4 completes can leave either name without the other, or files in
+//! `tmp/`; none of those was acknowledged, and [`recover`] removes all of them at start.
+//!
+//! One server owns a spool at a time ([`lock`]): recovery in a second one would delete the
+//! first one's messages in flight.
+
+mod committer;
+mod format;
+mod id;
+mod lock;
+mod recover;
+
+pub use id::IdGen;
+pub use lock::{lock, SpoolLock};
+pub use recover::recover;
+
+use crate::config::SpoolSync;
+use crate::wake::Wake;
+use committer::Committer;
+use crossbeam_channel::{Receiver, Sender};
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::SystemTime;
+
+/// Where messages are written before their commit.
+const TMP: &str = "tmp";
+
+/// What the spool records about a message besides its content.
+#[derive(Debug, Clone)]
+pub struct MessageMeta {
+    pub id: String,
+    pub helo: Vec<u8>,
+    pub esmtp: bool,
+    pub smtputf8: bool,
+    pub client: SocketAddr,
+    pub mail_from: Vec<u8>,
+    pub mail_params: Vec<u8>,
+    pub recipients: Vec<Vec<u8>>,
+    pub received: SystemTime,
+}
+
+/// A job for the committer, keyed by the session's token.
+#[derive(Debug)]
+pub enum Job {
+    Start { key: u64, meta: Box<MessageMeta> },
+    Chunk { key: u64, data: Vec<u8> },
+    End { key: u64 },
+    Abort { key: u64 },
+}
+
+/// The committer's answer to an `End`.
+#[derive(Debug)]
+pub struct Done {
+    pub key: u64,
+    pub id: String,
+    pub ok: bool,
+}
+
+/// Body bytes handed by a worker to its committer and not yet written; shared by both.
+struct Backlog {
+    queued: AtomicUsize,
+    /// The worker found the queue full and waits for the committer to wake it.
+    waiting: AtomicBool,
+    limit: usize,
+}
+
+/// The worker's side of its committer.
+pub struct Spool {
+    jobs: Option<Sender<Job>>,
+    pub results: Receiver<Done>,
+    backlog: Arc<Backlog>,
+    thread: Option<JoinHandle<()>>,
+    pub ids: IdGen,
+}
+
+impl Spool {
+    /// Starts the committer thread of worker `worker` for the (recovered) directory `dir`.
+    pub fn start(
+        worker: usize,
+        dir: PathBuf,
+        hostname: String,
+        limit: usize,
+        sync: SpoolSync,
+        waker: Arc<dyn Wake>,
+    ) -> io::Result<Spool> {
+        let (jobs, job_rx) = crossbeam_channel::unbounded();
+        let (done_tx, results) = crossbeam_channel::unbounded();
+        let backlog = Arc::new(Backlog {
+            queued: AtomicUsize::new(0),
+            waiting: AtomicBool::new(false),
+            limit,
+        });
+        let committer = Committer::new(dir, hostname, sync, backlog.clone(), done_tx, waker)?;
+        let thread = std::thread::Builder::new()
+            .name(format!("ringmx-spool-{worker}"))
+            .spawn(move || committer.run(job_rx))?;
+        Ok(Spool {
+            jobs: Some(jobs),
+            results,
+            backlog,
+            thread: Some(thread),
+            ids: IdGen::new(worker),
+        })
+    }
+
+    /// Queues a job; a body chunk counts towards the queue limit until written.
+    pub fn submit(&self, job: Job) {
+        if let Job::Chunk { data, .. } = &job {
+            self.backlog.queued.fetch_add(data.len(), Ordering::SeqCst);
+        }
+        if let Some(jobs) = &self.jobs {
+            // The committer outlives every send: it exits only when this sender is dropped.
+            let _ = jobs.send(job);
+        }
+    }
+
+    /// Whether body bytes handed to the committer but not yet taken by it exceed the limit;
+    /// sessions in DATA stop being read until the committer catches up, and then it wakes the
+    /// worker. The flag is raised before the queue is looked at again, and the committer
+    /// lowers its count before it looks at the flag, so one of the two always sees the other:
+    /// no wake-up is lost.
+    pub fn full(&self) -> bool {
+        let backlog = &self.backlog;
+        if backlog.queued.load(Ordering::SeqCst) <= backlog.limit {
+            return false;
+        }
+        backlog.waiting.store(true, Ordering::SeqCst);
+        backlog.queued.load(Ordering::SeqCst) > backlog.limit
+    }
+
+    /// Lets the committer finish every job already queued, then waits for it.
+    pub fn finish(&mut self) {
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("spool committer panicked");
+            }
+        }
+    }
+}
