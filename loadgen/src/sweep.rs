@@ -1,14 +1,14 @@
 //! Capacity search: step the open-loop rate until the latency objective or error budget breaks.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::chart::{svg_document, Chart};
 use crate::cli::{Config, Slo};
-use crate::report::{svg_document, Chart};
-use crate::script::{Corpus, Phase};
+use crate::stats::Collected;
+use crate::vocab::Phase;
 
 #[derive(Debug, Serialize)]
 pub struct StepResult {
@@ -40,67 +40,35 @@ struct SweepOut<'a> {
     steps: &'a [StepResult],
 }
 
+/// What a sweep is asked for: `--sweep FROM:TO:STEP`, `--slo`, `--step-duration`, `--error-budget`.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub from: f64,
+    pub to: f64,
+    pub step: f64,
+    pub slo: Slo,
+    pub step_duration: Duration,
+    pub budget_pct: f64,
+}
+
+/// Run one open-loop step per offered rate with `run_step`, stop at the first that breaks the
+/// SLO or the error budget, and print and write the capacity table. `run_step` runs the load
+/// (the caller's engine) so that the search itself needs no sockets.
 pub fn run(
     base: &Config,
-    (from, to, step): (f64, f64, f64),
-    slo: Slo,
-    step_duration: Duration,
-    budget_pct: f64,
+    plan: Plan,
+    mut run_step: impl FnMut(&Config) -> Result<Collected, String>,
 ) -> Result<(), String> {
-    if let Some(dir) = &base.out {
-        std::fs::create_dir_all(dir.join("mismatches"))
-            .map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    }
-    let corpus = Arc::new(Corpus::new(base.msg_size, base.seed));
-    let slo_us = u64::try_from(slo.max.as_micros()).unwrap_or(u64::MAX);
+    let slo_us = u64::try_from(plan.slo.max.as_micros()).unwrap_or(u64::MAX);
     let mut steps: Vec<StepResult> = vec![];
     let mut capacity = None;
-    let n = ((to - from) / step).floor() as u64;
+    let n = ((plan.to - plan.from) / plan.step).floor() as u64;
     for k in 0..=n {
-        let rate = from + step * k as f64;
-        let mut cfg = base.clone();
-        cfg.rate = Some(rate);
-        cfg.duration = Some(step_duration);
-        cfg.sessions = None;
-        cfg.quiet = true;
-        if base.connections == 50 {
-            cfg.connections = 4096;
-        }
-        let c = crate::run(&cfg, &corpus)?;
-        let h = &c.corrected.0[Phase::Session as usize];
-        let t = c.counters.total();
-        let ended = t.sessions - t.aborted;
-        let errors = c.counters.errors();
-        // Sessions that never got a slot are failures to serve the offered rate too.
-        let error_pct = 100.0 * (errors + c.backlog) as f64 / (ended + c.backlog).max(1) as f64;
-        let r = StepResult {
-            offered: rate,
-            achieved: ended as f64 / c.elapsed_s.max(1e-9),
-            messages_per_s: c.counters.messages as f64 / c.elapsed_s.max(1e-9),
-            p50_us: h.value_at_quantile(0.5),
-            slo_value_us: h.value_at_quantile(slo.percentile / 100.0),
-            p99_us: h.value_at_quantile(0.99),
-            sessions: ended,
-            errors,
-            error_pct,
-            backlog: c.backlog,
-            met_slo: !h.is_empty() && h.value_at_quantile(slo.percentile / 100.0) <= slo_us,
-            within_budget: error_pct <= budget_pct,
-        };
+        let rate = plan.from + plan.step * k as f64;
+        let c = run_step(&step_config(base, rate, plan.step_duration))?;
+        let r = StepResult::of(rate, &c, &plan, slo_us);
         if !base.quiet {
-            eprintln!(
-                "sweep: offered {:.0}/s achieved {:.1}/s p{} {:.3} ms errors {:.3}%{}",
-                r.offered,
-                r.achieved,
-                slo.percentile,
-                r.slo_value_us as f64 / 1000.0,
-                r.error_pct,
-                if r.met_slo && r.within_budget {
-                    ""
-                } else {
-                    "  <- breaks"
-                }
-            );
+            r.print(plan.slo);
         }
         let ok = r.met_slo && r.within_budget;
         steps.push(r);
@@ -112,10 +80,10 @@ pub fn run(
     let out = SweepOut {
         schema: 1,
         target: &base.target_text,
-        slo_percentile: slo.percentile,
+        slo_percentile: plan.slo.percentile,
         slo_us,
-        error_budget_pct: budget_pct,
-        step_duration_s: step_duration.as_secs_f64(),
+        error_budget_pct: plan.budget_pct,
+        step_duration_s: plan.step_duration.as_secs_f64(),
         capacity,
         steps: &steps,
     };
@@ -123,13 +91,71 @@ pub fn run(
     if base.json {
         println!("{json}");
     } else {
-        print!("{}", table(&steps, slo, capacity));
+        print!("{}", table(&steps, plan.slo, capacity));
     }
     if let Some(dir) = &base.out {
         std::fs::write(dir.join("sweep.json"), &json).map_err(|e| format!("sweep.json: {e}"))?;
-        std::fs::write(dir.join("sweep.svg"), svg(&steps, slo)).map_err(|e| format!("sweep.svg: {e}"))?;
+        std::fs::write(dir.join("sweep.svg"), svg(&steps, plan.slo))
+            .map_err(|e| format!("sweep.svg: {e}"))?;
     }
     Ok(())
+}
+
+/// The run settings of one step: open loop at `rate` for `duration`, no live line.
+fn step_config(base: &Config, rate: f64, duration: Duration) -> Config {
+    let mut cfg = base.clone();
+    cfg.rate = Some(rate);
+    cfg.duration = Some(duration);
+    cfg.sessions = None;
+    cfg.quiet = true;
+    // 50 is the closed-loop default: an open loop needs room for sessions in flight.
+    if base.connections == 50 {
+        cfg.connections = 4096;
+    }
+    cfg
+}
+
+impl StepResult {
+    fn of(rate: f64, c: &Collected, plan: &Plan, slo_us: u64) -> StepResult {
+        let h = &c.corrected.0[Phase::Session as usize];
+        let t = c.counters.total();
+        let ended = t.sessions - t.aborted;
+        let errors = c.counters.errors();
+        // Sessions that never got a slot are failures to serve the offered rate too.
+        let error_pct = 100.0 * (errors + c.backlog) as f64 / (ended + c.backlog).max(1) as f64;
+        let q = plan.slo.percentile / 100.0;
+        StepResult {
+            offered: rate,
+            achieved: ended as f64 / c.elapsed_s.max(1e-9),
+            messages_per_s: c.counters.messages as f64 / c.elapsed_s.max(1e-9),
+            p50_us: h.value_at_quantile(0.5),
+            slo_value_us: h.value_at_quantile(q),
+            p99_us: h.value_at_quantile(0.99),
+            sessions: ended,
+            errors,
+            error_pct,
+            backlog: c.backlog,
+            met_slo: !h.is_empty() && h.value_at_quantile(q) <= slo_us,
+            within_budget: error_pct <= plan.budget_pct,
+        }
+    }
+
+    /// The live line of a step, on stderr.
+    fn print(&self, slo: Slo) {
+        eprintln!(
+            "sweep: offered {:.0}/s achieved {:.1}/s p{} {:.3} ms errors {:.3}%{}",
+            self.offered,
+            self.achieved,
+            slo.percentile,
+            self.slo_value_us as f64 / 1000.0,
+            self.error_pct,
+            if self.met_slo && self.within_budget {
+                ""
+            } else {
+                "  <- breaks"
+            }
+        );
+    }
 }
 
 fn table(steps: &[StepResult], slo: Slo, capacity: Option<f64>) -> String {
