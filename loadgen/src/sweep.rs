@@ -243,3 +243,60 @@ fn svg(steps: &[StepResult], slo: Slo) -> String {
     .render(&mut body, 0.0, 370.0, 900.0, 360.0);
     svg_document(900.0, 740.0, &body)
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::Args;
+    use crate::stats::{Counters, PhaseHists};
+    use crate::vocab::Class;
+
+    /// A step in which 10 sessions all succeeded in `latency_us` each.
+    fn step(latency_us: u64) -> Collected {
+        let mut corrected = PhaseHists::new();
+        corrected.0[Phase::Session as usize]
+            .record_n(latency_us, 10)
+            .unwrap();
+        let mut counters = Counters::default();
+        counters.class[Class::Valid as usize].sessions = 10;
+        counters.class[Class::Valid as usize].ok = 10;
+        Collected {
+            uncorrected: corrected.clone(),
+            corrected,
+            counters,
+            caps: None,
+            backlog: 0,
+            elapsed_s: 1.0,
+            intervals: vec![],
+        }
+    }
+
+    #[test]
+    fn steps_up_to_the_first_rate_that_breaks_the_slo() {
+        let args = ["ringmx-loadgen", "--target", "127.0.0.1:25", "--quiet"];
+        let cfg = Args::try_parse_from(args).unwrap().into_config().unwrap();
+        let plan = Plan {
+            from: 100.0,
+            to: 500.0,
+            step: 100.0,
+            slo: Slo {
+                percentile: 99.0,
+                max: Duration::from_millis(50),
+            },
+            step_duration: Duration::from_secs(1),
+            budget_pct: 0.1,
+        };
+        let mut offered = vec![];
+        run(&cfg, plan, |c| {
+            let rate = c.rate.expect("every step is open loop");
+            assert_eq!((c.duration, c.sessions), (Some(Duration::from_secs(1)), None));
+            assert_eq!(c.connections, 4096, "the closed-loop default is raised");
+            offered.push(rate);
+            Ok(step(if rate < 300.0 { 10_000 } else { 80_000 }))
+        })
+        .unwrap();
+        assert_eq!(offered, [100.0, 200.0, 300.0]);
+    }
+}
