@@ -1,63 +1,13 @@
 //! The real `ringmx serve` over TCP: transcripts, pipelining, the spool, limits, shutdown.
 
 mod serverkit;
+mod support;
 
 use serverkit::{all_at_once, mask_queue_ids, show, spooled, Client, Options, Server, TempDir, LIMIT};
 use std::io::{ErrorKind, Write};
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-const HOSTNAME: &str = "mx.test";
-
-struct Transcript {
-    name: String,
-    input: Vec<u8>,
-    expected: Vec<u8>,
-    config: Option<PathBuf>,
-    messages: Option<Vec<u8>>,
-}
-
-/// Every `NAME.in`/`NAME.ref` pair in `tests/transcripts` (see its README), plus one written
-/// here so the test asserts something even before that directory exists on a branch.
-fn transcripts() -> Vec<Transcript> {
-    let mut all = vec![Transcript {
-        name: "server_smoke".into(),
-        input: b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n\
-                 Subject: x\r\n\r\n..dot\r\n.\r\nNOOP\r\nQUIT\r\n"
-            .to_vec(),
-        expected: b"220 mx.test ESMTP ringmx\r\n250-mx.test\r\n250-PIPELINING\r\n250-SIZE 26214400\r\n\
-                    250-8BITMIME\r\n250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250 CHUNKING\r\n\
-                    250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n\
-                    250 2.0.0 Ok: queued as TESTID\r\n250 2.0.0 Ok\r\n221 2.0.0 Bye\r\n"
-            .to_vec(),
-        config: None,
-        messages: Some(b"Subject: x\r\n\r\n.dot\r\n".to_vec()),
-    }];
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/transcripts");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return all;
-    };
-    let mut names: Vec<String> = entries
-        .filter_map(|e| e.unwrap().file_name().into_string().ok())
-        .filter_map(|n| n.strip_suffix(".in").map(str::to_string))
-        .collect();
-    names.sort();
-    for name in names {
-        let path = |ext: &str| dir.join(format!("{name}.{ext}"));
-        let Ok(expected) = std::fs::read(path("ref")) else {
-            continue;
-        };
-        all.push(Transcript {
-            input: std::fs::read(path("in")).unwrap(),
-            expected,
-            config: path("toml").exists().then(|| path("toml")),
-            messages: std::fs::read(path("msg")).ok(),
-            name,
-        });
-    }
-    all
-}
+use support::{transcripts, HOSTNAME};
 
 /// Drops the greeting lines if they differ only because of the server's hostname.
 fn without_greeting(bytes: &[u8]) -> &[u8] {
@@ -73,7 +23,7 @@ fn run_transcripts(byte_at_a_time: bool) {
     for t in &all {
         let mut args = vec!["--hostname", HOSTNAME];
         let config;
-        if let Some(path) = &t.config {
+        if let Some(path) = &t.config_file {
             config = path.to_str().unwrap().to_string();
             args.extend(["--config", config.as_str()]);
         }

@@ -1,5 +1,7 @@
 //! Builds the byte streams the benchmarks feed to ringmx and its peers, so every peer parses identical input.
 
+use ringmx_loadgen::dot_stuff;
+
 /// A message body of about `size` octets: header lines, then text lines of up to 76 octets,
 /// one in eight of them starting with a dot (so they are dot-stuffed on the wire).
 /// Returns the wire form, ending with the `.` line that ends the data.
@@ -12,9 +14,9 @@ pub fn plain_data_stream(size: usize) -> Vec<u8> {
     body_stream(size, false)
 }
 
-fn body_stream(size: usize, stuffed: bool) -> Vec<u8> {
-    let mut out = Vec::with_capacity(size + 128);
-    out.extend_from_slice(
+fn body_stream(size: usize, dotted: bool) -> Vec<u8> {
+    let mut raw = Vec::with_capacity(size + 128);
+    raw.extend_from_slice(
         b"From: <sender@example.org>\r\nTo: <rcpt@example.net>\r\nSubject: benchmark\r\n\r\n",
     );
     let words = [
@@ -28,24 +30,26 @@ fn body_stream(size: usize, stuffed: bool) -> Vec<u8> {
         "elit",
     ];
     let mut line = 0usize;
-    while out.len() < size {
-        if stuffed && line % 8 == 7 {
-            out.extend_from_slice(b"..");
+    // `size` is the size on the wire: each dotted line gets one more dot there.
+    let mut stuffing = 0usize;
+    while raw.len() + stuffing < size {
+        if dotted && line % 8 == 7 {
+            raw.push(b'.');
+            stuffing += 1;
         }
         let mut len = 0;
         let mut w = line;
         while len < 70 {
             let word = words[w % words.len()];
-            out.extend_from_slice(word.as_bytes());
-            out.push(b' ');
+            raw.extend_from_slice(word.as_bytes());
+            raw.push(b' ');
             len += word.len() + 1;
             w = w.wrapping_mul(31).wrapping_add(7);
         }
-        out.extend_from_slice(b"\r\n");
+        raw.extend_from_slice(b"\r\n");
         line += 1;
     }
-    out.extend_from_slice(b".\r\n");
-    out
+    dot_stuff(&raw)
 }
 
 /// `sessions` pipelined SMTP sessions: EHLO, MAIL, RCPT×3, DATA, a 1 KiB body, QUIT. About 5%

@@ -4,9 +4,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 
-use crate::script::{Class, CLASSES};
+use crate::vocab::{Class, Pipelining, CLASSES};
 
 /// SMTP load generator for ringmx: scripted sessions with every reply checked.
 #[derive(Parser, Debug, Clone)]
@@ -83,14 +83,6 @@ pub struct Args {
     /// Error budget for --sweep, percent of sessions with any error.
     #[arg(long, default_value = "0.1")]
     pub error_budget: f64,
-}
-
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Pipelining {
-    Auto,
-    On,
-    Off,
 }
 
 /// Source addresses to bind before connecting.

@@ -8,6 +8,7 @@
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -18,12 +19,12 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use ringmx_loadgen::reply::{ehlo_caps, parse_reply, Caps, Parse, Reply};
+
 use crate::cli::Config;
-use crate::reply::{ehlo_caps, parse_reply, Caps, Parse};
-use crate::script::{
-    self, Class, Cmd, Corpus, Expect, Phase, Piece, Rng, ScriptOpts, SessionKind, Step, CLASSES, STEP_COUNT,
-};
+use crate::script::{self, Cmd, Corpus, Expect, Piece, Rng, ScriptOpts, SessionKind};
 use crate::stats::{Counters, PhaseHists};
+use crate::vocab::{Class, Phase, Step, CLASSES, STEP_COUNT};
 
 /// Transcripts saved per class and step (the first few are enough to debug a server).
 pub const TRANSCRIPTS_PER_STEP: u32 = 5;
@@ -150,6 +151,69 @@ fn is_reset(e: &io::Error) -> bool {
     )
 }
 
+/// A worker's clock: when sessions start (open loop), when it reports and scans for
+/// timeouts, and whether it is still starting sessions or draining.
+struct Timeline {
+    start: Instant,
+    /// Open loop: this worker's share of the schedule, interleaved with the others.
+    period: Option<Duration>,
+    offset: f64,
+    period_s: f64,
+    scheduled: u64,
+    next_start: Instant,
+    /// `--sessions` ran out (so no session was left unstarted for lack of a slot).
+    exhausted: bool,
+    interval: u64,
+    next_report: Instant,
+    scan_every: Duration,
+    next_scan: Instant,
+    starting: bool,
+    drain_until: Option<Instant>,
+}
+
+impl Timeline {
+    fn new(cfg: &Config, id: usize, start: Instant) -> Timeline {
+        let period = cfg.rate.map(|r| Duration::from_secs_f64(cfg.threads as f64 / r));
+        let scan_every = (cfg.timeout / 20).clamp(Duration::from_millis(1), Duration::from_millis(50));
+        let mut t = Timeline {
+            start,
+            period,
+            offset: cfg.rate.map_or(0.0, |r| id as f64 / r),
+            period_s: period.map_or(0.0, |p| p.as_secs_f64()),
+            scheduled: 0,
+            next_start: start,
+            exhausted: false,
+            interval: 0,
+            next_report: start + Duration::from_secs(1),
+            scan_every,
+            next_scan: start + scan_every,
+            starting: true,
+            drain_until: None,
+        };
+        t.next_start = t.at(0);
+        t
+    }
+
+    /// Start time of this worker's session `k`. Computed from the index, not accumulated,
+    /// so float rounding cannot drift the schedule.
+    fn at(&self, k: u64) -> Instant {
+        self.start + Duration::from_secs_f64(self.offset + k as f64 * self.period_s)
+    }
+
+    /// In open loop, sessions whose start time passed without a free slot never ran:
+    /// their latency is unknown and at least the backlog, so report how many.
+    fn backlog(&self, stop_at: Option<Instant>) -> u64 {
+        match (self.period, stop_at) {
+            (Some(_), Some(stop)) if !self.exhausted => {
+                let window = (stop - self.start).as_secs_f64() - self.offset;
+                let due = ((window / self.period_s) - 1e-9).ceil().max(0.0) as u64;
+                due.saturating_sub(self.scheduled)
+            }
+            _ => 0,
+        }
+    }
+}
+
 struct Worker {
     id: usize,
     shared: Arc<Shared>,
@@ -199,125 +263,121 @@ pub fn run_worker(id: usize, shared: Arc<Shared>, slots: usize, tx: Sender<Repor
 impl Worker {
     fn run(&mut self, tx: &Sender<Report>) -> io::Result<()> {
         let shared = Arc::clone(&self.shared);
-        let cfg = &shared.cfg;
         let mut events = Events::with_capacity(1024);
-        let start = shared.start;
-        // Open loop: this worker's share of the schedule, interleaved with the others.
-        let period = cfg.rate.map(|r| Duration::from_secs_f64(cfg.threads as f64 / r));
-        // Start times are computed from the session index, not accumulated, so float
-        // rounding cannot drift the schedule.
-        let offset = cfg.rate.map_or(0.0, |r| self.id as f64 / r);
-        let period_s = period.map_or(0.0, |p| p.as_secs_f64());
-        let at = |k: u64| start + Duration::from_secs_f64(offset + k as f64 * period_s);
-        let mut scheduled = 0u64;
-        let mut next_start = at(0);
-        let mut exhausted = false;
-        let mut interval = 0u64;
-        let mut next_report = start + Duration::from_secs(1);
-        let scan_every = (cfg.timeout / 20).clamp(Duration::from_millis(1), Duration::from_millis(50));
-        let mut next_scan = start + scan_every;
-        let mut starting = true;
-        let mut drain_until: Option<Instant> = None;
+        let mut t = Timeline::new(&shared.cfg, self.id, shared.start);
         loop {
             let now = Instant::now();
-            if starting && shared.stop_at.is_some_and(|s| now >= s) {
-                starting = false;
+            if t.starting && shared.stop_at.is_some_and(|s| now >= s) {
+                t.starting = false;
             }
-            if starting {
-                if period.is_some() {
-                    while next_start <= now {
-                        let Some(slot) = self.free.pop() else { break };
-                        if !self.take_session() {
-                            self.free.push(slot);
-                            starting = false;
-                            exhausted = true;
-                            break;
-                        }
-                        self.start_session(slot, next_start, now);
-                        scheduled += 1;
-                        next_start = at(scheduled);
-                    }
-                } else {
-                    while let Some(slot) = self.free.pop() {
-                        if !self.take_session() {
-                            self.free.push(slot);
-                            starting = false;
-                            break;
-                        }
-                        self.start_session(slot, now, now);
-                    }
-                }
+            if t.starting {
+                self.start_due(&mut t, now);
             }
-            if !starting {
-                let until = *drain_until.get_or_insert(now + cfg.timeout);
-                if self.free.len() == self.conns.len() {
-                    break;
-                }
-                if now >= until {
-                    for slot in 0..self.conns.len() {
-                        if self.conns[slot].state != State::Idle {
-                            self.end_session(slot, Some(Failure::Aborted), now);
-                        }
-                    }
-                    break;
-                }
+            if !t.starting && self.drained(&mut t, now) {
+                break;
             }
-            if now >= next_report {
-                self.report(tx, interval, None);
-                interval += 1;
-                next_report += Duration::from_secs(1);
+            if now >= t.next_report {
+                self.report(tx, t.interval, None);
+                t.interval += 1;
+                t.next_report += Duration::from_secs(1);
             }
-            if now >= next_scan {
+            if now >= t.next_scan {
                 self.expire(now);
-                next_scan = now + scan_every;
+                t.next_scan = now + t.scan_every;
             }
-            let mut wake = next_report.min(next_scan);
-            if starting && period.is_some() && !self.free.is_empty() {
-                wake = wake.min(next_start);
-            }
-            if let Some(d) = drain_until {
-                wake = wake.min(d);
-            }
-            if let Some(s) = shared.stop_at.filter(|_| starting) {
-                wake = wake.min(s);
-            }
-            let timeout = wake.saturating_duration_since(Instant::now());
+            let timeout = self.wake_at(&t).saturating_duration_since(Instant::now());
             match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
-            for ev in events.iter() {
-                let slot = ev.token().0;
-                let now = Instant::now();
-                if self.conns[slot].state == State::Connecting {
-                    self.finish_connect(slot, now);
+            self.on_events(&events);
+        }
+        let backlog = t.backlog(shared.stop_at);
+        self.report(tx, t.interval, Some(backlog));
+        Ok(())
+    }
+
+    /// Start the sessions that are due: in open loop those whose start time has come (while
+    /// a slot is free), in closed loop one per free slot.
+    fn start_due(&mut self, t: &mut Timeline, now: Instant) {
+        if t.period.is_some() {
+            while t.next_start <= now {
+                let Some(slot) = self.free.pop() else { break };
+                if !self.take_session() {
+                    self.free.push(slot);
+                    t.starting = false;
+                    t.exhausted = true;
+                    break;
                 }
-                if self.conns[slot].state == State::Running
-                    && (ev.is_readable() || ev.is_read_closed() || ev.is_error())
-                {
-                    self.on_readable(slot, now, ev.is_read_closed() || ev.is_error());
+                self.start_session(slot, t.next_start, now);
+                t.scheduled += 1;
+                t.next_start = t.at(t.scheduled);
+            }
+        } else {
+            while let Some(slot) = self.free.pop() {
+                if !self.take_session() {
+                    self.free.push(slot);
+                    t.starting = false;
+                    break;
                 }
-                if self.conns[slot].state == State::Running
-                    && ev.is_writable()
-                    && self.conns[slot].written < self.conns[slot].batch_len
-                {
-                    self.flush(slot, now);
-                }
+                self.start_session(slot, now, now);
             }
         }
-        // In open loop, sessions whose start time passed without a free slot never ran:
-        // their latency is unknown and at least the backlog, so report how many.
-        let backlog = match (period, shared.stop_at) {
-            (Some(_), Some(stop)) if !exhausted => {
-                let window = (stop - start).as_secs_f64() - offset;
-                let due = ((window / period_s) - 1e-9).ceil().max(0.0) as u64;
-                due.saturating_sub(scheduled)
+    }
+
+    /// Once no session may start: true when every session has ended, or when the drain
+    /// time (one `--timeout`) has run out, after counting those still running as aborted.
+    fn drained(&mut self, t: &mut Timeline, now: Instant) -> bool {
+        let until = *t.drain_until.get_or_insert(now + self.shared.cfg.timeout);
+        if self.free.len() == self.conns.len() {
+            return true;
+        }
+        if now >= until {
+            for slot in 0..self.conns.len() {
+                if self.conns[slot].state != State::Idle {
+                    self.end_session(slot, Some(Failure::Aborted), now);
+                }
             }
-            _ => 0,
-        };
-        self.report(tx, interval, Some(backlog));
-        Ok(())
+            return true;
+        }
+        false
+    }
+
+    /// The earliest of the next report, timeout scan, scheduled start, drain end and stop.
+    fn wake_at(&self, t: &Timeline) -> Instant {
+        let mut wake = t.next_report.min(t.next_scan);
+        if t.starting && t.period.is_some() && !self.free.is_empty() {
+            wake = wake.min(t.next_start);
+        }
+        if let Some(d) = t.drain_until {
+            wake = wake.min(d);
+        }
+        if let Some(s) = self.shared.stop_at.filter(|_| t.starting) {
+            wake = wake.min(s);
+        }
+        wake
+    }
+
+    fn on_events(&mut self, events: &Events) {
+        for ev in events.iter() {
+            let slot = ev.token().0;
+            let now = Instant::now();
+            if self.conns[slot].state == State::Connecting {
+                self.finish_connect(slot, now);
+            }
+            if self.conns[slot].state == State::Running
+                && (ev.is_readable() || ev.is_read_closed() || ev.is_error())
+            {
+                self.on_readable(slot, now, ev.is_read_closed() || ev.is_error());
+            }
+            if self.conns[slot].state == State::Running
+                && ev.is_writable()
+                && self.conns[slot].written < self.conns[slot].batch_len
+            {
+                self.flush(slot, now);
+            }
+        }
     }
 
     fn take_session(&self) -> bool {
@@ -620,53 +680,10 @@ impl Worker {
                 return false;
             }
             let cmd = c.plan[c.acked];
-            let class = (reply.code / 100) as u8;
-            let ok = match cmd.expect {
-                Expect::Code(code) => reply.code == code,
-                Expect::Class(d) => class == d,
-                Expect::FiveOrClose => class == 5,
-                Expect::Close => false,
-            };
-            if !ok {
-                self.mismatch(slot, cmd.step, "unexpected reply code", now);
+            if !self.reply_matches(slot, cmd, reply, now) {
                 return false;
             }
-            // RFC 3463 / RFC 2034: once advertised, every 2xx/4xx/5xx reply after EHLO
-            // carries an enhanced code whose class matches the reply's first digit.
-            if c.caps.enhancedstatuscodes && matches!(class, 2 | 4 | 5) {
-                match reply.enhanced_class {
-                    Some(e) if e != class => {
-                        self.mismatch(
-                            slot,
-                            cmd.step,
-                            "enhanced status class differs from reply code",
-                            now,
-                        );
-                        return false;
-                    }
-                    Some(_) => {}
-                    None => self.counters.enhanced_missing += 1,
-                }
-            }
-            let c = &mut self.conns[slot];
-            c.acked += 1;
-            c.deadline = now + self.shared.cfg.timeout;
-            let (lag, took) = (c.lag_us, micros(now - c.batch_at));
-            if cmd.piece != Piece::Nothing {
-                self.counters.commands += 1;
-            }
-            if matches!(cmd.step, Step::Eod | Step::Bdat) {
-                self.counters.messages += 1;
-            }
-            if let Some(p) = cmd.phase {
-                self.record(p, took, lag);
-            }
-            if cmd.step == Step::Ehlo {
-                let c = &mut self.conns[slot];
-                c.caps = ehlo_caps(&c.inbuf[reply_start..reply_start + reply.len]);
-                self.caps_seen.get_or_insert(c.caps);
-                script::after_ehlo(c.kind, c.caps, &self.opts, &mut self.rng, &mut c.plan);
-            }
+            self.accept(slot, cmd, reply_start..reply_start + reply.len, now);
             let c = &self.conns[slot];
             if c.acked == c.plan.len() {
                 self.end_session(slot, None, now);
@@ -678,6 +695,63 @@ impl Worker {
                     return false;
                 }
             }
+        }
+    }
+
+    /// Whether `reply` is what `cmd` expects; a mismatch ends the session.
+    fn reply_matches(&mut self, slot: usize, cmd: Cmd, reply: Reply, now: Instant) -> bool {
+        let class = (reply.code / 100) as u8;
+        let ok = match cmd.expect {
+            Expect::Code(code) => reply.code == code,
+            Expect::Class(d) => class == d,
+            Expect::FiveOrClose => class == 5,
+            Expect::Close => false,
+        };
+        if !ok {
+            self.mismatch(slot, cmd.step, "unexpected reply code", now);
+            return false;
+        }
+        // RFC 3463 / RFC 2034: once advertised, every 2xx/4xx/5xx reply after EHLO
+        // carries an enhanced code whose class matches the reply's first digit.
+        if self.conns[slot].caps.enhancedstatuscodes && matches!(class, 2 | 4 | 5) {
+            match reply.enhanced_class {
+                Some(e) if e != class => {
+                    self.mismatch(
+                        slot,
+                        cmd.step,
+                        "enhanced status class differs from reply code",
+                        now,
+                    );
+                    return false;
+                }
+                Some(_) => {}
+                None => self.counters.enhanced_missing += 1,
+            }
+        }
+        true
+    }
+
+    /// Count and time the expected reply to `cmd`, in `inbuf[reply]`; the EHLO reply's
+    /// extensions decide the rest of the script.
+    fn accept(&mut self, slot: usize, cmd: Cmd, reply: Range<usize>, now: Instant) {
+        let c = &mut self.conns[slot];
+        c.acked += 1;
+        c.deadline = now + self.shared.cfg.timeout;
+        let (lag, took) = (c.lag_us, micros(now - c.batch_at));
+        if cmd.piece != Piece::Nothing {
+            self.counters.commands += 1;
+        }
+        if matches!(cmd.step, Step::Eod | Step::Bdat) {
+            self.counters.messages += 1;
+        }
+        if let Some(p) = cmd.phase {
+            self.record(p, took, lag);
+        }
+        if cmd.step == Step::Ehlo {
+            let c = &mut self.conns[slot];
+            c.caps = ehlo_caps(&c.inbuf[reply]);
+            self.caps_seen.get_or_insert(c.caps);
+            script::after_ehlo(c.kind, c.caps, &self.opts, &mut self.rng, &mut c.plan);
         }
     }
 

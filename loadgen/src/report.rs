@@ -1,4 +1,4 @@
-//! Run results and how they are written: summary.json, the stdout table, .hgrm files and SVG charts.
+//! Run results as text: the summary.json document, the stdout table and .hgrm percentile files.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -6,30 +6,11 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::reply::Caps;
-use crate::script::{step_name, CLASSES, PHASES, STEP_COUNT};
-use crate::stats::{ClassCounters, Counters, PhaseHists, SIGFIG};
+use ringmx_loadgen::reply::Caps;
 
-/// Everything one run measured, merged over workers.
-pub struct Collected {
-    pub corrected: PhaseHists,
-    pub uncorrected: PhaseHists,
-    pub counters: Counters,
-    pub caps: Option<Caps>,
-    pub backlog: u64,
-    pub elapsed_s: f64,
-    pub intervals: Vec<IntervalRow>,
-}
-
-/// Per-second figures, for the live line and the throughput chart.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct IntervalRow {
-    pub t: f64,
-    pub sessions: u64,
-    pub messages: u64,
-    pub errors: u64,
-    pub p99_session_us: u64,
-}
+use crate::cli::Config;
+use crate::stats::{ClassCounters, Collected, IntervalRow, PhaseHists, SIGFIG};
+use crate::vocab::{step_name, CLASSES, PHASES, STEP_COUNT};
 
 #[derive(Debug, Serialize, Clone, Copy)]
 pub struct Latency {
@@ -126,7 +107,7 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub fn build(cfg: &crate::cli::Config, c: &Collected) -> Summary {
+    pub fn build(cfg: &Config, c: &Collected) -> Summary {
         let t = c.counters.total();
         let el = c.elapsed_s.max(1e-9);
         let lat = |h: &PhaseHists| {
@@ -202,8 +183,16 @@ impl Summary {
     }
 
     pub fn table(&self) -> String {
-        let ms = |us: u64| us as f64 / 1000.0;
         let mut s = String::new();
+        self.latency_table(&mut s);
+        self.totals(&mut s);
+        self.class_table(&mut s);
+        s
+    }
+
+    /// The run's settings, then one latency row per phase.
+    fn latency_table(&self, s: &mut String) {
+        let ms = |us: u64| us as f64 / 1000.0;
         let _ = writeln!(
             s,
             "ringmx-loadgen: {} ({} loop), {} connections, {} threads, {:.2}s",
@@ -258,6 +247,10 @@ impl Summary {
                 ms(l.max)
             );
         }
+    }
+
+    /// Sessions, throughput and errors.
+    fn totals(&self, s: &mut String) {
         let t = &self.throughput;
         let _ = writeln!(
             s,
@@ -282,6 +275,10 @@ impl Summary {
             "errors: {} mismatch, {} timeout, {} reset, {} refused; {} replies lacked an enhanced code",
             e.mismatch, e.timeout, e.reset, e.refused, self.enhanced_missing
         );
+    }
+
+    /// Outcomes per class that ran, and mismatches by class and step.
+    fn class_table(&self, s: &mut String) {
         let _ = writeln!(
             s,
             "\n{:<9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
@@ -302,7 +299,6 @@ impl Summary {
                 let _ = writeln!(s, "  {}/{}: {}", m.class, m.step, m.count);
             }
         }
-        s
     }
 }
 
@@ -353,233 +349,6 @@ pub fn hgrm(h: &Histogram<u64>) -> String {
     s
 }
 
-const COLORS: [&str; 9] = [
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf",
-];
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
-}
-
-/// One chart panel: axes, grid labels, polylines and a legend.
-pub struct Chart<'a> {
-    pub title: &'a str,
-    pub x_label: &'a str,
-    pub y_label: &'a str,
-    /// Tick positions (in data units) and their labels.
-    pub x_ticks: Vec<(f64, String)>,
-    pub series: Vec<(String, Vec<(f64, f64)>)>,
-    /// Horizontal reference line (e.g. an SLO), with its label.
-    pub h_line: Option<(f64, String)>,
-}
-
-impl Chart<'_> {
-    pub fn render(&self, s: &mut String, ox: f64, oy: f64, w: f64, h: f64) {
-        let (l, r, t, b) = (70.0, 150.0, 30.0, 45.0);
-        let (pw, ph) = (w - l - r, h - t - b);
-        let xs = self.series.iter().flat_map(|(_, p)| p.iter().map(|q| q.0));
-        let xs = xs.chain(self.x_ticks.iter().map(|t| t.0));
-        let (mut x0, mut x1) = xs.fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
-        if x0 > x1 {
-            (x0, x1) = (0.0, 1.0);
-        }
-        if x1 - x0 < 1e-9 {
-            x1 = x0 + 1.0;
-        }
-        let ys = self.series.iter().flat_map(|(_, p)| p.iter().map(|q| q.1));
-        let mut y1 = ys.fold(0.0f64, f64::max);
-        if let Some((v, _)) = &self.h_line {
-            y1 = y1.max(*v);
-        }
-        let y1 = if y1 <= 0.0 { 1.0 } else { y1 * 1.1 };
-        let px = |x: f64| ox + l + (x - x0) / (x1 - x0) * pw;
-        let py = |y: f64| oy + t + ph - y / y1 * ph;
-        let _ = writeln!(
-            s,
-            r#"<text x="{}" y="{}" font-size="15" font-weight="bold">{}</text>"#,
-            ox + l,
-            oy + 20.0,
-            esc(self.title)
-        );
-        let _ = writeln!(
-            s,
-            r##"<rect x="{}" y="{}" width="{pw}" height="{ph}" fill="none" stroke="#444"/>"##,
-            ox + l,
-            oy + t
-        );
-        for i in 0..=5 {
-            let y = y1 * f64::from(i) / 5.0;
-            let _ = writeln!(
-                s,
-                r##"<line x1="{}" y1="{:.1}" x2="{}" y2="{:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" font-size="11" text-anchor="end">{}</text>"##,
-                ox + l,
-                py(y),
-                ox + l + pw,
-                py(y),
-                ox + l - 5.0,
-                py(y) + 4.0,
-                fmt_num(y)
-            );
-        }
-        for (x, label) in &self.x_ticks {
-            let _ = writeln!(
-                s,
-                r##"<line x1="{:.1}" y1="{}" x2="{:.1}" y2="{}" stroke="#ddd"/><text x="{:.1}" y="{}" font-size="11" text-anchor="middle">{}</text>"##,
-                px(*x),
-                oy + t,
-                px(*x),
-                oy + t + ph,
-                px(*x),
-                oy + t + ph + 15.0,
-                esc(label)
-            );
-        }
-        let _ = writeln!(
-            s,
-            r#"<text x="{}" y="{}" font-size="12" text-anchor="middle">{}</text>"#,
-            ox + l + pw / 2.0,
-            oy + h - 8.0,
-            esc(self.x_label)
-        );
-        let _ = writeln!(
-            s,
-            r#"<text x="{}" y="{}" font-size="12" text-anchor="middle" transform="rotate(-90 {} {})">{}</text>"#,
-            ox + 15.0,
-            oy + t + ph / 2.0,
-            ox + 15.0,
-            oy + t + ph / 2.0,
-            esc(self.y_label)
-        );
-        if let Some((v, label)) = &self.h_line {
-            let _ = writeln!(
-                s,
-                r##"<line x1="{}" y1="{:.1}" x2="{}" y2="{:.1}" stroke="#d00" stroke-dasharray="6 4"/><text x="{}" y="{:.1}" font-size="11" fill="#d00">{}</text>"##,
-                ox + l,
-                py(*v),
-                ox + l + pw,
-                py(*v),
-                ox + l + pw + 5.0,
-                py(*v) + 4.0,
-                esc(label)
-            );
-        }
-        for (i, (name, pts)) in self.series.iter().enumerate() {
-            let color = COLORS[i % COLORS.len()];
-            if !pts.is_empty() {
-                let mut d = String::new();
-                for (x, y) in pts {
-                    let _ = write!(d, "{:.1},{:.1} ", px(*x), py(*y));
-                }
-                let _ = writeln!(
-                    s,
-                    r#"<polyline fill="none" stroke="{color}" stroke-width="1.8" points="{}"/>"#,
-                    d.trim_end()
-                );
-            }
-            let ly = oy + t + 10.0 + 16.0 * i as f64;
-            let _ = writeln!(
-                s,
-                r#"<line x1="{}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="3"/><text x="{}" y="{}" font-size="12">{}</text>"#,
-                ox + w - r + 10.0,
-                ox + w - r + 30.0,
-                ox + w - r + 35.0,
-                ly + 4.0,
-                esc(name)
-            );
-        }
-    }
-}
-
-fn fmt_num(v: f64) -> String {
-    if v >= 100.0 {
-        format!("{v:.0}")
-    } else if v >= 1.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.3}")
-    }
-}
-
-pub fn svg_document(w: f64, h: f64, body: &str) -> String {
-    format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n{body}</svg>\n"
-    )
-}
-
-/// Latency by percentile on a log axis of 1/(1-p), the HdrHistogram plot.
-pub fn percentile_series(h: &Histogram<u64>) -> Vec<(f64, f64)> {
-    let mut pts = vec![];
-    if h.is_empty() {
-        return pts;
-    }
-    for v in h.iter_quantiles(5) {
-        let q = v.quantile_iterated_to();
-        if q >= 0.999_999 {
-            break;
-        }
-        pts.push(((1.0 / (1.0 - q)).log10(), v.value_iterated_to() as f64 / 1000.0));
-    }
-    pts.push((
-        6.0_f64.min(pts.last().map_or(0.0, |p| p.0 + 0.3)),
-        h.max() as f64 / 1000.0,
-    ));
-    pts
-}
-
-pub fn percentile_ticks() -> Vec<(f64, String)> {
-    ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%", "99.9999%"]
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (i as f64, (*l).to_string()))
-        .collect()
-}
-
-pub fn report_svg(sum: &Summary, c: &Collected) -> String {
-    let mut body = String::new();
-    let series = crate::script::PHASES
-        .iter()
-        .filter(|p| !c.corrected.0[**p as usize].is_empty())
-        .map(|p| {
-            (
-                p.name().to_string(),
-                percentile_series(&c.corrected.0[*p as usize]),
-            )
-        })
-        .collect();
-    Chart {
-        title: &format!("Latency by percentile, {} ({} loop)", sum.target, sum.mode),
-        x_label: "percentile",
-        y_label: "latency (ms)",
-        x_ticks: percentile_ticks(),
-        series,
-        h_line: None,
-    }
-    .render(&mut body, 0.0, 0.0, 900.0, 420.0);
-    let ts = |f: &dyn Fn(&IntervalRow) -> f64| c.intervals.iter().map(|r| (r.t, f(r))).collect();
-    let end = c.intervals.last().map_or(1.0, |r| r.t.ceil());
-    let step = (end / 10.0).ceil().max(1.0);
-    let mut x_ticks = vec![];
-    let mut x = 0.0;
-    while x <= end {
-        x_ticks.push((x, format!("{x:.0}s")));
-        x += step;
-    }
-    Chart {
-        title: "Throughput over time",
-        x_label: "time since start (s)",
-        y_label: "per second",
-        x_ticks,
-        series: vec![
-            ("sessions/s".into(), ts(&|r| r.sessions as f64)),
-            ("messages/s".into(), ts(&|r| r.messages as f64)),
-            ("errors/s".into(), ts(&|r| r.errors as f64)),
-        ],
-        h_line: None,
-    }
-    .render(&mut body, 0.0, 430.0, 900.0, 360.0);
-    svg_document(900.0, 800.0, &body)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -611,26 +380,5 @@ mod tests {
         assert!(text.contains("#[Mean    =        5.001, StdDeviation   =        2.887]"));
         assert!(text.contains("Total count    =        10000]"));
         assert!(text.contains("SubBuckets     =         2048]"));
-    }
-
-    #[test]
-    fn svg_is_well_formed_enough() {
-        let mut h = new_hist();
-        h.record(1500).unwrap();
-        let mut body = String::new();
-        Chart {
-            title: "a<b",
-            x_label: "x",
-            y_label: "y",
-            x_ticks: percentile_ticks(),
-            series: vec![("s".into(), percentile_series(&h))],
-            h_line: Some((2.0, "slo".into())),
-        }
-        .render(&mut body, 0.0, 0.0, 600.0, 300.0);
-        let doc = svg_document(600.0, 300.0, &body);
-        assert!(doc.starts_with("<svg"));
-        assert!(doc.trim_end().ends_with("</svg>"));
-        assert!(doc.contains("a&lt;b"));
-        assert!(doc.contains("<polyline"));
     }
 }

@@ -6,165 +6,10 @@
 
 use std::fmt::Write as _;
 
-use crate::cli::Pipelining;
-use crate::reply::Caps;
+use ringmx_loadgen::dot_stuff;
+use ringmx_loadgen::reply::Caps;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum Class {
-    Valid,
-    Typo,
-    Overlong,
-    Nonsmtp,
-    Badseq,
-    Unimpl,
-    Badparam,
-}
-
-pub const CLASSES: [Class; 7] = [
-    Class::Valid,
-    Class::Typo,
-    Class::Overlong,
-    Class::Nonsmtp,
-    Class::Badseq,
-    Class::Unimpl,
-    Class::Badparam,
-];
-
-impl Class {
-    pub fn name(self) -> &'static str {
-        match self {
-            Class::Valid => "valid",
-            Class::Typo => "typo",
-            Class::Overlong => "overlong",
-            Class::Nonsmtp => "nonsmtp",
-            Class::Badseq => "badseq",
-            Class::Unimpl => "unimpl",
-            Class::Badparam => "badparam",
-        }
-    }
-
-    pub fn from_name(s: &str) -> Option<Class> {
-        CLASSES.iter().copied().find(|c| c.name() == s)
-    }
-
-    /// How many scripted variants the class has (see `prelude` and `after_ehlo`).
-    fn variants(self) -> u32 {
-        match self {
-            Class::Typo => 4,
-            Class::Overlong => 2,
-            Class::Nonsmtp => 4,
-            _ => 1,
-        }
-    }
-}
-
-/// Latency histograms kept per run, in microseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Phase {
-    Connect,
-    Banner,
-    Ehlo,
-    Mail,
-    Rcpt,
-    Data,
-    Eod,
-    Quit,
-    Session,
-}
-
-pub const PHASES: [Phase; 9] = [
-    Phase::Connect,
-    Phase::Banner,
-    Phase::Ehlo,
-    Phase::Mail,
-    Phase::Rcpt,
-    Phase::Data,
-    Phase::Eod,
-    Phase::Quit,
-    Phase::Session,
-];
-
-impl Phase {
-    pub fn name(self) -> &'static str {
-        [
-            "connect", "banner", "ehlo", "mail", "rcpt", "data", "eod", "quit", "session",
-        ][self as usize]
-    }
-}
-
-/// The step of a script a reply belongs to; mismatches are counted per class and step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Step {
-    Banner,
-    Ehlo,
-    Mail,
-    Rcpt,
-    Data,
-    Eod,
-    Bdat,
-    Quit,
-    TypoHelo,
-    TypoMail,
-    TypoRcpt,
-    TypoData,
-    LongLine,
-    Noop,
-    LongDataLine,
-    NonsmtpHttp,
-    NonsmtpSsh,
-    NonsmtpTls,
-    NonsmtpBinary,
-    Close,
-    RcptBeforeMail,
-    DataBeforeRcpt,
-    Rset,
-    Expn,
-    Turn,
-    BadMail,
-}
-
-pub const STEP_COUNT: usize = Step::BadMail as usize + 1;
-
-impl Step {
-    pub fn name(self) -> &'static str {
-        step_name(self as usize)
-    }
-}
-
-/// Name of the step with index `i` (counters are kept in arrays indexed by step).
-pub fn step_name(i: usize) -> &'static str {
-    [
-        "banner",
-        "ehlo",
-        "mail",
-        "rcpt",
-        "data",
-        "eod",
-        "bdat",
-        "quit",
-        "typo-helo",
-        "typo-mail",
-        "typo-rcpt",
-        "typo-data",
-        "long-line",
-        "noop",
-        "long-data-line",
-        "nonsmtp-http",
-        "nonsmtp-ssh",
-        "nonsmtp-tls",
-        "nonsmtp-binary",
-        "close",
-        "rcpt-before-mail",
-        "data-before-rcpt",
-        "rset",
-        "expn",
-        "turn",
-        "bad-mail",
-    ][i]
-}
+use crate::vocab::{Class, Phase, Pipelining, Step, CLASSES};
 
 /// What a command's reply must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -313,24 +158,6 @@ pub fn render_message(size: usize, n: usize) -> Vec<u8> {
     out
 }
 
-/// RFC 5321 4.5.2: double a leading '.' on every line, then end with CRLF.CRLF.
-pub fn dot_stuff(raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(raw.len() + raw.len() / 64 + 5);
-    let mut at_line_start = true;
-    for &b in raw {
-        if at_line_start && b == b'.' {
-            out.push(b'.');
-        }
-        out.push(b);
-        at_line_start = b == b'\n';
-    }
-    if !at_line_start {
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b".\r\n");
-    out
-}
-
 fn client_hello() -> Vec<u8> {
     // A minimal TLS 1.2 ClientHello record: what a client doing implicit TLS on port 25 sends.
     let mut hello = vec![0x03, 0x03];
@@ -440,12 +267,6 @@ impl Corpus {
     pub fn body_count(&self) -> u32 {
         self.bodies.len() as u32
     }
-
-    /// Length of the message a body carries, before dot-stuffing.
-    pub fn body_size(&self, i: u32) -> usize {
-        let b = &self.bdats[i as usize];
-        b.len() - memchr::memchr(b'\n', b).map_or(0, |p| p + 1)
-    }
 }
 
 /// Session-independent options that shape scripts.
@@ -465,6 +286,16 @@ pub struct SessionKind {
     pub variant: u8,
 }
 
+/// How many scripted variants a class has (see `prelude` and `after_ehlo`).
+fn variants(class: Class) -> u32 {
+    match class {
+        Class::Typo => 4,
+        Class::Overlong => 2,
+        Class::Nonsmtp => 4,
+        _ => 1,
+    }
+}
+
 pub fn choose(weights: &[u32; CLASSES.len()], rng: &mut Rng) -> SessionKind {
     let total: u32 = weights.iter().sum();
     let mut r = rng.below(total);
@@ -478,7 +309,7 @@ pub fn choose(weights: &[u32; CLASSES.len()], rng: &mut Rng) -> SessionKind {
     }
     SessionKind {
         class,
-        variant: rng.below(class.variants()) as u8,
+        variant: rng.below(variants(class)) as u8,
     }
 }
 
@@ -683,7 +514,6 @@ mod tests {
                 assert!(stuffed.windows(3).any(|w| w == b"\n.."), "and it gets stuffed");
             }
         }
-        assert_eq!(dot_stuff(b".a\r\nb\r\n"), b"..a\r\nb\r\n.\r\n");
     }
 
     #[test]
@@ -691,7 +521,9 @@ mod tests {
         let c = Corpus::new((512, 4096), 7);
         assert_eq!(c.body_count(), 32);
         for i in 0..c.body_count() {
-            let s = c.body_size(i);
+            // The BDAT piece is the command line, then the message as it is.
+            let bdat = &c.bdats[i as usize];
+            let s = bdat.len() - memchr::memchr(b'\n', bdat).map_or(0, |p| p + 1);
             assert!((512..=4096).contains(&s), "{s}");
             let b = c.bytes(Piece::Bdat(i));
             assert!(b.starts_with(format!("BDAT {s} LAST\r\n").as_bytes()));
@@ -790,13 +622,5 @@ mod tests {
             .filter(|_| choose(&w, &mut rng).class == Class::Valid)
             .count();
         assert!((4_500..5_500).contains(&valid), "{valid}");
-    }
-
-    #[test]
-    fn step_names_are_distinct() {
-        let mut names: Vec<&str> = (0..STEP_COUNT).map(step_name).collect();
-        names.sort_unstable();
-        names.dedup();
-        assert_eq!(names.len(), STEP_COUNT);
     }
 }

@@ -1,8 +1,10 @@
-//! Measurement containers: per-phase latency histograms and event counters, mergeable across threads.
+//! Measurements: per-phase latency histograms and event counters, mergeable across threads, merged per run.
 
 use hdrhistogram::Histogram;
+use ringmx_loadgen::reply::Caps;
+use serde::Serialize;
 
-use crate::script::{CLASSES, PHASES, STEP_COUNT};
+use crate::vocab::{CLASSES, PHASES, STEP_COUNT};
 
 /// Highest latency a histogram holds, in microseconds (1 hour); longer values saturate.
 pub const MAX_US: u64 = 3_600_000_000;
@@ -113,6 +115,27 @@ impl Counters {
         let t = self.total();
         t.mismatch + t.timeout + t.reset + t.refused
     }
+}
+
+/// Everything one run measured, merged over workers.
+pub struct Collected {
+    pub corrected: PhaseHists,
+    pub uncorrected: PhaseHists,
+    pub counters: Counters,
+    pub caps: Option<Caps>,
+    pub backlog: u64,
+    pub elapsed_s: f64,
+    pub intervals: Vec<IntervalRow>,
+}
+
+/// Per-second figures, for the live line and the throughput chart.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct IntervalRow {
+    pub t: f64,
+    pub sessions: u64,
+    pub messages: u64,
+    pub errors: u64,
+    pub p99_session_us: u64,
 }
 
 #[cfg(test)]

@@ -1,14 +1,14 @@
 //! Capacity search: step the open-loop rate until the latency objective or error budget breaks.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::chart::{svg_document, Chart};
 use crate::cli::{Config, Slo};
-use crate::report::{svg_document, Chart};
-use crate::script::{Corpus, Phase};
+use crate::stats::Collected;
+use crate::vocab::Phase;
 
 #[derive(Debug, Serialize)]
 pub struct StepResult {
@@ -40,67 +40,35 @@ struct SweepOut<'a> {
     steps: &'a [StepResult],
 }
 
+/// What a sweep is asked for: `--sweep FROM:TO:STEP`, `--slo`, `--step-duration`, `--error-budget`.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub from: f64,
+    pub to: f64,
+    pub step: f64,
+    pub slo: Slo,
+    pub step_duration: Duration,
+    pub budget_pct: f64,
+}
+
+/// Run one open-loop step per offered rate with `run_step`, stop at the first that breaks the
+/// SLO or the error budget, and print and write the capacity table. `run_step` runs the load
+/// (the caller's engine) so that the search itself needs no sockets.
 pub fn run(
     base: &Config,
-    (from, to, step): (f64, f64, f64),
-    slo: Slo,
-    step_duration: Duration,
-    budget_pct: f64,
+    plan: Plan,
+    mut run_step: impl FnMut(&Config) -> Result<Collected, String>,
 ) -> Result<(), String> {
-    if let Some(dir) = &base.out {
-        std::fs::create_dir_all(dir.join("mismatches"))
-            .map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    }
-    let corpus = Arc::new(Corpus::new(base.msg_size, base.seed));
-    let slo_us = u64::try_from(slo.max.as_micros()).unwrap_or(u64::MAX);
+    let slo_us = u64::try_from(plan.slo.max.as_micros()).unwrap_or(u64::MAX);
     let mut steps: Vec<StepResult> = vec![];
     let mut capacity = None;
-    let n = ((to - from) / step).floor() as u64;
+    let n = ((plan.to - plan.from) / plan.step).floor() as u64;
     for k in 0..=n {
-        let rate = from + step * k as f64;
-        let mut cfg = base.clone();
-        cfg.rate = Some(rate);
-        cfg.duration = Some(step_duration);
-        cfg.sessions = None;
-        cfg.quiet = true;
-        if base.connections == 50 {
-            cfg.connections = 4096;
-        }
-        let c = crate::run(&cfg, &corpus)?;
-        let h = &c.corrected.0[Phase::Session as usize];
-        let t = c.counters.total();
-        let ended = t.sessions - t.aborted;
-        let errors = c.counters.errors();
-        // Sessions that never got a slot are failures to serve the offered rate too.
-        let error_pct = 100.0 * (errors + c.backlog) as f64 / (ended + c.backlog).max(1) as f64;
-        let r = StepResult {
-            offered: rate,
-            achieved: ended as f64 / c.elapsed_s.max(1e-9),
-            messages_per_s: c.counters.messages as f64 / c.elapsed_s.max(1e-9),
-            p50_us: h.value_at_quantile(0.5),
-            slo_value_us: h.value_at_quantile(slo.percentile / 100.0),
-            p99_us: h.value_at_quantile(0.99),
-            sessions: ended,
-            errors,
-            error_pct,
-            backlog: c.backlog,
-            met_slo: !h.is_empty() && h.value_at_quantile(slo.percentile / 100.0) <= slo_us,
-            within_budget: error_pct <= budget_pct,
-        };
+        let rate = plan.from + plan.step * k as f64;
+        let c = run_step(&step_config(base, rate, plan.step_duration))?;
+        let r = StepResult::of(rate, &c, &plan, slo_us);
         if !base.quiet {
-            eprintln!(
-                "sweep: offered {:.0}/s achieved {:.1}/s p{} {:.3} ms errors {:.3}%{}",
-                r.offered,
-                r.achieved,
-                slo.percentile,
-                r.slo_value_us as f64 / 1000.0,
-                r.error_pct,
-                if r.met_slo && r.within_budget {
-                    ""
-                } else {
-                    "  <- breaks"
-                }
-            );
+            r.print(plan.slo);
         }
         let ok = r.met_slo && r.within_budget;
         steps.push(r);
@@ -112,10 +80,10 @@ pub fn run(
     let out = SweepOut {
         schema: 1,
         target: &base.target_text,
-        slo_percentile: slo.percentile,
+        slo_percentile: plan.slo.percentile,
         slo_us,
-        error_budget_pct: budget_pct,
-        step_duration_s: step_duration.as_secs_f64(),
+        error_budget_pct: plan.budget_pct,
+        step_duration_s: plan.step_duration.as_secs_f64(),
         capacity,
         steps: &steps,
     };
@@ -123,13 +91,71 @@ pub fn run(
     if base.json {
         println!("{json}");
     } else {
-        print!("{}", table(&steps, slo, capacity));
+        print!("{}", table(&steps, plan.slo, capacity));
     }
     if let Some(dir) = &base.out {
         std::fs::write(dir.join("sweep.json"), &json).map_err(|e| format!("sweep.json: {e}"))?;
-        std::fs::write(dir.join("sweep.svg"), svg(&steps, slo)).map_err(|e| format!("sweep.svg: {e}"))?;
+        std::fs::write(dir.join("sweep.svg"), svg(&steps, plan.slo))
+            .map_err(|e| format!("sweep.svg: {e}"))?;
     }
     Ok(())
+}
+
+/// The run settings of one step: open loop at `rate` for `duration`, no live line.
+fn step_config(base: &Config, rate: f64, duration: Duration) -> Config {
+    let mut cfg = base.clone();
+    cfg.rate = Some(rate);
+    cfg.duration = Some(duration);
+    cfg.sessions = None;
+    cfg.quiet = true;
+    // 50 is the closed-loop default: an open loop needs room for sessions in flight.
+    if base.connections == 50 {
+        cfg.connections = 4096;
+    }
+    cfg
+}
+
+impl StepResult {
+    fn of(rate: f64, c: &Collected, plan: &Plan, slo_us: u64) -> StepResult {
+        let h = &c.corrected.0[Phase::Session as usize];
+        let t = c.counters.total();
+        let ended = t.sessions - t.aborted;
+        let errors = c.counters.errors();
+        // Sessions that never got a slot are failures to serve the offered rate too.
+        let error_pct = 100.0 * (errors + c.backlog) as f64 / (ended + c.backlog).max(1) as f64;
+        let q = plan.slo.percentile / 100.0;
+        StepResult {
+            offered: rate,
+            achieved: ended as f64 / c.elapsed_s.max(1e-9),
+            messages_per_s: c.counters.messages as f64 / c.elapsed_s.max(1e-9),
+            p50_us: h.value_at_quantile(0.5),
+            slo_value_us: h.value_at_quantile(q),
+            p99_us: h.value_at_quantile(0.99),
+            sessions: ended,
+            errors,
+            error_pct,
+            backlog: c.backlog,
+            met_slo: !h.is_empty() && h.value_at_quantile(q) <= slo_us,
+            within_budget: error_pct <= plan.budget_pct,
+        }
+    }
+
+    /// The live line of a step, on stderr.
+    fn print(&self, slo: Slo) {
+        eprintln!(
+            "sweep: offered {:.0}/s achieved {:.1}/s p{} {:.3} ms errors {:.3}%{}",
+            self.offered,
+            self.achieved,
+            slo.percentile,
+            self.slo_value_us as f64 / 1000.0,
+            self.error_pct,
+            if self.met_slo && self.within_budget {
+                ""
+            } else {
+                "  <- breaks"
+            }
+        );
+    }
 }
 
 fn table(steps: &[StepResult], slo: Slo, capacity: Option<f64>) -> String {
@@ -216,4 +242,61 @@ fn svg(steps: &[StepResult], slo: Slo) -> String {
     }
     .render(&mut body, 0.0, 370.0, 900.0, 360.0);
     svg_document(900.0, 740.0, &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::Args;
+    use crate::stats::{Counters, PhaseHists};
+    use crate::vocab::Class;
+
+    /// A step in which 10 sessions all succeeded in `latency_us` each.
+    fn step(latency_us: u64) -> Collected {
+        let mut corrected = PhaseHists::new();
+        corrected.0[Phase::Session as usize]
+            .record_n(latency_us, 10)
+            .unwrap();
+        let mut counters = Counters::default();
+        counters.class[Class::Valid as usize].sessions = 10;
+        counters.class[Class::Valid as usize].ok = 10;
+        Collected {
+            uncorrected: corrected.clone(),
+            corrected,
+            counters,
+            caps: None,
+            backlog: 0,
+            elapsed_s: 1.0,
+            intervals: vec![],
+        }
+    }
+
+    #[test]
+    fn steps_up_to_the_first_rate_that_breaks_the_slo() {
+        let args = ["ringmx-loadgen", "--target", "127.0.0.1:25", "--quiet"];
+        let cfg = Args::try_parse_from(args).unwrap().into_config().unwrap();
+        let plan = Plan {
+            from: 100.0,
+            to: 500.0,
+            step: 100.0,
+            slo: Slo {
+                percentile: 99.0,
+                max: Duration::from_millis(50),
+            },
+            step_duration: Duration::from_secs(1),
+            budget_pct: 0.1,
+        };
+        let mut offered = vec![];
+        run(&cfg, plan, |c| {
+            let rate = c.rate.expect("every step is open loop");
+            assert_eq!((c.duration, c.sessions), (Some(Duration::from_secs(1)), None));
+            assert_eq!(c.connections, 4096, "the closed-loop default is raised");
+            offered.push(rate);
+            Ok(step(if rate < 300.0 { 10_000 } else { 80_000 }))
+        })
+        .unwrap();
+        assert_eq!(offered, [100.0, 200.0, 300.0]);
+    }
 }

@@ -42,6 +42,37 @@ fn hgrm_rows(text: &str) -> Vec<(f64, f64, u64)> {
         .collect()
 }
 
+/// The .hgrm files agree with summary.json; report.svg and latency.hlog are there.
+fn check_files(dir: &std::path::Path, s: &serde_json::Value) {
+    for p in PHASES {
+        let text = std::fs::read_to_string(dir.join(format!("{p}.hgrm"))).unwrap();
+        let rows = hgrm_rows(&text);
+        let count = u(s, &format!("latency_us.{p}.count"));
+        assert!(count > 0, "phase {p} recorded nothing");
+        let last = rows.last().unwrap();
+        assert_eq!(last.1, 1.0, "{p}: last row is the 100th percentile");
+        assert_eq!(last.2, count, "{p}: total count matches summary");
+        assert!(rows.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1));
+        // Values are milliseconds: the p50 row agrees with summary.json's microseconds.
+        let p50 = rows.iter().find(|r| r.1 >= 0.5).unwrap().0;
+        let want = u(s, &format!("latency_us.{p}.p50")) as f64 / 1000.0;
+        assert!((p50 - want).abs() <= want * 0.01 + 0.002, "{p}: {p50} vs {want}");
+        assert!(text.contains("#[Mean    ="));
+        assert!(text.contains(&format!("Total count    = {count:>12}]")));
+        assert!(text.contains("#[Buckets ="));
+    }
+    let svg = std::fs::read_to_string(dir.join("report.svg")).unwrap();
+    assert!(svg.starts_with("<svg"));
+    assert!(svg.contains("session") && svg.contains("<polyline"));
+    let hlog = std::fs::read_to_string(dir.join("latency.hlog")).unwrap();
+    assert!(hlog.contains("#[StartTime:"));
+    assert!(
+        hlog.contains("Tag=session,"),
+        "interval log has tagged session intervals"
+    );
+    assert!(hlog.contains("HISTFAA"), "V2 compressed histograms");
+}
+
 #[test]
 fn correct_server_every_class_zero_mismatches() {
     let server = Server::start(Behaviour::Correct);
@@ -97,33 +128,7 @@ fn correct_server_every_class_zero_mismatches() {
     assert!(s["throughput"]["messages_per_s"].as_f64().unwrap() > 0.0);
     assert!(u(&s, "bytes_sent") > 400 * 512 / 2);
 
-    for p in PHASES {
-        let text = std::fs::read_to_string(dir.join(format!("{p}.hgrm"))).unwrap();
-        let rows = hgrm_rows(&text);
-        let count = u(&s, &format!("latency_us.{p}.count"));
-        assert!(count > 0, "phase {p} recorded nothing");
-        let last = rows.last().unwrap();
-        assert_eq!(last.1, 1.0, "{p}: last row is the 100th percentile");
-        assert_eq!(last.2, count, "{p}: total count matches summary");
-        assert!(rows.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1));
-        // Values are milliseconds: the p50 row agrees with summary.json's microseconds.
-        let p50 = rows.iter().find(|r| r.1 >= 0.5).unwrap().0;
-        let want = u(&s, &format!("latency_us.{p}.p50")) as f64 / 1000.0;
-        assert!((p50 - want).abs() <= want * 0.01 + 0.002, "{p}: {p50} vs {want}");
-        assert!(text.contains("#[Mean    ="));
-        assert!(text.contains(&format!("Total count    = {count:>12}]")));
-        assert!(text.contains("#[Buckets ="));
-    }
-    let svg = std::fs::read_to_string(dir.join("report.svg")).unwrap();
-    assert!(svg.starts_with("<svg"));
-    assert!(svg.contains("session") && svg.contains("<polyline"));
-    let hlog = std::fs::read_to_string(dir.join("latency.hlog")).unwrap();
-    assert!(hlog.contains("#[StartTime:"));
-    assert!(
-        hlog.contains("Tag=session,"),
-        "interval log has tagged session intervals"
-    );
-    assert!(hlog.contains("HISTFAA"), "V2 compressed histograms");
+    check_files(&dir, &s);
     assert_eq!(std::fs::read_dir(dir.join("mismatches")).unwrap().count(), 0);
 }
 

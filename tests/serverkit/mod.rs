@@ -1,6 +1,7 @@
 //! Helpers for tests that run the real `ringmx` binary: start it on a free loopback port, talk SMTP with timeouts, read the spool, stop it.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+use ringmx_loadgen::reply::{parse_reply, Parse};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -368,23 +369,18 @@ impl Client {
         self.stream.write_all(bytes).expect("send");
     }
 
-    /// Reads one complete reply (every line up to one with a space after the code).
+    /// Reads one complete reply, every line of it, through the load generator's reply parser
+    /// (written apart from the server's code, so it does not share the server's mistakes);
+    /// anything that is not a well-formed reply fails the test.
     pub fn reply(&mut self) -> String {
-        let mut text = String::new();
         loop {
-            let line = self.line();
-            text.push_str(&line);
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return text;
-            }
-        }
-    }
-
-    fn line(&mut self) -> String {
-        loop {
-            if let Some(p) = self.buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=p).collect();
-                return String::from_utf8_lossy(&line).into_owned();
+            match parse_reply(&self.buf) {
+                Parse::Complete(reply) => {
+                    let text: Vec<u8> = self.buf.drain(..reply.len).collect();
+                    return String::from_utf8_lossy(&text).into_owned();
+                }
+                Parse::Invalid(why) => panic!("not an SMTP reply ({why}): {}", show(&self.buf)),
+                Parse::Incomplete => {}
             }
             let mut chunk = [0u8; 4096];
             let n = self.stream.read(&mut chunk).expect("read reply");

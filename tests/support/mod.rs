@@ -20,6 +20,8 @@ pub struct Transcript {
     pub expected: Vec<u8>,
     pub config: ProtoConfig,
     pub config_toml: Option<String>,
+    /// The `NAME.toml` itself, for tests that hand it to the server as `--config`.
+    pub config_file: Option<PathBuf>,
     pub messages: Option<Vec<u8>>,
 }
 
@@ -40,7 +42,8 @@ pub fn transcripts() -> Vec<Transcript> {
     names
         .into_iter()
         .map(|name| {
-            let read = |ext: &str| std::fs::read(dir.join(format!("{name}.{ext}")));
+            let path = |ext: &str| dir.join(format!("{name}.{ext}"));
+            let read = |ext: &str| std::fs::read(path(ext));
             let config_toml = read("toml").ok().map(|b| String::from_utf8(b).unwrap());
             let mut config: ProtoConfig =
                 toml::from_str(config_toml.as_deref().unwrap_or("")).expect("transcript config");
@@ -49,6 +52,7 @@ pub fn transcripts() -> Vec<Transcript> {
                 input: read("in").unwrap(),
                 expected: read("ref").unwrap_or_else(|_| panic!("{name}.ref missing")),
                 config,
+                config_file: config_toml.is_some().then(|| path("toml")),
                 config_toml,
                 messages: read("msg").ok(),
                 name,

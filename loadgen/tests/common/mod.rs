@@ -105,111 +105,40 @@ fn looks_binary(b: &[u8]) -> bool {
         .any(|&c| !(c == b'\r' || c == b'\n' || c == b'\t' || (0x20..0x7f).contains(&c)))
 }
 
+/// Non-SMTP detection on the first bytes, before waiting for a line end (a TLS ClientHello
+/// has none).
+fn looks_nonsmtp(first: &[u8]) -> bool {
+    let first_line = first.split(|&c| c == b'\n').next().unwrap_or(&[]);
+    looks_binary(first_line)
+        || first.starts_with(b"SSH-")
+        || first.starts_with(b"GET ")
+        || first.starts_with(b"POST ")
+        || first_line.windows(6).any(|x| x == b" HTTP/")
+}
+
 fn correct(s: TcpStream) -> std::io::Result<()> {
     let mut w = BufWriter::new(s.try_clone()?);
     let mut r = BufReader::new(s);
     w.write_all(b"220 test.example ESMTP\r\n")?;
     w.flush()?;
-    // Non-SMTP detection on the first bytes, before waiting for a line end
-    // (a TLS ClientHello has none).
-    let first = r.fill_buf()?;
-    let first_line = first.split(|&c| c == b'\n').next().unwrap_or(&[]);
-    if looks_binary(first_line)
-        || first.starts_with(b"SSH-")
-        || first.starts_with(b"GET ")
-        || first.starts_with(b"POST ")
-        || first_line.windows(6).any(|x| x == b" HTTP/")
-    {
+    if looks_nonsmtp(r.fill_buf()?) {
         w.write_all(b"554 5.7.0 not SMTP\r\n")?;
         return w.flush();
     }
-    let (mut greeted, mut mail, mut rcpts) = (false, false, 0);
+    let mut session = Session::default();
     let mut line = Vec::with_capacity(600);
     while let Some(len) = read_line(&mut r, &mut line, 600)? {
         // RFC 5321 4.5.3.1.4: a command line is at most 512 octets with CRLF.
         let reply: &[u8] = if len > 512 {
             b"500 5.5.2 line too long\r\n"
         } else {
-            let text = String::from_utf8_lossy(&line);
-            let text = text.trim_end();
-            let (verb, arg) = text.split_once(' ').unwrap_or((text, ""));
-            let verb = verb.to_ascii_uppercase();
-            let arg_up = arg.to_ascii_uppercase();
-            let path_ok = |prefix: &str| {
-                arg_up.starts_with(prefix)
-                    && arg[prefix.len()..].starts_with('<')
-                    && arg.trim_end().ends_with('>')
-            };
-            match verb.as_str() {
-                "EHLO" | "HELO" => {
-                    greeted = true;
-                    mail = false;
-                    rcpts = 0;
-                    EHLO_REPLY
-                }
-                "MAIL" if !greeted || mail => b"503 5.5.1 bad sequence\r\n",
-                "MAIL" if !path_ok("FROM:") => b"501 5.5.4 syntax\r\n",
-                "MAIL" => {
-                    mail = true;
-                    b"250 2.1.0 ok\r\n"
-                }
-                "RCPT" if !mail => b"503 5.5.1 need MAIL\r\n",
-                "RCPT" if !path_ok("TO:") => b"501 5.5.4 syntax\r\n",
-                "RCPT" => {
-                    rcpts += 1;
-                    b"250 2.1.5 ok\r\n"
-                }
-                "DATA" if !mail || rcpts == 0 => b"503 5.5.1 need RCPT\r\n",
-                "DATA" => {
-                    w.write_all(b"354 go ahead\r\n")?;
-                    w.flush()?;
-                    let mut too_long = false;
-                    loop {
-                        let Some(n) = read_line(&mut r, &mut line, 1100)? else {
-                            return Ok(());
-                        };
-                        if line == b".\r\n" {
-                            break;
-                        }
-                        // RFC 5321 4.5.3.1.6: text lines are at most 1000 octets.
-                        too_long |= n > 1000;
-                    }
-                    mail = false;
-                    rcpts = 0;
-                    if too_long {
-                        b"554 5.6.0 line too long\r\n"
-                    } else {
-                        b"250 2.0.0 queued\r\n"
-                    }
-                }
-                "BDAT" => {
-                    let mut it = arg.split_whitespace();
-                    let n: usize = it.next().and_then(|x| x.parse().ok()).unwrap_or(0);
-                    let last = it.next().is_some_and(|x| x.eq_ignore_ascii_case("LAST"));
-                    let mut chunk = vec![0; n];
-                    r.read_exact(&mut chunk)?;
-                    if !mail || rcpts == 0 {
-                        b"503 5.5.1 need RCPT\r\n"
-                    } else if last {
-                        mail = false;
-                        rcpts = 0;
-                        b"250 2.0.0 queued\r\n"
-                    } else {
-                        b"250 2.0.0 chunk ok\r\n"
-                    }
-                }
-                "RSET" => {
-                    mail = false;
-                    rcpts = 0;
-                    b"250 2.0.0 ok\r\n"
-                }
-                "NOOP" => b"250 2.0.0 ok\r\n",
-                "EXPN" | "TURN" => b"502 5.5.1 not implemented\r\n",
-                "QUIT" => {
+            match session.command(&line, &mut r, &mut w)? {
+                Next::Reply(reply) => reply,
+                Next::Quit => {
                     w.write_all(b"221 2.0.0 bye\r\n")?;
                     return w.flush();
                 }
-                _ => b"500 5.5.2 unrecognized command\r\n",
+                Next::Eof => return Ok(()),
             }
         };
         w.write_all(reply)?;
@@ -219,6 +148,121 @@ fn correct(s: TcpStream) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// What the correct server does after a command.
+enum Next {
+    Reply(&'static [u8]),
+    Quit,
+    /// The client went away mid-message.
+    Eof,
+}
+
+/// The correct server's SMTP state.
+#[derive(Default)]
+struct Session {
+    greeted: bool,
+    mail: bool,
+    rcpts: usize,
+}
+
+impl Session {
+    fn command(
+        &mut self,
+        line: &[u8],
+        r: &mut BufReader<TcpStream>,
+        w: &mut BufWriter<TcpStream>,
+    ) -> std::io::Result<Next> {
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim_end();
+        let (verb, arg) = text.split_once(' ').unwrap_or((text, ""));
+        let verb = verb.to_ascii_uppercase();
+        let arg_up = arg.to_ascii_uppercase();
+        let path_ok = |prefix: &str| {
+            arg_up.starts_with(prefix)
+                && arg[prefix.len()..].starts_with('<')
+                && arg.trim_end().ends_with('>')
+        };
+        let reply: &[u8] = match verb.as_str() {
+            "EHLO" | "HELO" => {
+                self.greeted = true;
+                self.reset();
+                EHLO_REPLY
+            }
+            "MAIL" if !self.greeted || self.mail => b"503 5.5.1 bad sequence\r\n",
+            "MAIL" if !path_ok("FROM:") => b"501 5.5.4 syntax\r\n",
+            "MAIL" => {
+                self.mail = true;
+                b"250 2.1.0 ok\r\n"
+            }
+            "RCPT" if !self.mail => b"503 5.5.1 need MAIL\r\n",
+            "RCPT" if !path_ok("TO:") => b"501 5.5.4 syntax\r\n",
+            "RCPT" => {
+                self.rcpts += 1;
+                b"250 2.1.5 ok\r\n"
+            }
+            "DATA" if !self.mail || self.rcpts == 0 => b"503 5.5.1 need RCPT\r\n",
+            "DATA" => return self.data(r, w),
+            "BDAT" => {
+                let mut it = arg.split_whitespace();
+                let n: usize = it.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+                let last = it.next().is_some_and(|x| x.eq_ignore_ascii_case("LAST"));
+                let mut chunk = vec![0; n];
+                r.read_exact(&mut chunk)?;
+                self.bdat(last)
+            }
+            "RSET" => {
+                self.reset();
+                b"250 2.0.0 ok\r\n"
+            }
+            "NOOP" => b"250 2.0.0 ok\r\n",
+            "EXPN" | "TURN" => b"502 5.5.1 not implemented\r\n",
+            "QUIT" => return Ok(Next::Quit),
+            _ => b"500 5.5.2 unrecognized command\r\n",
+        };
+        Ok(Next::Reply(reply))
+    }
+
+    fn reset(&mut self) {
+        self.mail = false;
+        self.rcpts = 0;
+    }
+
+    /// 354, then the message up to the `.` line; refused if a line is over the limit.
+    fn data(&mut self, r: &mut BufReader<TcpStream>, w: &mut BufWriter<TcpStream>) -> std::io::Result<Next> {
+        w.write_all(b"354 go ahead\r\n")?;
+        w.flush()?;
+        let mut too_long = false;
+        let mut line = Vec::with_capacity(1100);
+        loop {
+            let Some(n) = read_line(r, &mut line, 1100)? else {
+                return Ok(Next::Eof);
+            };
+            if line == b".\r\n" {
+                break;
+            }
+            // RFC 5321 4.5.3.1.6: text lines are at most 1000 octets.
+            too_long |= n > 1000;
+        }
+        self.reset();
+        Ok(Next::Reply(if too_long {
+            b"554 5.6.0 line too long\r\n"
+        } else {
+            b"250 2.0.0 queued\r\n"
+        }))
+    }
+
+    /// The reply to a BDAT chunk, already read.
+    fn bdat(&mut self, last: bool) -> &'static [u8] {
+        if !self.mail || self.rcpts == 0 {
+            b"503 5.5.1 need RCPT\r\n"
+        } else if last {
+            self.reset();
+            b"250 2.0.0 queued\r\n"
+        } else {
+            b"250 2.0.0 chunk ok\r\n"
+        }
+    }
 }
 
 fn wrong(mut s: TcpStream) -> std::io::Result<()> {
