@@ -307,15 +307,7 @@ fn a_large_message_streams_to_the_spool_byte_exact() {
             body.extend_from_slice(b".a line that needs its dot stuffed\r\n");
         }
     }
-    let mut wire = Vec::with_capacity(body.len() + 1000);
-    for line in body.split_inclusive(|&b| b == b'\n') {
-        if line.starts_with(b".") {
-            wire.push(b'.');
-        }
-        wire.extend_from_slice(line);
-    }
-    wire.extend_from_slice(b".\r\n");
-    c.send(&wire);
+    c.send(&ringmx_loadgen::dot_stuff(&body));
     let reply = c.reply();
     assert!(reply.starts_with("250 2.0.0 Ok: queued as "), "{reply}");
     let id = reply.trim_end().rsplit(' ').next().unwrap().to_string();
@@ -624,7 +616,7 @@ fn fin_right_after_the_final_dot_commits_the_message() {
     // Nothing tells this client when the server is done with it: wait for the spool (a
     // shutdown before the server read the reset connection would rightly drop it unread).
     let deadline = Instant::now() + LIMIT;
-    let committed = |dir: &Path| {
+    let committed = |dir: &std::path::Path| {
         std::fs::read_dir(dir)
             .map(|d| {
                 d.filter(|e| {
