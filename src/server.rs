@@ -1,9 +1,7 @@
 //! `ringmx serve`: checks the configuration, binds each worker's listeners, runs the pinned workers, and stops them on SIGTERM/SIGINT.
 
-use crate::backend::epoll::Epoll;
-use crate::backend::uring::{self, Uring, UringConfig};
-use crate::backend::Backend;
-use crate::config::{BackendKind, Limits, ServerConfig};
+use crate::backend::{self, Backend, BackendConfig, WithBackend};
+use crate::config::{Limits, ServerConfig};
 use crate::proto::Settings;
 use crate::spool::{self, IdGen, Spool};
 use crate::wake::Wake;
@@ -36,6 +34,14 @@ struct Started {
     control: Sender<Control>,
     waker: Arc<dyn Wake>,
     backend: &'static str,
+}
+
+impl WithBackend for &WorkerContext<'_> {
+    type Output = Result<Started, String>;
+
+    fn with<B: Backend + Send + 'static>(self, backend: B) -> Self::Output {
+        self.start(backend)
+    }
 }
 
 impl WorkerContext<'_> {
@@ -84,7 +90,7 @@ impl WorkerContext<'_> {
 /// counters of all workers. An error is a message for the operator.
 pub fn serve(config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Report, String> {
     config.validate().map_err(|e| e.to_string())?;
-    let backend = choose_backend(config.backend)?;
+    let backend = backend::choose(config.backend)?;
     let signals = block_signals().map_err(|e| format!("cannot block signals: {e}"))?;
     raise_nofile_limit();
     let cpus = allowed_cpus();
@@ -93,7 +99,7 @@ pub fn serve(config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Report
     } else {
         config.workers
     };
-    let limits = &config.proto.limits;
+    let backend_config = backend_config(&config.proto.limits);
     if !config.sink {
         let removed =
             spool::recover(&config.spool).map_err(|e| format!("spool {}: {e}", config.spool.display()))?;
@@ -127,18 +133,7 @@ pub fn serve(config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Report
             settings: &settings,
             active: &active,
         };
-        let started = match backend {
-            BackendKind::Uring => {
-                let backend = Uring::new(listeners, uring_config(limits))
-                    .map_err(|e| format!("cannot set up io_uring: {e}"))?;
-                ctx.start(backend)?
-            }
-            BackendKind::Auto | BackendKind::Epoll => {
-                let backend = Epoll::new(listeners, limits.input_buffer, limits.read_budget)
-                    .map_err(|e| format!("cannot create epoll instance: {e}"))?;
-                ctx.start(backend)?
-            }
-        };
+        let started = backend::open(backend, listeners, &backend_config, &ctx)??;
         backend_name = started.backend;
         threads.push(started.thread);
         controls.push((started.control, started.waker));
@@ -178,43 +173,17 @@ pub fn serve(config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Report
     Ok(report)
 }
 
-/// The backend to run, epoll or uring: `RINGMX_BACKEND` (auto, epoll or uring) overrides the
-/// configuration, and auto takes io_uring when the kernel has everything it uses.
-fn choose_backend(configured: BackendKind) -> Result<BackendKind, String> {
-    let kind = match std::env::var("RINGMX_BACKEND") {
-        Ok(v) if v.is_empty() => configured,
-        Ok(v) => match v.as_str() {
-            "auto" => BackendKind::Auto,
-            "epoll" => BackendKind::Epoll,
-            "uring" => BackendKind::Uring,
-            _ => return Err(format!("RINGMX_BACKEND={v}: expected auto, epoll or uring")),
-        },
-        Err(_) => configured,
-    };
-    match kind {
-        BackendKind::Auto => match uring::probe() {
-            Ok(()) => Ok(BackendKind::Uring),
-            Err(missing) => {
-                tracing::warn!("io_uring unusable ({missing}); using epoll");
-                Ok(BackendKind::Epoll)
-            }
-        },
-        BackendKind::Uring => uring::probe()
-            .map(|()| BackendKind::Uring)
-            .map_err(|missing| format!("io_uring unusable: {missing}")),
-        BackendKind::Epoll => Ok(BackendKind::Epoll),
-    }
-}
-
-fn uring_config(limits: &Limits) -> UringConfig {
-    UringConfig {
-        entries: limits.uring_entries,
-        sqpoll: limits.uring_sqpoll,
-        buffers: limits.uring_buffers,
-        buffer_size: limits.uring_buffer_size,
+/// What the backends are built with, from the configured limits.
+fn backend_config(limits: &Limits) -> BackendConfig {
+    BackendConfig {
         read_budget: limits.read_budget,
-        reserve: limits.max_connections.min(1 << 16),
-        min_wait_us: limits.uring_min_wait_us,
+        recv_buffer_size: limits.input_buffer,
+        slot_reserve: limits.max_connections.min(1 << 16),
+        uring_entries: limits.uring_entries,
+        uring_sqpoll: limits.uring_sqpoll,
+        uring_buffers: limits.uring_buffers,
+        uring_buffer_size: limits.uring_buffer_size,
+        uring_min_wait_us: limits.uring_min_wait_us,
     }
 }
 

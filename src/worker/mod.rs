@@ -53,8 +53,7 @@ pub struct Report {
 impl Report {
     pub fn merge(&mut self, other: &Report) {
         self.stats.merge(&other.stats);
-        self.io.reads += other.io.reads;
-        self.io.writes += other.io.writes;
+        self.io.merge(&other.io);
         self.accepted += other.accepted;
         self.rejected += other.rejected;
     }
@@ -409,6 +408,10 @@ impl<B: Backend> Worker<B> {
     fn complete(&mut self, completion: Completion) {
         match completion {
             Completion::Accepted { socket, peer } => self.accept(socket, peer),
+            Completion::Refused { socket, .. } => {
+                self.rejected += 1;
+                self.backend.reject(socket, TOO_MANY);
+            }
             Completion::Received { token, result } => {
                 let Worker {
                     backend, core, conns, ..
