@@ -263,39 +263,9 @@ impl Epoll {
             }
         }
     }
-}
-
-fn deregister(registry: &Registry, stream: &mut TcpStream) {
-    if let Err(e) = registry.deregister(stream) {
-        tracing::debug!(error = %e, "deregister failed");
-    }
-}
-
-impl Backend for Epoll {
-    fn name(&self) -> &'static str {
-        "epoll"
-    }
-
-    fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {
-        self.accept.restore_spare();
-        out.append(&mut self.done);
-        let paused = self.accept_paused_until.filter(|&t| Instant::now() < t);
-        self.accept_paused_until = paused;
-        let accept_now = paused.is_none() && self.accept_pending.iter().any(|&p| p);
-        let busy = !out.is_empty() || !self.ready.is_empty() || accept_now;
-        let timeout = match paused {
-            _ if busy => Some(Duration::ZERO),
-            Some(until) => {
-                let rest = until.saturating_duration_since(Instant::now());
-                Some(timeout.map_or(rest, |t| t.min(rest)))
-            }
-            None => timeout,
-        };
-        match self.poll.poll(&mut self.events, timeout) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+    /// Notes what the last poll reported: wakes, listeners with connections to accept,
+    /// readable connections (queued to be read) and writable ones (their sends continued).
+    fn take_events(&mut self, out: &mut Vec<Completion>) {
         self.fired.clear();
         self.fired.extend(self.events.iter().map(|e| {
             (
@@ -336,6 +306,41 @@ impl Backend for Epoll {
                 self.continue_send(token);
             }
         }
+    }
+}
+
+fn deregister(registry: &Registry, stream: &mut TcpStream) {
+    if let Err(e) = registry.deregister(stream) {
+        tracing::debug!(error = %e, "deregister failed");
+    }
+}
+
+impl Backend for Epoll {
+    fn name(&self) -> &'static str {
+        "epoll"
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {
+        self.accept.restore_spare();
+        out.append(&mut self.done);
+        let paused = self.accept_paused_until.filter(|&t| Instant::now() < t);
+        self.accept_paused_until = paused;
+        let accept_now = paused.is_none() && self.accept_pending.iter().any(|&p| p);
+        let busy = !out.is_empty() || !self.ready.is_empty() || accept_now;
+        let timeout = match paused {
+            _ if busy => Some(Duration::ZERO),
+            Some(until) => {
+                let rest = until.saturating_duration_since(Instant::now());
+                Some(timeout.map_or(rest, |t| t.min(rest)))
+            }
+            None => timeout,
+        };
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        self.take_events(out);
         if self.accept_paused_until.is_none_or(|t| Instant::now() >= t) {
             self.accept_paused_until = None;
             for i in 0..self.listeners.len() {
