@@ -19,8 +19,8 @@
 //!   [`reject`](Backend::reject) (`421 4.3.2`), never attach; the spare is re-opened on the
 //!   next wait. So a full process still answers its clients instead of leaving them in the
 //!   listen backlog. A failure that concerns one connection only (`ECONNABORTED` and the
-//!   like) is passed over. Warnings are rate-limited and every failure is counted in
-//!   [`IoStats`].
+//!   like) is passed over. Warnings are rate-limited (one a second) and every failure is
+//!   counted in [`IoStats`].
 //! - **Receive.** While receiving is on for a connection (it starts on; see
 //!   [`Backend::set_receiving`]) the backend reports the bytes that arrive as
 //!   [`Completion::Received`] in buffers it lends; the worker hands each one back with
@@ -40,17 +40,16 @@
 //!   [`io::ErrorKind::NotConnected`] error.
 //! - **Close.** [`Backend::close`] ends the connection; [`Completion::Closed`] follows once
 //!   the backend holds nothing of it (an in-flight send is dropped). Only then may the token's
-//!   slot be reused. Each attached token gets exactly one `Closed`: closing a token that is
-//!   closing or unknown does nothing, as do [`Backend::set_receiving`] and a second close.
+//!   slot be reused. Each attached token gets exactly one `Closed`: [`Backend::close`] and
+//!   [`Backend::set_receiving`] do nothing for a token that is closing or unknown.
 //! - **Tokens.** A token is the worker's slot index plus a generation, so a completion that
 //!   arrives late for a slot that has since been reused is recognized and ignored. Slots are
 //!   below [`MAX_SLOTS`] (io_uring packs the slot into 24 bits of an operation's user data):
-//!   both backends refuse to [`attach`](Backend::attach) a larger one with
+//!   both backends refuse to [`attach`](Backend::attach) any other with
 //!   [`io::ErrorKind::InvalidInput`], closing the socket.
 //! - **Timers.** The backend only sleeps: [`Backend::wait`] takes the time until the worker's
 //!   next timer, and returns early for any completion or a [`Wake`] from another thread
 //!   (the spool committer, the shutdown signal), reported as [`Completion::Woken`].
-//!
 //! - **Counters.** Each backend keeps its own figures in [`IoStats`], under the same names on
 //!   both; one that cannot happen on a backend stays 0 there.
 //!
