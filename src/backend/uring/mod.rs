@@ -308,8 +308,10 @@ impl Uring {
             let verdict = self
                 .accept
                 .on_error(&err, &mut self.stats, || accept_now(fd), out);
-            if verdict == Verdict::Rest && !done.more() {
-                // The failure ended the multishot accept; re-arming at once would spin.
+            let ended = !done.more() && listener.state == Accepting::Armed;
+            if verdict == Verdict::Rest && ended {
+                // The failure ended the multishot accept; re-arming at once would spin. (A
+                // stopping listener stays so, to be closed below.)
                 listener.state = Accepting::Resting(Instant::now() + accept::REST);
             }
         }
