@@ -1,9 +1,7 @@
 //! `ringmx serve`: checks the configuration, claims the spool and the listen addresses, runs the pinned workers, and stops them on SIGTERM/SIGINT.
 
-use crate::backend::epoll::Epoll;
-use crate::backend::uring::{self, Uring, UringConfig};
-use crate::backend::Backend;
-use crate::config::{BackendKind, ServerConfig, ServerLimits};
+use crate::backend::{self, Backend, BackendConfig, WithBackend};
+use crate::config::{ServerConfig, ServerLimits};
 use crate::proto::Settings;
 use crate::spool::{self, IdGen, Spool, SpoolLock};
 use crate::wake::Wake;
@@ -36,6 +34,14 @@ struct Started {
     control: Sender<Control>,
     waker: Arc<dyn Wake>,
     backend: &'static str,
+}
+
+impl WithBackend for &WorkerContext<'_> {
+    type Output = Result<Started, String>;
+
+    fn with<B: Backend + Send + 'static>(self, backend: B) -> Self::Output {
+        self.start(backend)
+    }
 }
 
 impl WorkerContext<'_> {
@@ -90,7 +96,7 @@ impl WorkerContext<'_> {
 /// counters of all workers. An error is a message for the operator.
 pub fn serve(mut config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Report, String> {
     config.validate().map_err(|e| e.to_string())?;
-    let backend = choose_backend(config.backend)?;
+    let backend = backend::choose(config.backend)?;
     let signals = block_signals().map_err(|e| format!("cannot block signals: {e}"))?;
     let open_files = raise_nofile_limit();
     let cpus = allowed_cpus();
@@ -106,7 +112,7 @@ pub fn serve(mut config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Re
         config.listen.len(),
         config.sink,
     )?;
-    let limits = &config.limits;
+    let backend_config = backend_config(&config.limits);
     // Held until this function returns, after every committer has finished.
     let _spool_lock = claim_spool(&config)?;
     let (per_worker, bound) = bind_all(&config.listen, workers)?;
@@ -124,18 +130,7 @@ pub fn serve(mut config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Re
             settings: &settings,
             active: &active,
         };
-        let started = match backend {
-            BackendKind::Uring => {
-                let backend = Uring::new(listeners, uring_config(limits))
-                    .map_err(|e| format!("cannot set up io_uring: {e}"))?;
-                ctx.start(backend)?
-            }
-            BackendKind::Auto | BackendKind::Epoll => {
-                let backend = Epoll::new(listeners, limits.input_buffer, limits.read_budget)
-                    .map_err(|e| format!("cannot create epoll instance: {e}"))?;
-                ctx.start(backend)?
-            }
-        };
+        let started = backend::open(backend, listeners, &backend_config, &ctx)??;
         backend_name = started.backend;
         threads.push(started.thread);
         controls.push((started.control, started.waker));
@@ -190,43 +185,17 @@ fn claim_spool(config: &ServerConfig) -> Result<Option<SpoolLock>, String> {
     Ok(Some(lock))
 }
 
-/// The backend to run, epoll or uring: `RINGMX_BACKEND` (auto, epoll or uring) overrides the
-/// configuration, and auto takes io_uring when the kernel has everything it uses.
-fn choose_backend(configured: BackendKind) -> Result<BackendKind, String> {
-    let kind = match std::env::var("RINGMX_BACKEND") {
-        Ok(v) if v.is_empty() => configured,
-        Ok(v) => match v.as_str() {
-            "auto" => BackendKind::Auto,
-            "epoll" => BackendKind::Epoll,
-            "uring" => BackendKind::Uring,
-            _ => return Err(format!("RINGMX_BACKEND={v}: expected auto, epoll or uring")),
-        },
-        Err(_) => configured,
-    };
-    match kind {
-        BackendKind::Auto => match uring::probe() {
-            Ok(()) => Ok(BackendKind::Uring),
-            Err(missing) => {
-                tracing::warn!("io_uring unusable ({missing}); using epoll");
-                Ok(BackendKind::Epoll)
-            }
-        },
-        BackendKind::Uring => uring::probe()
-            .map(|()| BackendKind::Uring)
-            .map_err(|missing| format!("io_uring unusable: {missing}")),
-        BackendKind::Epoll => Ok(BackendKind::Epoll),
-    }
-}
-
-fn uring_config(limits: &ServerLimits) -> UringConfig {
-    UringConfig {
-        entries: limits.uring_entries,
-        sqpoll: limits.uring_sqpoll,
-        buffers: limits.uring_buffers,
-        buffer_size: limits.uring_buffer_size,
+/// What the backends are built with, from the configured limits.
+fn backend_config(limits: &ServerLimits) -> BackendConfig {
+    BackendConfig {
         read_budget: limits.read_budget,
-        reserve: limits.max_connections.min(1 << 16),
-        min_wait_us: limits.uring_min_wait_us,
+        recv_buffer_size: limits.input_buffer,
+        slot_reserve: limits.max_connections.min(1 << 16),
+        uring_entries: limits.uring_entries,
+        uring_sqpoll: limits.uring_sqpoll,
+        uring_buffers: limits.uring_buffers,
+        uring_buffer_size: limits.uring_buffer_size,
+        uring_min_wait_us: limits.uring_min_wait_us,
     }
 }
 
@@ -263,6 +232,7 @@ fn stats_json(r: &Report) -> String {
             "max_connections": r.refused.max_connections,
             "shutting_down": r.refused.shutting_down,
             "attach_failed": r.refused.attach_failed,
+            "out_of_descriptors": r.refused.out_of_descriptors,
         },
         "sessions_ended": named(&mut r.stats.closed_by_name()),
         "replies": named(&mut r.stats.replies_by_name()),

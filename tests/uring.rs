@@ -11,8 +11,20 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
+/// Whether this kernel lacks what the io_uring backend uses; if so, says why the test `name`
+/// is skipped. Where io_uring works (the probe passes) every test runs.
+fn skip_without_uring(name: &str) -> bool {
+    match ringmx::backend::uring::probe() {
+        Ok(()) => false,
+        Err(missing) => {
+            eprintln!("skipping {name}: io_uring unusable here ({missing})");
+            true
+        }
+    }
+}
+
 /// Starts `ringmx serve --backend uring` with these lines as its configuration file (the
-/// backend's stop line, read by [`backend_counter`], shows it ran on io_uring).
+/// backend's stop line shows it ran on io_uring).
 fn start_uring(config: &str, extra: &[&str]) -> (Server, TempDir) {
     let dir = TempDir::new("uring-config");
     let path = dir.0.join("ringmx.toml");
@@ -20,18 +32,6 @@ fn start_uring(config: &str, extra: &[&str]) -> (Server, TempDir) {
     let mut args = vec!["--backend", "uring", "--config", path.to_str().unwrap()];
     args.extend_from_slice(extra);
     (Server::start(&args), dir)
-}
-
-/// The value of `key=N` in the backend's stop line.
-fn backend_counter(log: &str, key: &str) -> u64 {
-    let line = log
-        .lines()
-        .find(|l| l.contains("io_uring backend stopped"))
-        .unwrap_or_else(|| panic!("no backend stop line in:\n{log}"));
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{key}=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in {line}"))
 }
 
 /// A message body of about `size` octets, unique to `id`, with lines that start with a dot.
@@ -50,6 +50,9 @@ fn body(id: usize, size: usize) -> String {
 
 #[test]
 fn four_buffers_fifty_pipelining_sessions_all_arrive_intact() {
+    if skip_without_uring("four_buffers_fifty_pipelining_sessions_all_arrive_intact") {
+        return;
+    }
     const SESSIONS: usize = 50;
     const MESSAGES: usize = 3;
     let (server, _config) = start_uring(
@@ -116,9 +119,9 @@ fn four_buffers_fifty_pipelining_sessions_all_arrive_intact() {
     }
     // The ring did run dry, so the above held through ENOBUFS and re-armed receives.
     assert!(
-        backend_counter(&stopped.log, "enobufs") > 0,
-        "the buffer ring never ran dry:\n{}",
-        stopped.log
+        stopped.stats["io.enobufs"] > 0,
+        "the buffer ring never ran dry: {:?}",
+        stopped.stats
     );
 }
 
@@ -140,6 +143,9 @@ fn abrupt_session(addr: SocketAddr, noops: usize) {
 
 #[test]
 fn abrupt_closes_mid_send_then_reused_slots_work() {
+    if skip_without_uring("abrupt_closes_mid_send_then_reused_slots_work") {
+        return;
+    }
     const THREADS: usize = 4;
     const PER_THREAD: usize = 50;
     let (server, _config) = start_uring("", &["--sink"]);
@@ -174,19 +180,23 @@ fn abrupt_closes_mid_send_then_reused_slots_work() {
     assert!(!stopped.log.contains("panicked"), "{}", stopped.log);
     // Every connection was served, or was reset before it could be (its peer gone at accept).
     assert_eq!(
-        stopped.stats["accepted"] + backend_counter(&stopped.log, "vanished"),
+        stopped.stats["accepted"] + stopped.stats["io.vanished"],
         (THREADS * PER_THREAD + 3) as u64
     );
     assert_eq!(stopped.stats["messages"], 3);
     assert!(
         stopped.stats["sessions_ended.send_error"] + stopped.stats["sessions_ended.receive_error"] > 0,
-        "no session ended by the resets:\n{}",
+        "no session ended by the resets: {:?}\n{}",
+        stopped.stats,
         stopped.log
     );
 }
 
 #[test]
 fn submission_queue_of_eight_serves_two_hundred_sessions() {
+    if skip_without_uring("submission_queue_of_eight_serves_two_hundred_sessions") {
+        return;
+    }
     const SESSIONS: usize = 200;
     let (server, _config) = start_uring("uring_entries = 8\n", &["--sink"]);
     all_at_once(server.addr, SESSIONS, 10, |t, clients| {
@@ -216,14 +226,30 @@ fn submission_queue_of_eight_serves_two_hundred_sessions() {
     assert_eq!(stopped.stats["accepted"], SESSIONS as u64);
     assert_eq!(stopped.stats["messages"], SESSIONS as u64);
     assert!(
-        backend_counter(&stopped.log, "backlog_peak") > 0,
-        "the submission queue never filled:\n{}",
-        stopped.log
+        stopped.stats["io.backlog_peak"] > 0,
+        "the submission queue never filled: {:?}",
+        stopped.stats
     );
 }
 
 #[test]
 fn sqpoll_ring_serves_sessions() {
+    if skip_without_uring("sqpoll_ring_serves_sessions") {
+        return;
+    }
+    // SQPOLL needed privileges before 5.11 and may be refused by a sandbox: not a defect. The
+    // trial ring lives in a thread of its own (see `probe`: its teardown interrupts the
+    // thread that used it, and this one reads with timeouts).
+    let trial = std::thread::spawn(|| {
+        io_uring::IoUring::<io_uring::squeue::Entry>::builder()
+            .setup_sqpoll(1000)
+            .build(8)
+            .map(drop)
+    });
+    if let Err(e) = trial.join().expect("SQPOLL trial") {
+        eprintln!("skipping sqpoll_ring_serves_sessions: no SQPOLL ring here ({e})");
+        return;
+    }
     let (server, _config) = start_uring("uring_sqpoll = true\n", &["--sink"]);
     for n in 0..3 {
         let mut c = server.connect();
@@ -287,8 +313,13 @@ fn started_backend(args: &[&str], env: Option<&str>) -> String {
 
 #[test]
 fn auto_picks_uring_and_the_environment_forces_epoll() {
+    assert_eq!(started_backend(&[], Some("epoll")), "epoll");
+    if skip_without_uring("auto_picks_uring_and_the_environment_forces_epoll (all but epoll)") {
+        // Where io_uring is unusable, auto falls back to epoll.
+        assert_eq!(started_backend(&[], None), "epoll");
+        return;
+    }
     assert_eq!(started_backend(&[], None), "uring");
     assert_eq!(started_backend(&["--backend", "uring"], None), "uring");
     assert_eq!(started_backend(&["--backend", "uring"], Some("epoll")), "epoll");
-    assert_eq!(started_backend(&[], Some("epoll")), "epoll");
 }

@@ -5,7 +5,8 @@
 //! its budget goes on a "still readable" list served on the next call without sleeping. Sends
 //! are attempted at once; what the socket does not take waits for a writable edge.
 
-use super::{Backend, Completion, IoStats, Token, Wake, RESERVED_GENERATION};
+use super::accept::{self, AcceptPolicy, Verdict};
+use super::{Backend, BackendConfig, Completion, IoStats, Token, Wake, MAX_SLOTS, RESERVED_GENERATION};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Waker};
 use std::io::{self, Write};
@@ -17,8 +18,6 @@ const WAKER: mio::Token = mio::Token(usize::MAX);
 /// Accepts per listener per [`Backend::wait`], so a connection flood does not starve the
 /// sessions already open; the rest are accepted on the next call.
 const ACCEPT_BATCH: usize = 256;
-/// Pause before accepting again after running out of descriptors.
-const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// Free receive buffers kept for reuse; more than this are freed when returned.
 const POOL_MAX: usize = 64;
 
@@ -55,8 +54,9 @@ pub struct Epoll {
     listeners: Vec<TcpListener>,
     /// Listeners with connections possibly left in their backlog.
     accept_pending: Vec<bool>,
-    /// The last accept ran out of descriptors or memory: no accepts until then.
+    /// The last accept ran short of descriptors or memory: no accepts until then.
     accept_paused_until: Option<Instant>,
+    accept: AcceptPolicy,
     socks: Vec<Option<Sock>>,
     /// Connections with unread bytes and receiving on: served on the next `wait`.
     ready: Vec<Token>,
@@ -76,13 +76,10 @@ impl Wake for Waker {
 }
 
 impl Epoll {
-    /// A backend accepting on `listeners` (non-blocking, already listening), receiving into
-    /// buffers of `buf_size` octets, at most `read_budget` octets per connection per wait.
-    pub fn new(
-        listeners: Vec<std::net::TcpListener>,
-        buf_size: usize,
-        read_budget: usize,
-    ) -> io::Result<Epoll> {
+    /// A backend accepting on `listeners` (already listening), receiving into buffers of
+    /// `config.recv_buffer_size` octets, at most `config.read_budget` octets per connection
+    /// per wait.
+    pub fn new(listeners: Vec<std::net::TcpListener>, config: &BackendConfig) -> io::Result<Epoll> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut mio_listeners = Vec::with_capacity(listeners.len());
@@ -100,13 +97,14 @@ impl Epoll {
             waker,
             accept_pending: vec![false; mio_listeners.len()],
             accept_paused_until: None,
+            accept: AcceptPolicy::new(),
             listeners: mio_listeners,
             socks: Vec::new(),
             ready: Vec::new(),
             done: Vec::new(),
             pool: Vec::new(),
-            buf_size,
-            read_budget,
+            buf_size: config.recv_buffer_size,
+            read_budget: config.read_budget,
             stats: IoStats::default(),
         })
     }
@@ -132,22 +130,25 @@ impl Epoll {
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-                    ) =>
-                {
-                    // Out of descriptors or memory: sessions that end free some. Retry after
-                    // a pause; retrying at once would spin.
-                    tracing::warn!(error = %e, "accept failed; retrying shortly");
-                    self.accept_pending[i] = true;
-                    self.accept_paused_until = Some(Instant::now() + ACCEPT_RETRY);
-                    return;
+                Err(e) => {
+                    let listener = &self.listeners[i];
+                    let accept_one = || {
+                        let (stream, peer) = listener.accept()?;
+                        Ok((OwnedFd::from(stream), peer))
+                    };
+                    match self.accept.on_error(&e, &mut self.stats, accept_one, out) {
+                        Verdict::Continue => {}
+                        Verdict::NextWait => {
+                            self.accept_pending[i] = true;
+                            return;
+                        }
+                        Verdict::Rest => {
+                            self.accept_pending[i] = true;
+                            self.accept_paused_until = Some(Instant::now() + accept::REST);
+                            return;
+                        }
+                    }
                 }
-                // ECONNABORTED and the like: that one connection is gone.
-                Err(e) => tracing::debug!(error = %e, "accept failed"),
             }
         }
         self.accept_pending[i] = true;
@@ -262,38 +263,9 @@ impl Epoll {
             }
         }
     }
-}
-
-fn deregister(registry: &Registry, stream: &mut TcpStream) {
-    if let Err(e) = registry.deregister(stream) {
-        tracing::debug!(error = %e, "deregister failed");
-    }
-}
-
-impl Backend for Epoll {
-    fn name(&self) -> &'static str {
-        "epoll"
-    }
-
-    fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {
-        out.append(&mut self.done);
-        let paused = self.accept_paused_until.filter(|&t| Instant::now() < t);
-        self.accept_paused_until = paused;
-        let accept_now = paused.is_none() && self.accept_pending.iter().any(|&p| p);
-        let busy = !out.is_empty() || !self.ready.is_empty() || accept_now;
-        let timeout = match paused {
-            _ if busy => Some(Duration::ZERO),
-            Some(until) => {
-                let rest = until.saturating_duration_since(Instant::now());
-                Some(timeout.map_or(rest, |t| t.min(rest)))
-            }
-            None => timeout,
-        };
-        match self.poll.poll(&mut self.events, timeout) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+    /// Notes what the last poll reported: wakes, listeners with connections to accept,
+    /// readable connections (queued to be read) and writable ones (their sends continued).
+    fn take_events(&mut self, out: &mut Vec<Completion>) {
         self.fired.clear();
         self.fired.extend(self.events.iter().map(|e| {
             (
@@ -334,6 +306,41 @@ impl Backend for Epoll {
                 self.continue_send(token);
             }
         }
+    }
+}
+
+fn deregister(registry: &Registry, stream: &mut TcpStream) {
+    if let Err(e) = registry.deregister(stream) {
+        tracing::debug!(error = %e, "deregister failed");
+    }
+}
+
+impl Backend for Epoll {
+    fn name(&self) -> &'static str {
+        "epoll"
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {
+        self.accept.restore_spare();
+        out.append(&mut self.done);
+        let paused = self.accept_paused_until.filter(|&t| Instant::now() < t);
+        self.accept_paused_until = paused;
+        let accept_now = paused.is_none() && self.accept_pending.iter().any(|&p| p);
+        let busy = !out.is_empty() || !self.ready.is_empty() || accept_now;
+        let timeout = match paused {
+            _ if busy => Some(Duration::ZERO),
+            Some(until) => {
+                let rest = until.saturating_duration_since(Instant::now());
+                Some(timeout.map_or(rest, |t| t.min(rest)))
+            }
+            None => timeout,
+        };
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        self.take_events(out);
         if self.accept_paused_until.is_none_or(|t| Instant::now() >= t) {
             self.accept_paused_until = None;
             for i in 0..self.listeners.len() {
@@ -361,6 +368,12 @@ impl Backend for Epoll {
     }
 
     fn attach(&mut self, token: Token, socket: OwnedFd) -> io::Result<()> {
+        if token.slot >= MAX_SLOTS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "connection slot beyond the backend's 24 bits",
+            ));
+        }
         let mut stream = TcpStream::from(socket);
         self.poll.registry().register(
             &mut stream,
@@ -410,8 +423,12 @@ impl Backend for Epoll {
         }
     }
 
-    fn send(&mut self, token: Token, buf: Vec<u8>) {
+    fn send(&mut self, token: Token, mut buf: Vec<u8>) {
         let Some(sock) = self.sock(token) else {
+            // Closed (closing is immediate here) or never attached.
+            buf.clear();
+            let result = Err(io::ErrorKind::NotConnected.into());
+            self.done.push(Completion::Sent { token, buf, result });
             return;
         };
         debug_assert!(sock.sending.is_none(), "one send in flight per connection");

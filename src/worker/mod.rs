@@ -61,6 +61,9 @@ pub struct Refused {
     pub shutting_down: u64,
     /// The backend could not take the socket.
     pub attach_failed: u64,
+    /// Accepted with the backend's spare descriptor while the process had none left
+    /// (`421 4.3.2 Too many connections`).
+    pub out_of_descriptors: u64,
 }
 
 /// A worker's counters, merged by the main thread at exit.
@@ -81,11 +84,13 @@ impl Report {
         self.refused.max_connections += other.refused.max_connections;
         self.refused.shutting_down += other.refused.shutting_down;
         self.refused.attach_failed += other.refused.attach_failed;
+        self.refused.out_of_descriptors += other.refused.out_of_descriptors;
     }
 
     /// Connections refused for any reason.
     pub fn rejected(&self) -> u64 {
-        self.refused.max_connections + self.refused.shutting_down + self.refused.attach_failed
+        let r = &self.refused;
+        r.max_connections + r.shutting_down + r.attach_failed + r.out_of_descriptors
     }
 }
 
@@ -194,6 +199,10 @@ impl<B: Backend> Worker<B> {
     fn complete(&mut self, completion: Completion) {
         match completion {
             Completion::Accepted { socket, peer } => self.accept(socket, peer),
+            Completion::Refused { socket, .. } => {
+                self.refused.out_of_descriptors += 1;
+                self.refuse(socket, Reply::TooManyConnections);
+            }
             Completion::Received { token, result } => self.received(token, result),
             Completion::Sent { token, buf, result } => self.sent(token, buf, result),
             Completion::Closed { token } => self.closed(token),

@@ -21,8 +21,15 @@ thread_local! {
     static BACKEND: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
 }
 
-/// Runs `test` with every server it starts (on this thread) using `backend`.
+/// Runs `test` with every server it starts (on this thread) using `backend`; on uring, skips
+/// it (saying why) where the kernel lacks what that backend uses.
 pub fn on_backend(backend: &'static str, test: fn()) {
+    if backend == "uring" {
+        if let Err(missing) = ringmx::backend::uring::probe() {
+            eprintln!("skipped on uring: io_uring unusable here ({missing})");
+            return;
+        }
+    }
     BACKEND.set(Some(backend));
     test();
 }
