@@ -3,7 +3,10 @@
 //! Postfix keeps its limits as `{name, default, min, max}` table entries; this module does the
 //! same with one macro invocation, so a limit cannot exist without a range and a reason. The
 //! TOML keys are the field names. A value outside its range is refused at start with a message
-//! naming the key, the value and the range (see [`Config::validate`]).
+//! naming the key, the value and the range (see [`ServerConfig::validate`]). The limits come in
+//! two groups, [`ProtoLimits`] (what the session enforces) and [`ServerLimits`] (connections,
+//! buffers, queues, backends); [`limits_table`] is the one table of both for the operator. A
+//! value that reaches the wire is checked for its kind too (the hostname, RFC 5321 §4.1.2).
 
 use serde::Deserialize;
 use std::fmt;

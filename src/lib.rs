@@ -1,9 +1,12 @@
 //! ringmx: a thread-per-core SMTP server for inbound MX frontends.
 //!
-//! `proto` is the sans-IO protocol engine; `config` is the table of limits it and the server
-//! enforce; `backend` is the I/O contract and its epoll implementation; `worker` the per-core
-//! event loop; `spool` the durable message store; `server` starts it all. See ARCHITECTURE.md
-//! for the data path from accept to fsync.
+//! The modules follow a received buffer's path: `backend` (the I/O contract, its io_uring
+//! and epoll implementations, and the choice between them) lends the bytes to `worker` (the
+//! per-core event loop: `conn` feeds them to the session, `store` takes its messages to the
+//! spool), `proto` (the sans-IO session: replies and events out) answers them, and `spool`
+//! (a committer thread per worker, grouped fsync) makes messages durable before their `250`.
+//! `config` is the table of every limit; `wake` the one cross-thread wake-up; `server`
+//! starts it all. See ARCHITECTURE.md.
 
 pub mod backend;
 pub mod config;

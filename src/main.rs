@@ -55,7 +55,8 @@ struct Serve {
     /// Name in the greeting, the EHLO reply and the Received: header. [default: localhost]
     #[arg(long, value_name = "NAME")]
     hostname: Option<String>,
-    /// Connections open at once; more get "421 4.3.2 Too many connections". [default: 10000]
+    /// Connections open at once; more get "421 4.3.2 Too many connections". Lowered at start,
+    /// with a warning, to what the open-files limit can serve. [default: 10000]
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
     /// Largest message in octets, advertised as SIZE. [default: 26214400]

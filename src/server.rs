@@ -163,6 +163,12 @@ pub fn serve(mut config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Re
     }
     let line = stats_line(&report);
     tracing::info!("stopped: {line}");
+    tracing::info!(
+        replies = %nonzero(report.stats.replies_by_name()),
+        non_smtp = %nonzero(report.stats.non_smtp_by_name()),
+        sessions_ended = %nonzero(report.stats.closed_by_name()),
+        "counters"
+    );
     if let Some(path) = stats_file {
         std::fs::write(&path, stats_json(&report) + "\n")
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
@@ -211,6 +217,18 @@ fn stats_line(r: &Report) -> String {
         r.io.reads,
         r.io.writes
     )
+}
+
+/// The counts of a group that are not zero, as `name=count` pairs (`-` if none).
+fn nonzero(pairs: impl Iterator<Item = (&'static str, u64)>) -> String {
+    let mut out = String::new();
+    for (name, count) in pairs.filter(|&(_, n)| n > 0) {
+        let _ = write!(out, "{}{name}={count}", if out.is_empty() { "" } else { "," });
+    }
+    if out.is_empty() {
+        out.push('-');
+    }
+    out
 }
 
 /// The counters as one JSON object, for `--stats-file`: the summary at the top, then every

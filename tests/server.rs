@@ -657,6 +657,48 @@ fn fin_right_after_the_final_dot_commits_the_message() {
     );
 }
 
+/// The stats file counts every reply by kind, every non-SMTP session by class and every
+/// session by why it ended, as the sessions reported them.
+fn the_stats_file_counts_replies_classes_and_close_reasons() {
+    let server = Server::start(&[]);
+    let mut http = server.connect();
+    assert!(http.reply().starts_with("220 "));
+    http.send(b"GET / HTTP/1.1\r\n");
+    assert!(http.reply().starts_with("554 5.5.0 "));
+    assert!(http.read_to_end().is_empty());
+    let mut typo = server.connect();
+    assert!(typo.reply().starts_with("220 "));
+    assert!(typo.cmd("XYZZY").starts_with("500 5.5.1 "));
+    assert!(send_message(&mut typo, 1).starts_with("250 2.0.0 Ok: queued as "));
+    assert!(typo.cmd("QUIT").starts_with("221"));
+    assert!(typo.read_to_end().is_empty());
+    let stopped = server.stop();
+    stopped.assert_clean();
+    let s = &stopped.stats;
+    let expect = [
+        ("replies.greeting", 2),
+        ("replies.unrecognized", 1),
+        ("replies.ehlo", 1),
+        ("replies.mail_ok", 1),
+        ("replies.rcpt_ok", 1),
+        ("replies.start_data", 1),
+        ("replies.queued", 1),
+        ("replies.bye", 1),
+        ("replies.non_smtp", 1),
+        ("non_smtp.http", 1),
+        ("non_smtp.ssh", 0),
+        ("sessions_ended.quit", 1),
+        ("sessions_ended.non_smtp", 1),
+        ("sessions_ended.timeout", 0),
+        ("errors", 1),
+        ("messages", 1),
+        ("accepted", 2),
+    ];
+    for (key, want) in expect {
+        assert_eq!(s.get(key), Some(&want), "{key} in {s:?}");
+    }
+}
+
 /// Every test above that starts a server runs once per backend from the same body (as monoio's
 /// `test_all`): `epoll::NAME` and `uring::NAME`.
 macro_rules! on_both_backends {
@@ -687,6 +729,7 @@ on_both_backends!(
     out_of_descriptors_max_connections_is_lowered_and_the_rest_get_421,
     idle_session_times_out_with_421,
     fin_right_after_the_final_dot_commits_the_message,
+    the_stats_file_counts_replies_classes_and_close_reasons,
     a_second_server_on_the_same_spool_refuses_to_start,
     a_second_server_on_the_same_address_refuses_to_start,
     sighup_and_sigusr1_leave_the_server_serving,
