@@ -1,7 +1,7 @@
 //! `ringmx serve`: checks the configuration, claims the spool and the listen addresses, runs the pinned workers, and stops them on SIGTERM/SIGINT.
 
 use crate::backend::{self, Backend, BackendConfig, WithBackend};
-use crate::config::{ServerConfig, ServerLimits};
+use crate::config::ServerConfig;
 use crate::proto::Settings;
 use crate::spool::{self, IdGen, Spool, SpoolLock};
 use crate::wake::Wake;
@@ -112,7 +112,7 @@ pub fn serve(mut config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Re
         config.listen.len(),
         config.sink,
     )?;
-    let backend_config = backend_config(&config.limits);
+    let backend_config = BackendConfig::from(&config.limits);
     // Held until this function returns, after every committer has finished.
     let _spool_lock = claim_spool(&config)?;
     let (per_worker, bound) = bind_all(&config.listen, workers)?;
@@ -189,20 +189,6 @@ fn claim_spool(config: &ServerConfig) -> Result<Option<SpoolLock>, String> {
         tracing::warn!(removed, spool = %config.spool.display(), "removed uncommitted files");
     }
     Ok(Some(lock))
-}
-
-/// What the backends are built with, from the configured limits.
-fn backend_config(limits: &ServerLimits) -> BackendConfig {
-    BackendConfig {
-        read_budget: limits.read_budget,
-        recv_buffer_size: limits.input_buffer,
-        slot_reserve: limits.max_connections.min(1 << 16),
-        uring_entries: limits.uring_entries,
-        uring_sqpoll: limits.uring_sqpoll,
-        uring_buffers: limits.uring_buffers,
-        uring_buffer_size: limits.uring_buffer_size,
-        uring_min_wait_us: limits.uring_min_wait_us,
-    }
 }
 
 /// The summary counters as `key=value` pairs, for the exit log line.

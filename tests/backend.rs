@@ -7,7 +7,7 @@
 //! are in this process, which still has descriptors to spare.
 
 use ringmx::backend::{choose, open, Backend, BackendConfig, Completion, WithBackend};
-use ringmx::config::BackendKind;
+use ringmx::config::{BackendKind, ServerLimits};
 use std::io::{BufRead, BufReader, Read};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
@@ -91,16 +91,7 @@ fn child() {
         let _ = std::io::stdin().read_to_end(&mut Vec::new());
         stop2.store(true, Ordering::Relaxed);
     });
-    let config = BackendConfig {
-        read_budget: 65536,
-        recv_buffer_size: 16384,
-        slot_reserve: 16,
-        uring_entries: 64,
-        uring_sqpoll: false,
-        uring_buffers: 16,
-        uring_buffer_size: 4096,
-        uring_min_wait_us: 0,
-    };
+    let config = BackendConfig::from(&ServerLimits::default());
     let (refused, accepted) = open(choice, vec![listener], &config, Serve { stop }).unwrap();
     println!("refused {refused} accepted {accepted}");
 }

@@ -6,7 +6,7 @@
 //! are attempted at once; what the socket does not take waits for a writable edge.
 
 use super::accept::{self, AcceptPolicy, Verdict};
-use super::{Backend, BackendConfig, Completion, IoStats, Token, Wake, MAX_SLOTS, RESERVED_GENERATION};
+use super::{Backend, BackendConfig, Completion, IoStats, Token, Wake, RESERVED_GENERATION};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Waker};
 use std::io::{self, Write};
@@ -368,12 +368,7 @@ impl Backend for Epoll {
     }
 
     fn attach(&mut self, token: Token, socket: OwnedFd) -> io::Result<()> {
-        if token.slot >= MAX_SLOTS {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "connection slot beyond the backend's 24 bits",
-            ));
-        }
+        super::check_slot(token)?;
         let mut stream = TcpStream::from(socket);
         self.poll.registry().register(
             &mut stream,

@@ -72,6 +72,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::ServerLimits;
 pub use crate::wake::Wake;
 
 /// A generation the worker never gives a connection, free for a backend's own tokens
@@ -105,6 +106,34 @@ pub struct BackendConfig {
     /// with room complete during the submission, and without this their completions alone
     /// would end the wait, costing a second enter per turn to sleep for the next input.
     pub uring_min_wait_us: u32,
+}
+
+impl From<&ServerLimits> for BackendConfig {
+    /// The operator's limits, as the backends take them.
+    fn from(limits: &ServerLimits) -> BackendConfig {
+        BackendConfig {
+            read_budget: limits.read_budget,
+            recv_buffer_size: limits.input_buffer,
+            slot_reserve: limits.max_connections.min(1 << 16),
+            uring_entries: limits.uring_entries,
+            uring_sqpoll: limits.uring_sqpoll,
+            uring_buffers: limits.uring_buffers,
+            uring_buffer_size: limits.uring_buffer_size,
+            uring_min_wait_us: limits.uring_min_wait_us,
+        }
+    }
+}
+
+/// Refuses a slot the token encoding cannot carry (see the contract); both backends' `attach`
+/// start with it.
+pub(crate) fn check_slot(token: Token) -> io::Result<()> {
+    if token.slot >= MAX_SLOTS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "connection slot beyond the backend's 24 bits",
+        ));
+    }
+    Ok(())
 }
 
 /// A connection's name: the worker's slot index and that slot's generation.

@@ -8,14 +8,11 @@ use std::time::Instant;
 
 fn config() -> BackendConfig {
     BackendConfig {
-        read_budget: 65536,
-        recv_buffer_size: 16384,
         slot_reserve: 16,
         uring_entries: 64,
-        uring_sqpoll: false,
         uring_buffers: 16,
         uring_buffer_size: 4096,
-        uring_min_wait_us: 0,
+        ..BackendConfig::from(&crate::config::ServerLimits::default())
     }
 }
 

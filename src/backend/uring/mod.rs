@@ -499,12 +499,7 @@ impl Backend for Uring {
     }
 
     fn attach(&mut self, token: Token, socket: OwnedFd) -> io::Result<()> {
-        if token.slot >= MAX_SLOTS {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "connection slot beyond the backend's 24 bits",
-            ));
-        }
+        crate::backend::check_slot(token)?;
         let slot = token.slot as usize;
         if self.conns.len() <= slot {
             self.conns.resize_with(slot + 1, || None);
