@@ -62,8 +62,10 @@ PID=
 
 JSON=$(find "$TMP/spool" -maxdepth 1 -type f -name '*.json' | wc -l)
 EML=$(find "$TMP/spool" -maxdepth 1 -type f -name '*.eml' | wc -l)
-# Anything else, including anything left in tmp/, is an uncommitted leftover.
-OTHER=$(find "$TMP/spool" -type f | grep -cvE "^$TMP/spool/[^/]+\.(json|eml)\$" || true)
+# Anything else but the spool's lock file, including anything left in tmp/, is an
+# uncommitted leftover.
+OTHER=$(find "$TMP/spool" -type f ! -path "$TMP/spool/ringmx.lock" \
+    | grep -cvE "^$TMP/spool/[^/]+\.(json|eml)\$" || true)
 [ "$JSON" -eq 2 ] && [ "$EML" -eq 2 ] && [ "$OTHER" -eq 0 ] \
     || fail "spool holds $JSON .json, $EML .eml and $OTHER other files; expected 2, 2, 0"
 grep -l 'sent by swaks with PIPELINING' "$TMP"/spool/*.eml >/dev/null || fail "swaks message missing"
