@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::vocab::{Class, Pipelining, CLASSES};
+use crate::vocab::{Class, Pipelining, TlsMode, CLASSES};
 
 /// SMTP load generator for ringmx: scripted sessions with every reply checked.
 #[derive(Parser, Debug, Clone)]
@@ -83,6 +83,31 @@ pub struct Args {
     /// Error budget for --sweep, percent of sessions with any error.
     #[arg(long, default_value = "0.1")]
     pub error_budget: f64,
+    /// TLS: STARTTLS after the first EHLO (RFC 3207) or implicit TLS from the connect (RFC 8314).
+    #[arg(long, value_enum)]
+    pub tls: Option<TlsMode>,
+    /// PEM file of the CA(s) the server's certificate must chain to.
+    #[arg(long, requires = "tls", conflicts_with = "tls_insecure")]
+    pub tls_ca: Option<PathBuf>,
+    /// Do not verify the server's certificate at all.
+    #[arg(long, requires = "tls")]
+    pub tls_insecure: bool,
+    /// Server name to send (SNI) and verify the certificate against (default: the target's host).
+    #[arg(long, requires = "tls")]
+    pub tls_sni: Option<String>,
+    /// Resume TLS sessions (tickets or session ids) across each thread's connections.
+    #[arg(long, requires = "tls")]
+    pub tls_resume: bool,
+}
+
+/// TLS settings of a run (`--tls*`).
+#[derive(Debug, Clone)]
+pub struct TlsOpts {
+    pub mode: TlsMode,
+    /// `None`: `--tls-insecure`.
+    pub ca: Option<PathBuf>,
+    pub server_name: String,
+    pub resume: bool,
 }
 
 /// Source addresses to bind before connecting.
@@ -122,6 +147,7 @@ pub struct Config {
     pub messages_per_session: u32,
     pub timeout: Duration,
     pub seed: u64,
+    pub tls: Option<TlsOpts>,
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -324,6 +350,10 @@ impl Args {
         if self.sessions == Some(0) {
             return Err("--sessions must be at least 1".into());
         }
+        let tls = self.tls_opts()?;
+        if self.mix.0[Class::Starttls as usize] > 0 && self.tls != Some(TlsMode::Starttls) {
+            return Err("the starttls class needs --tls starttls".into());
+        }
         Ok(Config {
             target,
             target_text: self.target,
@@ -344,7 +374,26 @@ impl Args {
             messages_per_session: self.messages_per_session,
             timeout: self.timeout,
             seed: self.seed,
+            tls,
         })
+    }
+
+    /// The `--tls*` flags checked: a mode needs a way to judge the certificate.
+    fn tls_opts(&self) -> Result<Option<TlsOpts>, String> {
+        let Some(mode) = self.tls else { return Ok(None) };
+        if self.tls_ca.is_none() && !self.tls_insecure {
+            return Err("--tls needs --tls-ca FILE or --tls-insecure".into());
+        }
+        let host = match self.target.rsplit_once(':') {
+            Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
+            None => self.target.as_str(),
+        };
+        Ok(Some(TlsOpts {
+            mode,
+            ca: self.tls_ca.clone(),
+            server_name: self.tls_sni.clone().unwrap_or_else(|| host.to_string()),
+            resume: self.tls_resume,
+        }))
     }
 }
 

@@ -24,7 +24,8 @@ use ringmx_loadgen::reply::{ehlo_caps, parse_reply, Caps, Parse, Reply};
 use crate::cli::Config;
 use crate::script::{self, Cmd, Corpus, Expect, Piece, Rng, ScriptOpts, SessionKind};
 use crate::stats::{Counters, PhaseHists};
-use crate::vocab::{Class, Phase, Step, CLASSES, STEP_COUNT};
+use crate::tls;
+use crate::vocab::{Class, Phase, Step, TlsMode, CLASSES, STEP_COUNT};
 
 /// Transcripts saved per class and step (the first few are enough to debug a server).
 pub const TRANSCRIPTS_PER_STEP: u32 = 5;
@@ -36,6 +37,9 @@ const TRANSCRIPT_PIECE: usize = 240;
 const INBUF: usize = 8192;
 /// Most pieces in one write: MAIL + 100 RCPT (the --rcpts cap) + DATA/BDAT, with room.
 const MAX_IOV: usize = 128;
+/// Plaintext handed to rustls at a time: one TLS record's worth, so its send buffer stays
+/// bounded however large the message.
+const TLS_CHUNK: usize = 16 * 1024;
 
 /// State shared by all workers of one run.
 pub struct Shared {
@@ -79,6 +83,8 @@ enum Failure {
     Timeout,
     Reset,
     Refused,
+    /// The TLS handshake failed or the TLS layer broke.
+    Tls,
     /// Still running when the run's drain time ran out: not the server's fault.
     Aborted,
 }
@@ -106,9 +112,30 @@ struct Conn {
     batch_at: Instant,
     deadline: Instant,
     transcript: Vec<u8>,
+    /// The session's TLS layer once started; the script waits while it handshakes.
+    tls: Option<rustls::ClientConnection>,
+    handshaking: bool,
+    tls_at: Instant,
 }
 
 impl Conn {
+    /// Free the consumed head of the reply buffer, or grow it when a reply fills it.
+    fn make_room(&mut self) {
+        if self.in_head == self.in_len {
+            self.in_head = 0;
+            self.in_len = 0;
+        } else if self.in_len == self.inbuf.len() {
+            if self.in_head > 0 {
+                self.inbuf.copy_within(self.in_head..self.in_len, 0);
+                self.in_len -= self.in_head;
+                self.in_head = 0;
+            } else {
+                let l = self.inbuf.len();
+                self.inbuf.resize(l * 2, 0);
+            }
+        }
+    }
+
     fn new(now: Instant) -> Conn {
         Conn {
             stream: None,
@@ -133,6 +160,9 @@ impl Conn {
             batch_at: now,
             deadline: now,
             transcript: Vec::new(),
+            tls: None,
+            handshaking: false,
+            tls_at: now,
         }
     }
 }
@@ -229,12 +259,17 @@ struct Worker {
     caps_reported: bool,
     source_next: usize,
     record: bool,
+    tls: Option<tls::Client>,
 }
 
 pub fn run_worker(id: usize, shared: Arc<Shared>, slots: usize, tx: Sender<Report>) -> io::Result<()> {
     let now = Instant::now();
     let cfg = &shared.cfg;
     let open_loop = cfg.rate.is_some();
+    let tls = match &cfg.tls {
+        Some(o) => Some(tls::Client::new(o).map_err(io::Error::other)?),
+        None => None,
+    };
     let mut w = Worker {
         id,
         poll: Poll::new()?,
@@ -255,6 +290,7 @@ pub fn run_worker(id: usize, shared: Arc<Shared>, slots: usize, tx: Sender<Repor
         caps_reported: false,
         source_next: id,
         record: shared.mismatch_dir.is_some(),
+        tls,
         shared,
     };
     w.run(&tx)
@@ -371,10 +407,7 @@ impl Worker {
             {
                 self.on_readable(slot, now, ev.is_read_closed() || ev.is_error());
             }
-            if self.conns[slot].state == State::Running
-                && ev.is_writable()
-                && self.conns[slot].written < self.conns[slot].batch_len
-            {
+            if self.conns[slot].state == State::Running && ev.is_writable() && self.wants_flush(slot) {
                 self.flush(slot, now);
             }
         }
@@ -457,6 +490,8 @@ impl Worker {
         c.lag_us = micros(now.saturating_duration_since(intended));
         c.deadline = now + timeout;
         c.transcript.clear();
+        c.tls = None;
+        c.handshaking = false;
         c.state = State::Connecting;
         match self.open_socket() {
             Ok(mut s) => {
@@ -507,8 +542,19 @@ impl Worker {
         let (lag, up) = (c.lag_us, micros(now - c.started));
         c.state = State::Running;
         self.record(Phase::Connect, up, lag);
-        // The banner is the first "command": nothing to send, a 220 to wait for.
-        self.next_batch(slot, now);
+        if self
+            .shared
+            .cfg
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.mode == TlsMode::Implicit)
+        {
+            // RFC 8314 3.3: the handshake comes first; the banner waits for it.
+            self.start_tls(slot, now);
+        } else {
+            // The banner is the first "command": nothing to send, a 220 to wait for.
+            self.next_batch(slot, now);
+        }
     }
 
     /// Write the next group of commands: up to and including the next one marked `flush`.
@@ -544,6 +590,10 @@ impl Worker {
 
     /// Write as much of the current batch as the socket takes, in one writev.
     fn flush(&mut self, slot: usize, now: Instant) {
+        if self.conns[slot].tls.is_some() {
+            self.flush_tls(slot, now);
+            return;
+        }
         let corpus = Arc::clone(&self.shared.corpus);
         loop {
             let c = &mut self.conns[slot];
@@ -600,24 +650,16 @@ impl Worker {
     /// Read and check replies. `closing`: the event also reported the peer's FIN, which
     /// will not be signalled again, so read until EOF rather than stopping at a short read.
     fn on_readable(&mut self, slot: usize, now: Instant, closing: bool) {
+        if self.conns[slot].tls.is_some() {
+            self.on_readable_tls(slot, now);
+            return;
+        }
         loop {
             let c = &mut self.conns[slot];
+            c.make_room();
             let Some(stream) = c.stream.as_mut() else {
                 return;
             };
-            if c.in_head == c.in_len {
-                c.in_head = 0;
-                c.in_len = 0;
-            } else if c.in_len == c.inbuf.len() {
-                if c.in_head > 0 {
-                    c.inbuf.copy_within(c.in_head..c.in_len, 0);
-                    c.in_len -= c.in_head;
-                    c.in_head = 0;
-                } else {
-                    let l = c.inbuf.len();
-                    c.inbuf.resize(l * 2, 0);
-                }
-            }
             let room = c.inbuf.len() - c.in_len;
             match stream.read(&mut c.inbuf[c.in_len..]) {
                 Ok(0) => {
@@ -629,6 +671,11 @@ impl Worker {
                     c.in_len += n;
                     self.counters.bytes_received += n as u64;
                     if !self.process_replies(slot, now) {
+                        return;
+                    }
+                    if self.conns[slot].tls.is_some() {
+                        // A 220 to STARTTLS: what follows is the server's handshake.
+                        self.on_readable_tls(slot, now);
                         return;
                     }
                     // Edge-triggered: a short read means the socket buffer is drained
@@ -683,11 +730,16 @@ impl Worker {
             if !self.reply_matches(slot, cmd, reply, now) {
                 return false;
             }
-            self.accept(slot, cmd, reply_start..reply_start + reply.len, now);
+            if !self.accept(slot, cmd, reply_start..reply_start + reply.len, now) {
+                return false;
+            }
             let c = &self.conns[slot];
             if c.acked == c.plan.len() {
                 self.end_session(slot, None, now);
                 return false;
+            }
+            if c.handshaking {
+                return true;
             }
             if c.acked == c.sent {
                 self.next_batch(slot, now);
@@ -732,8 +784,9 @@ impl Worker {
     }
 
     /// Count and time the expected reply to `cmd`, in `inbuf[reply]`; the EHLO reply's
-    /// extensions decide the rest of the script.
-    fn accept(&mut self, slot: usize, cmd: Cmd, reply: Range<usize>, now: Instant) {
+    /// extensions decide the rest of the script, a 220 to STARTTLS starts the handshake.
+    /// Returns false once the session has ended.
+    fn accept(&mut self, slot: usize, cmd: Cmd, reply: Range<usize>, now: Instant) -> bool {
         let c = &mut self.conns[slot];
         c.acked += 1;
         c.deadline = now + self.shared.cfg.timeout;
@@ -747,12 +800,48 @@ impl Worker {
         if let Some(p) = cmd.phase {
             self.record(p, took, lag);
         }
-        if cmd.step == Step::Ehlo {
-            let c = &mut self.conns[slot];
-            c.caps = ehlo_caps(&c.inbuf[reply]);
-            self.caps_seen.get_or_insert(c.caps);
-            script::after_ehlo(c.kind, c.caps, &self.opts, &mut self.rng, &mut c.plan);
+        if cmd.step == Step::Starttls {
+            if self.conns[slot].in_head < self.conns[slot].in_len {
+                // RFC 3207 4: nothing may follow the 220 in plaintext.
+                self.mismatch(slot, Step::Starttls, "plaintext after the 220 to STARTTLS", now);
+                return false;
+            }
+            self.start_tls(slot, now);
         }
+        if cmd.step == Step::Ehlo {
+            return self.after_ehlo(slot, reply, now);
+        }
+        true
+    }
+
+    /// The EHLO reply's extensions decide the rest of the script: STARTTLS first when
+    /// `--tls starttls` and not yet in TLS, else the class's commands.
+    fn after_ehlo(&mut self, slot: usize, reply: Range<usize>, now: Instant) -> bool {
+        let starttls = self
+            .shared
+            .cfg
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.mode == TlsMode::Starttls);
+        let c = &mut self.conns[slot];
+        c.caps = ehlo_caps(&c.inbuf[reply]);
+        let (in_tls, offered) = (c.tls.is_some(), c.caps.starttls);
+        if starttls && !in_tls {
+            if !offered {
+                self.mismatch(slot, Step::Ehlo, "STARTTLS not offered", now);
+                return false;
+            }
+            script::starttls(c.kind, &mut c.plan);
+            return true;
+        }
+        if in_tls && offered && starttls {
+            // RFC 3207 4.2: a server must not offer STARTTLS again once in TLS.
+            self.mismatch(slot, Step::Ehlo, "STARTTLS offered again inside TLS", now);
+            return false;
+        }
+        self.caps_seen.get_or_insert(c.caps);
+        script::after_ehlo(c.kind, c.caps, &self.opts, &mut self.rng, &mut c.plan);
+        true
     }
 
     fn expire(&mut self, now: Instant) {
@@ -827,9 +916,177 @@ impl Worker {
             Some(Failure::Timeout) => cc.timeout += 1,
             Some(Failure::Reset) => cc.reset += 1,
             Some(Failure::Refused) => cc.refused += 1,
+            Some(Failure::Tls) => cc.tls += 1,
             Some(Failure::Aborted) => cc.aborted += 1,
         }
         self.free.push(slot);
+    }
+}
+
+/// The TLS side of a session: rustls between the socket and the script.
+impl Worker {
+    /// Whether a writable socket has something to take: the batch's rest or TLS records.
+    fn wants_flush(&self, slot: usize) -> bool {
+        let c = &self.conns[slot];
+        c.written < c.batch_len || c.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
+
+    /// Begin the handshake: the ClientHello goes out now, the script waits for its end.
+    fn start_tls(&mut self, slot: usize, now: Instant) {
+        let Some(client) = &self.tls else { return };
+        match client.connect() {
+            Ok(t) => {
+                let c = &mut self.conns[slot];
+                c.tls = Some(t);
+                c.handshaking = true;
+                c.tls_at = now;
+                c.deadline = now + self.shared.cfg.timeout;
+                self.flush_tls(slot, now);
+            }
+            Err(_) => self.end_session(slot, Some(Failure::Tls), now),
+        }
+    }
+
+    /// Hand the batch's plaintext to rustls up to a record's worth at a time and write the
+    /// records, until both are done or the socket is full.
+    fn flush_tls(&mut self, slot: usize, now: Instant) {
+        let corpus = Arc::clone(&self.shared.corpus);
+        loop {
+            let c = &mut self.conns[slot];
+            let (Some(stream), Some(tls)) = (c.stream.as_mut(), c.tls.as_mut()) else {
+                return;
+            };
+            match tls::push(tls, stream) {
+                Ok(n) => self.counters.bytes_sent += n as u64,
+                Err(e) => {
+                    let ok = is_reset(&e) && self.close_expected(slot);
+                    self.end_session(slot, if ok { None } else { Some(Failure::Reset) }, now);
+                    return;
+                }
+            }
+            if tls.wants_write() || c.handshaking || c.written >= c.batch_len {
+                return;
+            }
+            let mut skip = c.written;
+            let mut fed = 0;
+            for cmd in &c.plan[c.batch..c.sent] {
+                let b = corpus.bytes(cmd.piece);
+                if skip >= b.len() {
+                    skip -= b.len();
+                    continue;
+                }
+                let end = (skip + TLS_CHUNK - fed).min(b.len());
+                match tls.writer().write(&b[skip..end]) {
+                    Ok(k) => fed += k,
+                    Err(_) => break,
+                }
+                skip = 0;
+                if fed >= TLS_CHUNK || end < b.len() {
+                    break;
+                }
+            }
+            c.written += fed;
+        }
+    }
+
+    /// Read TLS records until the socket is drained, checking the replies inside them.
+    fn on_readable_tls(&mut self, slot: usize, now: Instant) {
+        loop {
+            let c = &mut self.conns[slot];
+            let (Some(stream), Some(tls)) = (c.stream.as_mut(), c.tls.as_mut()) else {
+                return;
+            };
+            let pulled = match tls::pull(tls, stream) {
+                Ok(p) => p,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    let ok = is_reset(&e) && self.close_expected(slot);
+                    self.end_session(slot, if ok { None } else { Some(Failure::Reset) }, now);
+                    return;
+                }
+            };
+            self.counters.bytes_received += pulled.octets as u64;
+            if let Err(e) = tls.process_new_packets() {
+                // Best effort: tell the server why (the alert rustls queued).
+                let _ = tls::push(tls, stream);
+                self.tls_failed(slot, &e, now);
+                return;
+            }
+            if c.handshaking && !tls.is_handshaking() && !self.handshake_done(slot, now) {
+                return;
+            }
+            if !self.drain_plaintext(slot, now) {
+                return;
+            }
+            if pulled.eof {
+                let ok = self.close_expected(slot);
+                self.end_session(slot, if ok { None } else { Some(Failure::Reset) }, now);
+                return;
+            }
+            if self.wants_flush(slot) {
+                self.flush_tls(slot, now);
+            }
+        }
+    }
+
+    /// Move decrypted replies into the reply buffer and check them. False once ended.
+    fn drain_plaintext(&mut self, slot: usize, now: Instant) -> bool {
+        loop {
+            let c = &mut self.conns[slot];
+            c.make_room();
+            let Some(tls) = c.tls.as_mut() else {
+                return c.state == State::Running;
+            };
+            match tls.reader().read(&mut c.inbuf[c.in_len..]) {
+                // The server's close_notify: it ended the session.
+                Ok(0) => {
+                    let ok = self.close_expected(slot);
+                    self.end_session(slot, if ok { None } else { Some(Failure::Reset) }, now);
+                    return false;
+                }
+                Ok(n) => {
+                    c.in_len += n;
+                    if !self.process_replies(slot, now) {
+                        return false;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(_) => {
+                    self.end_session(slot, Some(Failure::Reset), now);
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// The handshake completed: time and count it, then the script goes on (the banner
+    /// in implicit TLS, EHLO after STARTTLS). False once the session has ended.
+    fn handshake_done(&mut self, slot: usize, now: Instant) -> bool {
+        let c = &mut self.conns[slot];
+        c.handshaking = false;
+        let kind = c.tls.as_ref().and_then(|t| t.handshake_kind());
+        let (lag, took) = (c.lag_us, micros(now - c.tls_at));
+        self.counters.tls_handshakes += 1;
+        self.counters.tls_resumed += u64::from(kind == Some(rustls::HandshakeKind::Resumed));
+        self.record(Phase::Tls, took, lag);
+        self.next_batch(slot, now);
+        self.conns[slot].state == State::Running
+    }
+
+    /// A TLS error ends the session as a TLS failure, except where it shows the server
+    /// answered the starttls class's pipelined command in plaintext (not a TLS record).
+    fn tls_failed(&mut self, slot: usize, e: &rustls::Error, now: Instant) {
+        let c = &self.conns[slot];
+        if c.kind.class == Class::Starttls && c.handshaking && matches!(e, rustls::Error::InvalidMessage(_)) {
+            self.mismatch(
+                slot,
+                Step::Starttls,
+                "non-TLS data after the 220 to STARTTLS",
+                now,
+            );
+        } else {
+            self.end_session(slot, Some(Failure::Tls), now);
+        }
     }
 }
 

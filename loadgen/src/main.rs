@@ -22,6 +22,7 @@ mod report;
 mod script;
 mod stats;
 mod sweep;
+mod tls;
 mod vocab;
 
 use std::path::Path;
@@ -54,6 +55,11 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // A bad --tls-ca or server name is the user's mistake: say so before any session runs.
+    if let Some(e) = cfg.tls.as_ref().and_then(|t| tls::Client::new(t).err()) {
+        eprintln!("ringmx-loadgen: {e}");
+        std::process::exit(2);
+    }
     let result = prepare_out(&cfg).and_then(|()| {
         let corpus = Arc::new(Corpus::new(cfg.msg_size, cfg.seed));
         match sweep {

@@ -117,6 +117,7 @@ pub struct Caps {
     pub pipelining: bool,
     pub chunking: bool,
     pub enhancedstatuscodes: bool,
+    pub starttls: bool,
 }
 
 /// Scan a complete EHLO reply for the keywords we care about.
@@ -134,6 +135,8 @@ pub fn ehlo_caps(reply: &[u8]) -> Caps {
             caps.chunking = true;
         } else if kw.eq_ignore_ascii_case(b"ENHANCEDSTATUSCODES") {
             caps.enhancedstatuscodes = true;
+        } else if kw.eq_ignore_ascii_case(b"STARTTLS") {
+            caps.starttls = true;
         }
     }
     caps

@@ -10,7 +10,7 @@ use ringmx_loadgen::reply::Caps;
 
 use crate::cli::Config;
 use crate::stats::{ClassCounters, Collected, IntervalRow, PhaseHists, SIGFIG};
-use crate::vocab::{step_name, CLASSES, PHASES, STEP_COUNT};
+use crate::vocab::{step_name, TlsMode, CLASSES, PHASES, STEP_COUNT};
 
 #[derive(Debug, Serialize, Clone, Copy)]
 pub struct Latency {
@@ -67,7 +67,20 @@ pub struct Errors {
     pub timeout: u64,
     pub reset: u64,
     pub refused: u64,
+    pub tls: u64,
     pub total: u64,
+}
+
+/// How sessions used TLS; `null` in summary.json without `--tls`.
+#[derive(Debug, Serialize)]
+pub struct TlsSummary {
+    pub mode: TlsMode,
+    /// Certificates were not checked (`--tls-insecure`).
+    pub insecure: bool,
+    pub resume: bool,
+    /// Handshakes completed, and how many of them resumed an earlier session.
+    pub handshakes: u64,
+    pub resumed: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -99,6 +112,7 @@ pub struct Summary {
     pub throughput: Throughput,
     pub errors: Errors,
     pub enhanced_missing: u64,
+    pub tls: Option<TlsSummary>,
     pub classes: BTreeMap<&'static str, ClassCounters>,
     pub mismatches: Vec<MismatchRow>,
     pub latency_us: BTreeMap<&'static str, Latency>,
@@ -168,9 +182,17 @@ impl Summary {
                 timeout: t.timeout,
                 reset: t.reset,
                 refused: t.refused,
+                tls: t.tls,
                 total: errors,
             },
             enhanced_missing: c.counters.enhanced_missing,
+            tls: cfg.tls.as_ref().map(|o| TlsSummary {
+                mode: o.mode,
+                insecure: o.ca.is_none(),
+                resume: o.resume,
+                handshakes: c.counters.tls_handshakes,
+                resumed: c.counters.tls_resumed,
+            }),
             classes: CLASSES
                 .iter()
                 .map(|k| (k.name(), c.counters.class[*k as usize]))
@@ -272,9 +294,23 @@ impl Summary {
         let e = &self.errors;
         let _ = writeln!(
             s,
-            "errors: {} mismatch, {} timeout, {} reset, {} refused; {} replies lacked an enhanced code",
-            e.mismatch, e.timeout, e.reset, e.refused, self.enhanced_missing
+            "errors: {} mismatch, {} timeout, {} reset, {} refused, {} tls; {} replies lacked an enhanced code",
+            e.mismatch, e.timeout, e.reset, e.refused, e.tls, self.enhanced_missing
         );
+        if let Some(t) = &self.tls {
+            let _ = writeln!(
+                s,
+                "tls: {:?}, {} handshakes, {} resumed{}",
+                t.mode,
+                t.handshakes,
+                t.resumed,
+                if t.insecure {
+                    ", certificates NOT verified (--tls-insecure)"
+                } else {
+                    ""
+                }
+            );
+        }
     }
 
     /// Outcomes per class that ran, and mismatches by class and step.

@@ -59,6 +59,9 @@ pub enum Piece {
     LongBody,
     Nonsmtp(u8),
     BadMail,
+    Starttls,
+    /// `STARTTLS` with a `NOOP` pipelined behind it in the same write (CVE-2011-0411 probe).
+    StarttlsNoop,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,6 +264,8 @@ impl Corpus {
             Piece::LongBody => &self.long_body,
             Piece::Nonsmtp(i) => &self.nonsmtp[usize::from(i)],
             Piece::BadMail => b"MAIL FROM:<a@b\r\n",
+            Piece::Starttls => b"STARTTLS\r\n",
+            Piece::StarttlsNoop => b"STARTTLS\r\nNOOP\r\n",
         }
     }
 
@@ -479,9 +484,25 @@ pub fn after_ehlo(kind: SessionKind, caps: Caps, o: &ScriptOpts, rng: &mut Rng, 
             plan.push(cmd(Piece::Mail, Expect::Code(250), Step::Mail, Some(Phase::Mail)));
             plan.push(cmd(Piece::Rset, Expect::Code(250), Step::Rset, None));
         }
+        // Its check happened during STARTTLS; inside TLS only the EHLO (checked by the
+        // engine for a second STARTTLS offer) and QUIT remain.
+        Class::Starttls => {}
         Class::Nonsmtp => unreachable!("nonsmtp sessions end before EHLO"),
     }
     plan.push(quit());
+}
+
+/// `--tls starttls`, after the first EHLO: STARTTLS `220`, then (after the handshake) EHLO
+/// again (RFC 3207 4.2: the server forgets what it knew). The starttls class pipelines a
+/// NOOP behind STARTTLS that a correct server discards unanswered.
+pub fn starttls(kind: SessionKind, plan: &mut Vec<Cmd>) {
+    let piece = if kind.class == Class::Starttls {
+        Piece::StarttlsNoop
+    } else {
+        Piece::Starttls
+    };
+    plan.push(cmd(piece, Expect::Code(220), Step::Starttls, None));
+    plan.push(cmd(Piece::Ehlo, Expect::Code(250), Step::Ehlo, Some(Phase::Ehlo)));
 }
 
 #[cfg(test)]
@@ -582,6 +603,7 @@ mod tests {
             pipelining: true,
             chunking: true,
             enhancedstatuscodes: true,
+            starttls: false,
         };
         after_ehlo(kind, caps, &o, &mut Rng::new(1), &mut plan);
         assert!(plan.iter().any(|c| c.step == Step::Bdat));

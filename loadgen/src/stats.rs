@@ -40,6 +40,8 @@ pub struct ClassCounters {
     pub timeout: u64,
     pub reset: u64,
     pub refused: u64,
+    /// TLS handshake failed or the TLS layer broke (bad certificate, alert, garbage).
+    pub tls: u64,
     pub aborted: u64,
 }
 
@@ -51,6 +53,9 @@ pub struct Counters {
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub enhanced_missing: u64,
+    pub tls_handshakes: u64,
+    /// Handshakes that resumed an earlier session (`--tls-resume`).
+    pub tls_resumed: u64,
     pub class: [ClassCounters; CLASSES.len()],
     /// Mismatches by class and step.
     pub mismatch_steps: [[u64; STEP_COUNT]; CLASSES.len()],
@@ -65,6 +70,8 @@ impl Default for Counters {
             bytes_sent: 0,
             bytes_received: 0,
             enhanced_missing: 0,
+            tls_handshakes: 0,
+            tls_resumed: 0,
             class: [ClassCounters::default(); CLASSES.len()],
             mismatch_steps: [[0; STEP_COUNT]; CLASSES.len()],
         }
@@ -79,6 +86,8 @@ impl Counters {
         self.bytes_sent += o.bytes_sent;
         self.bytes_received += o.bytes_received;
         self.enhanced_missing += o.enhanced_missing;
+        self.tls_handshakes += o.tls_handshakes;
+        self.tls_resumed += o.tls_resumed;
         for (a, b) in self.class.iter_mut().zip(&o.class) {
             a.sessions += b.sessions;
             a.ok += b.ok;
@@ -86,6 +95,7 @@ impl Counters {
             a.timeout += b.timeout;
             a.reset += b.reset;
             a.refused += b.refused;
+            a.tls += b.tls;
             a.aborted += b.aborted;
         }
         for (a, b) in self.mismatch_steps.iter_mut().zip(&o.mismatch_steps) {
@@ -105,6 +115,7 @@ impl Counters {
             t.timeout += c.timeout;
             t.reset += c.reset;
             t.refused += c.refused;
+            t.tls += c.tls;
             t.aborted += c.aborted;
         }
         t
@@ -113,7 +124,7 @@ impl Counters {
     /// Sessions that ended with an error (aborted-at-end sessions are not errors).
     pub fn errors(&self) -> u64 {
         let t = self.total();
-        t.mismatch + t.timeout + t.reset + t.refused
+        t.mismatch + t.timeout + t.reset + t.refused + t.tls
     }
 }
 

@@ -16,9 +16,10 @@ pub enum Class {
     Badseq,
     Unimpl,
     Badparam,
+    Starttls,
 }
 
-pub const CLASSES: [Class; 7] = [
+pub const CLASSES: [Class; 8] = [
     Class::Valid,
     Class::Typo,
     Class::Overlong,
@@ -26,6 +27,7 @@ pub const CLASSES: [Class; 7] = [
     Class::Badseq,
     Class::Unimpl,
     Class::Badparam,
+    Class::Starttls,
 ];
 
 impl Class {
@@ -38,6 +40,7 @@ impl Class {
             Class::Badseq => "badseq",
             Class::Unimpl => "unimpl",
             Class::Badparam => "badparam",
+            Class::Starttls => "starttls",
         }
     }
 
@@ -51,6 +54,8 @@ impl Class {
 #[repr(u8)]
 pub enum Phase {
     Connect,
+    /// First ClientHello octet to handshake complete (`--tls`).
+    Tls,
     Banner,
     Ehlo,
     Mail,
@@ -61,8 +66,9 @@ pub enum Phase {
     Session,
 }
 
-pub const PHASES: [Phase; 9] = [
+pub const PHASES: [Phase; 10] = [
     Phase::Connect,
+    Phase::Tls,
     Phase::Banner,
     Phase::Ehlo,
     Phase::Mail,
@@ -76,7 +82,7 @@ pub const PHASES: [Phase; 9] = [
 impl Phase {
     pub fn name(self) -> &'static str {
         [
-            "connect", "banner", "ehlo", "mail", "rcpt", "data", "eod", "quit", "session",
+            "connect", "tls", "banner", "ehlo", "mail", "rcpt", "data", "eod", "quit", "session",
         ][self as usize]
     }
 }
@@ -111,9 +117,10 @@ pub enum Step {
     Expn,
     Turn,
     BadMail,
+    Starttls,
 }
 
-pub const STEP_COUNT: usize = Step::BadMail as usize + 1;
+pub const STEP_COUNT: usize = Step::Starttls as usize + 1;
 
 impl Step {
     pub fn name(self) -> &'static str {
@@ -150,6 +157,7 @@ pub fn step_name(i: usize) -> &'static str {
         "expn",
         "turn",
         "bad-mail",
+        "starttls",
     ][i]
 }
 
@@ -160,6 +168,15 @@ pub enum Pipelining {
     Auto,
     On,
     Off,
+}
+
+/// How sessions use TLS (`--tls`): STARTTLS after the first EHLO (RFC 3207), or TLS from
+/// the first octet (RFC 8314).
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    Starttls,
+    Implicit,
 }
 
 #[cfg(test)]
