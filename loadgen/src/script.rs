@@ -484,9 +484,19 @@ pub fn after_ehlo(kind: SessionKind, caps: Caps, o: &ScriptOpts, rng: &mut Rng, 
             plan.push(cmd(Piece::Mail, Expect::Code(250), Step::Mail, Some(Phase::Mail)));
             plan.push(cmd(Piece::Rset, Expect::Code(250), Step::Rset, None));
         }
-        // Its check happened during STARTTLS; inside TLS only the EHLO (checked by the
-        // engine for a second STARTTLS offer) and QUIT remain.
-        Class::Starttls => {}
+        // Inside TLS only EHLO (the engine checks it offers no second STARTTLS) and QUIT
+        // remain. A server that ran the pipelined NOOP answers it first, so EHLO takes the
+        // NOOP's reply and QUIT the EHLO's: that QUIT mismatch is the injection, counted
+        // under the starttls step.
+        Class::Starttls => {
+            plan.push(cmd(
+                Piece::Quit,
+                Expect::Code(221),
+                Step::Starttls,
+                Some(Phase::Quit),
+            ));
+            return;
+        }
         Class::Nonsmtp => unreachable!("nonsmtp sessions end before EHLO"),
     }
     plan.push(quit());

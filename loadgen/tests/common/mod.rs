@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -22,6 +24,8 @@ pub enum Behaviour {
     Stall,
     /// Correct, but waits this long before the banner.
     SlowBanner(Duration),
+    /// Correct, with TLS as the `tls::ServerTls` given to `Server::start_tls` says.
+    Tls,
 }
 
 /// A server thread that stops accepting when dropped.
@@ -32,6 +36,15 @@ pub struct Server {
 
 impl Server {
     pub fn start(b: Behaviour) -> Server {
+        Server::start_with(b, None)
+    }
+
+    /// A correct server speaking TLS (STARTTLS, implicit, or STARTTLS open to injection).
+    pub fn start_tls(t: tls::ServerTls) -> Server {
+        Server::start_with(Behaviour::Tls, Some(t))
+    }
+
+    fn start_with(b: Behaviour, t: Option<tls::ServerTls>) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
@@ -43,6 +56,7 @@ impl Server {
                     break;
                 }
                 let Ok(s) = conn else { continue };
+                let t = t.clone();
                 thread::spawn(move || {
                     let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
                     let _ = match b {
@@ -53,6 +67,7 @@ impl Server {
                         }
                         Behaviour::Wrong => wrong(s),
                         Behaviour::Stall => stall(s),
+                        Behaviour::Tls => t.map_or(Ok(()), |t| tls::serve(s, &t)),
                     };
                 });
             }
@@ -73,12 +88,19 @@ impl Drop for Server {
     }
 }
 
+const EHLO_REPLY_STARTTLS: &[u8] =
+    b"250-test.example\r\n250-PIPELINING\r\n250-STARTTLS\r\n250-ENHANCEDSTATUSCODES\r\n250 SIZE 10000000\r\n";
+
 const EHLO_REPLY: &[u8] =
     b"250-test.example\r\n250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250 SIZE 10000000\r\n";
 
 /// Read one line (through LF) of at most `cap` octets kept; longer lines are consumed
 /// whole and reported with their full length. Returns None at EOF.
-fn read_line(r: &mut BufReader<TcpStream>, line: &mut Vec<u8>, cap: usize) -> std::io::Result<Option<usize>> {
+fn read_line<R: Read>(
+    r: &mut BufReader<R>,
+    line: &mut Vec<u8>,
+    cap: usize,
+) -> std::io::Result<Option<usize>> {
     line.clear();
     let mut total = 0;
     loop {
@@ -119,26 +141,51 @@ fn looks_nonsmtp(first: &[u8]) -> bool {
 fn correct(s: TcpStream) -> std::io::Result<()> {
     let mut w = BufWriter::new(s.try_clone()?);
     let mut r = BufReader::new(s);
+    greet(&mut r, &mut w, &mut Session::default()).map(|_| ())
+}
+
+/// The banner, then commands until QUIT or EOF, or until STARTTLS (when offered): then
+/// the 220 has gone out and the octets the client pipelined behind STARTTLS are returned.
+fn greet(
+    r: &mut BufReader<impl Read>,
+    w: &mut BufWriter<impl Write>,
+    session: &mut Session,
+) -> std::io::Result<Option<Vec<u8>>> {
     w.write_all(b"220 test.example ESMTP\r\n")?;
     w.flush()?;
     if looks_nonsmtp(r.fill_buf()?) {
         w.write_all(b"554 5.7.0 not SMTP\r\n")?;
-        return w.flush();
+        w.flush()?;
+        return Ok(None);
     }
-    let mut session = Session::default();
+    serve_commands(r, w, session)
+}
+
+/// Commands until QUIT, EOF or STARTTLS (see `greet`).
+fn serve_commands(
+    r: &mut BufReader<impl Read>,
+    w: &mut BufWriter<impl Write>,
+    session: &mut Session,
+) -> std::io::Result<Option<Vec<u8>>> {
     let mut line = Vec::with_capacity(600);
-    while let Some(len) = read_line(&mut r, &mut line, 600)? {
+    while let Some(len) = read_line(r, &mut line, 600)? {
         // RFC 5321 4.5.3.1.4: a command line is at most 512 octets with CRLF.
         let reply: &[u8] = if len > 512 {
             b"500 5.5.2 line too long\r\n"
         } else {
-            match session.command(&line, &mut r, &mut w)? {
+            match session.command(&line, r, w)? {
                 Next::Reply(reply) => reply,
                 Next::Quit => {
                     w.write_all(b"221 2.0.0 bye\r\n")?;
-                    return w.flush();
+                    w.flush()?;
+                    return Ok(None);
                 }
-                Next::Eof => return Ok(()),
+                Next::Starttls => {
+                    w.write_all(b"220 2.0.0 ready for TLS\r\n")?;
+                    w.flush()?;
+                    return Ok(Some(r.buffer().to_vec()));
+                }
+                Next::Eof => return Ok(None),
             }
         };
         w.write_all(reply)?;
@@ -147,13 +194,15 @@ fn correct(s: TcpStream) -> std::io::Result<()> {
             w.flush()?;
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// What the correct server does after a command.
 enum Next {
     Reply(&'static [u8]),
     Quit,
+    /// STARTTLS accepted: the caller answers 220 and starts TLS.
+    Starttls,
     /// The client went away mid-message.
     Eof,
 }
@@ -161,6 +210,8 @@ enum Next {
 /// The correct server's SMTP state.
 #[derive(Default)]
 struct Session {
+    /// EHLO offers STARTTLS and STARTTLS is accepted (before TLS, in STARTTLS mode).
+    offer_starttls: bool,
     greeted: bool,
     mail: bool,
     rcpts: usize,
@@ -170,8 +221,8 @@ impl Session {
     fn command(
         &mut self,
         line: &[u8],
-        r: &mut BufReader<TcpStream>,
-        w: &mut BufWriter<TcpStream>,
+        r: &mut BufReader<impl Read>,
+        w: &mut BufWriter<impl Write>,
     ) -> std::io::Result<Next> {
         let text = String::from_utf8_lossy(line);
         let text = text.trim_end();
@@ -187,8 +238,13 @@ impl Session {
             "EHLO" | "HELO" => {
                 self.greeted = true;
                 self.reset();
-                EHLO_REPLY
+                if self.offer_starttls {
+                    EHLO_REPLY_STARTTLS
+                } else {
+                    EHLO_REPLY
+                }
             }
+            "STARTTLS" if self.offer_starttls => return Ok(Next::Starttls),
             "MAIL" if !self.greeted || self.mail => b"503 5.5.1 bad sequence\r\n",
             "MAIL" if !path_ok("FROM:") => b"501 5.5.4 syntax\r\n",
             "MAIL" => {
@@ -229,7 +285,7 @@ impl Session {
     }
 
     /// 354, then the message up to the `.` line; refused if a line is over the limit.
-    fn data(&mut self, r: &mut BufReader<TcpStream>, w: &mut BufWriter<TcpStream>) -> std::io::Result<Next> {
+    fn data(&mut self, r: &mut BufReader<impl Read>, w: &mut BufWriter<impl Write>) -> std::io::Result<Next> {
         w.write_all(b"354 go ahead\r\n")?;
         w.flush()?;
         let mut too_long = false;
