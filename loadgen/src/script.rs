@@ -416,6 +416,20 @@ fn open_transaction(plan: &mut Vec<Cmd>) {
     plan.push(cmd(Piece::Data, Expect::Code(354), Step::Data, Some(Phase::Data)));
 }
 
+/// The valid class: `--messages-per-session` transactions.
+fn valid(plan: &mut Vec<Cmd>, o: &ScriptOpts, rng: &mut Rng, pipelined: bool, bdat: bool) {
+    for _ in 0..o.messages_per_session {
+        transaction(plan, o, rng, pipelined, bdat);
+    }
+    if pipelined {
+        // RFC 2920 3.1: the message content may start a group, so the last
+        // message's end and QUIT go out in one write.
+        if let Some(last) = plan.last_mut() {
+            last.flush = false;
+        }
+    }
+}
+
 /// Append the rest of the session once the EHLO reply told us the server's extensions.
 pub fn after_ehlo(kind: SessionKind, caps: Caps, o: &ScriptOpts, rng: &mut Rng, plan: &mut Vec<Cmd>) {
     let pipelined = match o.pipelining {
@@ -425,18 +439,7 @@ pub fn after_ehlo(kind: SessionKind, caps: Caps, o: &ScriptOpts, rng: &mut Rng, 
     };
     let bdat = o.bdat && caps.chunking;
     match kind.class {
-        Class::Valid => {
-            for _ in 0..o.messages_per_session {
-                transaction(plan, o, rng, pipelined, bdat);
-            }
-            if pipelined {
-                // RFC 2920 3.1: the message content may start a group, so the last
-                // message's end and QUIT go out in one write.
-                if let Some(last) = plan.last_mut() {
-                    last.flush = false;
-                }
-            }
-        }
+        Class::Valid => valid(plan, o, rng, pipelined, bdat),
         Class::Typo => {
             let start = plan.len();
             open_transaction(plan);
