@@ -7,8 +7,10 @@ use hdrhistogram::Histogram;
 use crate::stats::{Collected, IntervalRow};
 use crate::vocab::PHASES;
 
-const COLORS: [&str; 9] = [
+/// One colour per phase (the tls phase made ten), so no two series share one.
+const COLORS: [&str; 10] = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf",
+    "#bcbd22",
 ];
 
 /// Margins around a panel's plot area: left (y tick labels), right (legend), top (title), bottom.

@@ -10,7 +10,7 @@ use ringmx_loadgen::reply::Caps;
 
 use crate::cli::Config;
 use crate::stats::{ClassCounters, Collected, IntervalRow, PhaseHists, SIGFIG};
-use crate::vocab::{step_name, TlsMode, CLASSES, PHASES, STEP_COUNT};
+use crate::vocab::{step_name, Phase, TlsMode, CLASSES, PHASES, STEP_COUNT};
 
 #[derive(Debug, Serialize, Clone, Copy)]
 pub struct Latency {
@@ -244,7 +244,8 @@ impl Summary {
                 ""
             }
         );
-        for p in PHASES {
+        // Without --tls the tls row would be zeros in every run; leave it out.
+        for p in PHASES.iter().filter(|p| self.tls.is_some() || **p != Phase::Tls) {
             let l = &self.latency_us[p.name()];
             let _ = writeln!(
                 s,
