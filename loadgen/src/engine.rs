@@ -985,6 +985,11 @@ impl Worker {
                     break;
                 }
             }
+            if fed == 0 {
+                // rustls took nothing though its buffer is empty: it has shut down.
+                self.end_session(slot, Some(Failure::Tls), now);
+                return;
+            }
             c.written += fed;
         }
     }
