@@ -46,13 +46,23 @@ fn starttls_and_implicit_with_the_right_ca_have_no_errors() {
         ("starttls", Mode::Starttls, "valid=3,typo=1,starttls=1"),
         ("implicit", Mode::Implicit, "valid=3,typo=1"),
     ] {
+        // Messages up to 100k span several TLS records and partial socket writes.
         let server = Server::start_tls(pki.server(server_mode));
         let dir = temp_dir(&format!("tls-{mode}"));
         let ca = pki.ca_file(&dir, "ca.pem");
         let s = tls_run(
             &server,
             &dir,
-            &["--tls", mode, "--tls-ca", ca.to_str().unwrap(), "--mix", mix],
+            &[
+                "--tls",
+                mode,
+                "--tls-ca",
+                ca.to_str().unwrap(),
+                "--mix",
+                mix,
+                "--msg-size",
+                "1k:100k",
+            ],
         );
         assert_eq!(u(&s, "errors.total"), 0, "{mode}: {s}");
         assert_eq!(u(&s, "sessions.ok"), 40, "{mode}");
