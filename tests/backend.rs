@@ -123,6 +123,17 @@ fn out_of_descriptors_clients_are_refused_at_once(backend: &str) {
     }
     let port: u16 = port.parse().unwrap();
     assert_eq!(next("full"), "");
+    // Full and nobody waiting: the backend rests between tries instead of spinning (a spin
+    // costs a whole core: about 100 ticks a second).
+    let cpu_ticks = || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap();
+        let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    };
+    let before = cpu_ticks();
+    std::thread::sleep(Duration::from_secs(1));
+    let idle = cpu_ticks() - before;
+    assert!(idle < 30, "{idle} CPU ticks in one second, full and idle");
     let start = Instant::now();
     for _ in 0..CLIENTS {
         let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();

@@ -80,10 +80,13 @@ impl AcceptPolicy {
                             out.push(Completion::Refused { socket, peer });
                             return Verdict::NextWait;
                         }
-                        // The client that was waiting left: nothing to refuse.
+                        // Nobody is waiting: the kernel refuses an accept for want of a
+                        // descriptor before it looks at the queue, so accepting again at once
+                        // would fail the same way, over and over. Rest instead; a client
+                        // arriving meanwhile waits at most that long for its 421.
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                             self.restore_spare();
-                            return Verdict::Continue;
+                            return Verdict::Rest;
                         }
                         // Another thread took the freed descriptor first.
                         Err(_) => {}
@@ -143,6 +146,17 @@ mod tests {
         let verdict = policy.on_error(&err(libc::EMFILE), &mut stats, client, &mut out);
         assert_eq!((verdict, out.len()), (Verdict::NextWait, 2));
         assert_eq!((stats.accept_no_fds, stats.refused_no_fds), (3, 2));
+    }
+
+    #[test]
+    fn out_of_descriptors_with_nobody_waiting_rests_instead_of_spinning() {
+        let (mut policy, mut stats, mut out) = (AcceptPolicy::new(), IoStats::default(), Vec::new());
+        let nobody = || -> io::Result<(OwnedFd, SocketAddr)> { Err(io::ErrorKind::WouldBlock.into()) };
+        let verdict = policy.on_error(&err(libc::EMFILE), &mut stats, nobody, &mut out);
+        assert_eq!((verdict, out.len()), (Verdict::Rest, 0));
+        // The spare is back for the next client.
+        let verdict = policy.on_error(&err(libc::EMFILE), &mut stats, client, &mut out);
+        assert_eq!((verdict, out.len()), (Verdict::NextWait, 1));
     }
 
     #[test]
