@@ -429,7 +429,9 @@ const FEWEST_CONNECTIONS: usize = 8;
 /// Besides its connections the process holds: the descriptors open now
 /// ([`open_descriptors`]) and the spool's lock file; per worker, its listeners, its backend's
 /// epoll or ring descriptor and eventfd, one for a connection over the limit (accepted only to
-/// be answered `421` and closed), the spare descriptor the backend keeps to answer `421` when
+/// be answered `421` and closed; a flood can have more of those open within one turn, and
+/// past the limit the backends answer them through their spare descriptor instead), the spare
+/// descriptor the backend keeps to answer `421` when
 /// even that accept fails, and its committer's handle on the spool directory; and
 /// [`SPARE_DESCRIPTORS`]. A connection holds its socket and, while its message commits, the
 /// `.eml` and the `.json` (the committer keeps both open from the writeback to the directory

@@ -699,6 +699,29 @@ fn the_stats_file_counts_replies_classes_and_close_reasons() {
     }
 }
 
+/// A client that pipelines more than the reply backlog holds, then half-closes, still gets
+/// every reply: what it sent before its end of stream is answered.
+fn pipelined_past_the_reply_backlog_then_half_close_gets_every_reply() {
+    const NOOPS: usize = 2000;
+    let server = Server::start(&["--sink"]);
+    let mut c = server.connect();
+    assert!(c.reply().starts_with("220 "));
+    let mut batch = "NOOP\r\n".repeat(NOOPS);
+    batch.push_str("QUIT\r\n");
+    c.send(batch.as_bytes());
+    c.half_close();
+    let rest = String::from_utf8(c.read_to_end()).unwrap();
+    assert_eq!(rest.matches("250 2.0.0 Ok\r\n").count(), NOOPS);
+    assert!(
+        rest.ends_with("221 2.0.0 Bye\r\n"),
+        "{}",
+        &rest[rest.len().saturating_sub(80)..]
+    );
+    let stopped = server.stop();
+    stopped.assert_clean();
+    assert_eq!(stopped.stats["sessions_ended.quit"], 1);
+}
+
 /// Every test above that starts a server runs once per backend from the same body (as monoio's
 /// `test_all`): `epoll::NAME` and `uring::NAME`.
 macro_rules! on_both_backends {
@@ -730,6 +753,7 @@ on_both_backends!(
     idle_session_times_out_with_421,
     fin_right_after_the_final_dot_commits_the_message,
     the_stats_file_counts_replies_classes_and_close_reasons,
+    pipelined_past_the_reply_backlog_then_half_close_gets_every_reply,
     a_second_server_on_the_same_spool_refuses_to_start,
     a_second_server_on_the_same_address_refuses_to_start,
     sighup_and_sigusr1_leave_the_server_serving,

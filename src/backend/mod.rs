@@ -35,7 +35,8 @@
 //!   [`Completion::Sent`] once every byte is written or the connection failed. The worker has
 //!   at most one send in flight per connection and accumulates further replies meanwhile, so
 //!   all replies produced by one batch of input leave in one write. Every send is answered
-//!   by exactly one [`Completion::Sent`]: a send for a token that is closing or unknown
+//!   by exactly one [`Completion::Sent`] unless [`Backend::close`] comes first (then it is
+//!   dropped and only `Closed` follows): a send for a token that is closing or unknown
 //!   (never attached, or already closed) gets its buffer back on the next wait with an
 //!   [`io::ErrorKind::NotConnected`] error.
 //! - **Close.** [`Backend::close`] ends the connection; [`Completion::Closed`] follows once

@@ -289,8 +289,10 @@ impl Conn {
     /// the session is abandoned like a broken connection.
     pub(crate) fn after_eof(&mut self, sh: &mut Shared, token: Token) {
         let committing = matches!(self.message, Message::Committing(_));
-        let blocked_on_send = self.sending && !self.input.is_empty();
-        if self.phase == Phase::PeerClosed && !committing && !blocked_on_send {
+        // Input the session left because its reply backlog is full is answered once the
+        // replies before it have left, whether they are in flight or still waiting here.
+        let blocked_on_replies = !self.input.is_empty() && (self.sending || !self.out.is_empty());
+        if self.phase == Phase::PeerClosed && !committing && !blocked_on_replies {
             self.abandon(sh, token, CloseReason::PeerClosed);
         }
     }
