@@ -8,6 +8,7 @@
 //! buffers, queues, backends); [`limits_table`] is the one table of both for the operator. A
 //! value that reaches the wire is checked for its kind too (the hostname, RFC 5321 §4.1.2).
 
+pub use crate::tls::CertEntry;
 use serde::Deserialize;
 use std::fmt;
 use std::net::SocketAddr;
@@ -147,6 +148,14 @@ limits! {
     /// enter per turn, but measured here it bought at most 2% with a core to spare and cost
     /// 15% of the messages/s on cores shared with other busy threads (tuning/README.md).
     uring_min_wait_us: u32 = 0, 0, 10_000;
+    /// Seconds a TLS handshake may take, from STARTTLS's `220` or the accept on an implicit TLS
+    /// listener, so a client that stops mid-handshake holds its slot this long, not for the
+    /// command timeout. 30 s covers a slow client across the world several times over.
+    tls_handshake_timeout_secs: u64 = 30, 1, 600;
+    /// TLS sessions kept per process for resumption by session id (TLS 1.2 clients without
+    /// tickets; tickets need no server state); the oldest go first. Each costs a few hundred
+    /// octets; 0 turns the cache off.
+    tls_session_cache: usize = 10_000, 0, 1_000_000;
     }
 }
 
@@ -158,6 +167,13 @@ pub struct ProtoConfig {
     pub hostname: String,
     /// Policy for a bare LF inside message data.
     pub bare_lf: BareLf,
+    /// Refuse MAIL, RCPT, DATA and BDAT before STARTTLS with `530 5.7.0`. Off by default:
+    /// RFC 3207 §4 says a publicly referenced MX must not require TLS.
+    pub tls_required: bool,
+    /// Whether STARTTLS is offered: set by the server when a certificate is configured, not a
+    /// key of its own.
+    #[serde(skip)]
+    pub starttls: bool,
     /// The protocol's numeric limits.
     #[serde(flatten)]
     pub limits: ProtoLimits,
@@ -168,6 +184,8 @@ impl Default for ProtoConfig {
         ProtoConfig {
             hostname: "localhost".to_string(),
             bare_lf: BareLf::Normalize,
+            tls_required: false,
+            starttls: false,
             limits: ProtoLimits::default(),
         }
     }
@@ -206,6 +224,15 @@ pub enum SpoolSync {
 pub struct ServerConfig {
     /// Addresses to listen on; every worker gets its own `SO_REUSEPORT` socket for each.
     pub listen: Vec<SocketAddr>,
+    /// Implicit TLS listeners (RFC 8314, port 465): the handshake comes before the greeting.
+    pub listen_tls: Vec<SocketAddr>,
+    /// The default certificate chain (PEM, leaf first) and its key (PEM: PKCS#8, SEC1 or
+    /// PKCS#1): with one, every plain listener offers STARTTLS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// More certificates, chosen by the name the client asks for (SNI, RFC 6066); without
+    /// `tls_cert`, the first is the default.
+    pub tls_certificates: Vec<CertEntry>,
     /// Worker threads, one per core; 0 means one per CPU this process may run on.
     pub workers: usize,
     /// The I/O backend.
@@ -227,6 +254,10 @@ pub struct ServerConfig {
 #[serde(deny_unknown_fields)]
 struct ServerKeys {
     listen: Option<Vec<SocketAddr>>,
+    listen_tls: Option<Vec<SocketAddr>>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_certificates: Option<Vec<CertEntry>>,
     workers: Option<usize>,
     backend: Option<BackendKind>,
     spool: Option<PathBuf>,
@@ -238,6 +269,10 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
+            listen_tls: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            tls_certificates: Vec::new(),
             workers: 0,
             backend: BackendKind::Auto,
             spool: PathBuf::from("./spool"),
@@ -257,7 +292,18 @@ impl ServerConfig {
     /// `flatten`, so the server keys are split off first and each part is strict on its own:
     /// a misspelt key is an error, never silently ignored.
     pub fn from_toml(text: &str) -> Result<ServerConfig, String> {
-        const SERVER_KEYS: [&str; 6] = ["listen", "workers", "backend", "spool", "sink", "spool_sync"];
+        const SERVER_KEYS: [&str; 10] = [
+            "listen",
+            "listen_tls",
+            "tls_cert",
+            "tls_key",
+            "tls_certificates",
+            "workers",
+            "backend",
+            "spool",
+            "sink",
+            "spool_sync",
+        ];
         let mut table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
         let mut server = toml::Table::new();
         for key in SERVER_KEYS {
@@ -277,6 +323,10 @@ impl ServerConfig {
         let default = ServerConfig::default();
         Ok(ServerConfig {
             listen: keys.listen.unwrap_or(default.listen),
+            listen_tls: keys.listen_tls.unwrap_or_default(),
+            tls_cert: keys.tls_cert,
+            tls_key: keys.tls_key,
+            tls_certificates: keys.tls_certificates.unwrap_or_default(),
             workers: keys.workers.unwrap_or(default.workers),
             backend: keys.backend.unwrap_or(default.backend),
             spool: keys.spool.unwrap_or(default.spool),
@@ -285,6 +335,21 @@ impl ServerConfig {
             limits,
             proto,
         })
+    }
+
+    /// Every certificate configured, the default first: `tls_cert` and `tls_key`, then
+    /// `tls_certificates`.
+    pub fn cert_entries(&self) -> Vec<CertEntry> {
+        let mut entries = Vec::new();
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            entries.push(CertEntry {
+                names: Vec::new(),
+                cert: cert.clone(),
+                key: key.clone(),
+            });
+        }
+        entries.extend(self.tls_certificates.iter().cloned());
+        entries
     }
 
     /// Checks every value: the limits against their ranges, the server keys, and every value
@@ -299,6 +364,27 @@ impl ServerConfig {
                 min: 0,
                 max: MAX_WORKERS as u64,
             }));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            let (key, needs) = if self.tls_cert.is_some() {
+                ("tls_cert", "`tls_key`")
+            } else {
+                ("tls_key", "`tls_cert`")
+            };
+            return Err(ConfigError::Requires { key, needs });
+        }
+        let tls = !self.cert_entries().is_empty();
+        if !tls && !self.listen_tls.is_empty() {
+            return Err(ConfigError::Requires {
+                key: "listen_tls",
+                needs: "a certificate (`tls_cert` or `tls_certificates`)",
+            });
+        }
+        if !tls && self.proto.tls_required {
+            return Err(ConfigError::Requires {
+                key: "tls_required",
+                needs: "a certificate (`tls_cert` or `tls_certificates`)",
+            });
         }
         if self.limits.input_buffer < self.proto.limits.max_command_line {
             return Err(ConfigError::Range(RangeError {
@@ -361,6 +447,8 @@ pub enum ConfigError {
         value: String,
         why: &'static str,
     },
+    /// A key that only works together with another.
+    Requires { key: &'static str, needs: &'static str },
 }
 
 impl ConfigError {
@@ -368,7 +456,7 @@ impl ConfigError {
     pub fn key(&self) -> &'static str {
         match self {
             ConfigError::Range(e) => e.key,
-            ConfigError::Invalid { key, .. } => key,
+            ConfigError::Invalid { key, .. } | ConfigError::Requires { key, .. } => key,
         }
     }
 }
@@ -385,6 +473,9 @@ impl fmt::Display for ConfigError {
             ConfigError::Range(e) => e.fmt(f),
             ConfigError::Invalid { key, value, why } => {
                 write!(f, "config key `{key}` = {value:?} is not {why}")
+            }
+            ConfigError::Requires { key, needs } => {
+                write!(f, "config key `{key}` requires {needs}")
             }
         }
     }

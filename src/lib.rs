@@ -5,13 +5,14 @@
 //! per-core event loop: `conn` feeds them to the session, `store` takes its messages to the
 //! spool), `proto` (the sans-IO session: replies and events out) answers them, and `spool`
 //! (a committer thread per worker, grouped fsync) makes messages durable before their `250`.
-//! `config` is the table of every limit; `wake` the one cross-thread wake-up; `server`
-//! starts it all. See ARCHITECTURE.md.
+//! `config` is the table of every limit; `tls` turns the certificate files into the rustls
+//! configuration; `wake` the one cross-thread wake-up; `server` starts it all. See ARCHITECTURE.md.
 
 pub mod backend;
 pub mod config;
 pub mod proto;
 pub mod server;
 pub mod spool;
+pub mod tls;
 pub mod wake;
 pub mod worker;

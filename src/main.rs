@@ -29,15 +29,27 @@ enum Command {
 
 #[derive(Args)]
 struct Serve {
-    /// TOML file with any of the server keys (listen, workers, backend, spool, sink,
+    /// TOML file with any of the server keys (listen, listen_tls, tls_cert, tls_key,
+    /// tls_certificates = [{ names, cert, key }], workers, backend, spool, sink,
     /// spool_sync = "file"|"filesystem") and every key of the limits table (hostname, bare_lf,
-    /// max_message_size, ...); flags override it.
+    /// tls_required, max_message_size, ...); flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Address to listen on; repeat for several. Port 0 picks a free port (logged at start).
     /// [default: 127.0.0.1:2525]
     #[arg(long = "listen", value_name = "ADDR")]
     listen: Vec<SocketAddr>,
+    /// Implicit TLS listener (RFC 8314, like port 465): the TLS handshake comes first and the
+    /// greeting follows inside it; repeat for several. Needs --tls-cert.
+    #[arg(long = "listen-tls", value_name = "ADDR")]
+    listen_tls: Vec<SocketAddr>,
+    /// Certificate chain (PEM, leaf first): plain listeners offer STARTTLS. More certificates,
+    /// chosen by SNI, go in the config file's tls_certificates. SIGHUP reloads them.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (PEM: PKCS#8, SEC1 or PKCS#1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Worker threads, each pinned to a core with its own listener. [default: number of CPUs]
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
@@ -82,6 +94,13 @@ impl Serve {
         };
         if !self.listen.is_empty() {
             config.listen.clone_from(&self.listen);
+        }
+        if !self.listen_tls.is_empty() {
+            config.listen_tls.clone_from(&self.listen_tls);
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            config.tls_cert = Some(cert.clone());
+            config.tls_key = Some(key.clone());
         }
         if let Some(n) = self.workers {
             config.workers = n;

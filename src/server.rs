@@ -4,6 +4,7 @@ use crate::backend::{self, Backend, BackendConfig, WithBackend};
 use crate::config::ServerConfig;
 use crate::proto::Settings;
 use crate::spool::{self, IdGen, Spool, SpoolLock};
+use crate::tls::TlsContext;
 use crate::wake::Wake;
 use crate::worker::{Control, Report, Store, Worker, WorkerConfig};
 use crossbeam_channel::Sender;
@@ -26,6 +27,7 @@ struct WorkerContext<'a> {
     config: &'a ServerConfig,
     settings: &'a Arc<Settings>,
     active: &'a Arc<AtomicUsize>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// A started worker: its thread, how to reach it, and the name of its backend.
@@ -66,13 +68,19 @@ impl WorkerContext<'_> {
                 .map_err(|e| format!("cannot start spool writer: {e}"))?,
             )
         };
-        let (tx, rx) = crossbeam_channel::bounded(1);
+        // Room for a shutdown behind several reloads the worker has not taken yet.
+        let (tx, rx) = crossbeam_channel::bounded(8);
         let (settings, active, cpu) = (self.settings.clone(), self.active.clone(), self.cpu);
         let limits = &self.config.limits;
         let config = WorkerConfig {
             max_connections: limits.max_connections,
             shutdown_grace: std::time::Duration::from_secs(limits.shutdown_grace_secs),
             input_buffer: limits.input_buffer,
+            tls: self.tls.clone(),
+            implicit_tls: (self.config.listen.iter().map(|_| false))
+                .chain(self.config.listen_tls.iter().map(|_| true))
+                .collect(),
+            handshake_timeout: std::time::Duration::from_secs(limits.tls_handshake_timeout_secs),
         };
         let thread = std::thread::Builder::new()
             .name(format!("ringmx-worker-{id}"))
@@ -96,6 +104,13 @@ impl WorkerContext<'_> {
 /// counters of all workers. An error is a message for the operator.
 pub fn serve(mut config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Report, String> {
     config.validate().map_err(|e| e.to_string())?;
+    let cert_entries = config.cert_entries();
+    let tls = if cert_entries.is_empty() {
+        None
+    } else {
+        Some(TlsContext::new(&cert_entries, config.limits.tls_session_cache)?)
+    };
+    config.proto.starttls = tls.is_some();
     let backend = backend::choose(config.backend)?;
     let signals = block_signals().map_err(|e| format!("cannot block signals: {e}"))?;
     let open_files = raise_nofile_limit();
@@ -105,17 +120,19 @@ pub fn serve(mut config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Re
     } else {
         config.workers
     };
+    // Plain listeners first, then implicit TLS ones: the workers tell them apart by index.
+    let listen: Vec<SocketAddr> = config.listen.iter().chain(&config.listen_tls).copied().collect();
     config.limits.max_connections = fit_max_connections(
         config.limits.max_connections,
         open_files,
         workers,
-        config.listen.len(),
+        listen.len(),
         config.sink,
     )?;
     let backend_config = BackendConfig::from(&config.limits);
     // Held until this function returns, after every committer has finished.
     let _spool_lock = claim_spool(&config)?;
-    let (per_worker, bound) = bind_all(&config.listen, workers)?;
+    let (per_worker, bound) = bind_all(&listen, workers)?;
     let settings = Settings::new(config.proto.clone());
     let active = Arc::new(AtomicUsize::new(0));
     let mut controls: Vec<(Sender<Control>, Arc<dyn Wake>)> = Vec::new();
@@ -129,18 +146,28 @@ pub fn serve(mut config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Re
             config: &config,
             settings: &settings,
             active: &active,
+            tls: tls.as_ref().map(TlsContext::server_config),
         };
         let started = backend::open(backend, listeners, &backend_config, &ctx)??;
         backend_name = started.backend;
         threads.push(started.thread);
         controls.push((started.control, started.waker));
     }
-    let mut listeners = String::new();
-    for (i, addr) in bound.iter().enumerate() {
-        let _ = write!(listeners, "{}{addr}", if i > 0 { "," } else { "" });
-    }
+    let list = |addrs: &[SocketAddr]| {
+        let mut s = String::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            let _ = write!(s, "{}{addr}", if i > 0 { "," } else { "" });
+        }
+        if s.is_empty() {
+            s.push('-');
+        }
+        s
+    };
+    let (plain, implicit) = bound.split_at(config.listen.len());
     tracing::info!(
-        listeners = %listeners,
+        listeners = %list(plain),
+        tls_listeners = %list(implicit),
+        starttls = config.proto.starttls,
         backend = backend_name,
         workers,
         spool = %if config.sink {
@@ -152,7 +179,7 @@ pub fn serve(mut config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Re
     );
     std::thread::Builder::new()
         .name("ringmx-signals".into())
-        .spawn(move || wait_for_signals(signals, controls))
+        .spawn(move || wait_for_signals(signals, controls, tls, cert_entries))
         .map_err(|e| format!("cannot start signal thread: {e}"))?;
     let mut report = Report::default();
     for thread in threads {
@@ -167,6 +194,7 @@ pub fn serve(mut config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Re
         replies = %nonzero(report.stats.replies_by_name()),
         non_smtp = %nonzero(report.stats.non_smtp_by_name()),
         sessions_ended = %nonzero(report.stats.closed_by_name()),
+        tls = %nonzero(report.tls.by_name()),
         "counters"
     );
     if let Some(path) = stats_file {
@@ -241,6 +269,7 @@ fn stats_json(r: &Report) -> String {
         "sessions_ended": named(&mut r.stats.closed_by_name()),
         "replies": named(&mut r.stats.replies_by_name()),
         "non_smtp": named(&mut r.stats.non_smtp_by_name()),
+        "tls": named(&mut r.tls.by_name()),
         "io": r.io,
     })
     .to_string()
@@ -323,8 +352,8 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 
 /// The signals taken by `sigwait` in the signal thread. The default action of each is to end
 /// the process at once (with no `421` to anyone): SIGTERM and SIGINT stop the server
-/// gracefully instead; SIGHUP (`systemctl reload`, logrotate's `postrotate`) and SIGUSR1/2
-/// are logged and ignored until they are given a meaning.
+/// gracefully instead; SIGHUP (`systemctl reload`, logrotate's `postrotate`) reloads the TLS
+/// certificates; SIGUSR1/2 are logged and ignored until they are given a meaning.
 const SIGNALS: [libc::c_int; 5] = [
     libc::SIGTERM,
     libc::SIGINT,
@@ -354,9 +383,16 @@ fn block_signals() -> io::Result<libc::sigset_t> {
     }
 }
 
-/// The first SIGTERM or SIGINT starts a graceful shutdown; a second one exits at once. The
-/// other signals of [`SIGNALS`] are ignored and do not count.
-fn wait_for_signals(set: libc::sigset_t, controls: Vec<(Sender<Control>, Arc<dyn Wake>)>) {
+/// The first SIGTERM or SIGINT starts a graceful shutdown; a second one exits at once.
+/// SIGHUP re-reads the certificate files: new handshakes get them, sessions already in TLS
+/// keep theirs, and a file that does not load leaves the old certificates in force. The other
+/// signals of [`SIGNALS`] are ignored and do not count.
+fn wait_for_signals(
+    set: libc::sigset_t,
+    controls: Vec<(Sender<Control>, Arc<dyn Wake>)>,
+    mut tls: Option<TlsContext>,
+    cert_entries: Vec<crate::tls::CertEntry>,
+) {
     let mut first = true;
     loop {
         let mut sig = 0;
@@ -366,7 +402,26 @@ fn wait_for_signals(set: libc::sigset_t, controls: Vec<(Sender<Control>, Arc<dyn
             continue;
         }
         if sig == libc::SIGHUP {
-            tracing::warn!(signal = "SIGHUP", "reload is not implemented yet; ignored");
+            let Some(tls) = tls.as_mut() else {
+                tracing::info!(signal = "SIGHUP", "no certificates to reload");
+                continue;
+            };
+            match tls.reload(&cert_entries) {
+                Ok(()) => {
+                    tracing::info!(signal = "SIGHUP", "certificates reloaded");
+                    for (tx, waker) in &controls {
+                        if tx.try_send(Control::Tls(tls.server_config())).is_err() {
+                            tracing::warn!("a worker did not take the reloaded certificates yet");
+                        }
+                        waker.wake();
+                    }
+                }
+                Err(e) => tracing::error!(
+                    signal = "SIGHUP",
+                    error = %e,
+                    "reload refused, the old certificates stay"
+                ),
+            }
             continue;
         }
         if sig == libc::SIGUSR1 || sig == libc::SIGUSR2 {

@@ -33,7 +33,7 @@ fn ringmx_sessions(
                 match event {
                     Event::MessageEnd => session.handle_commit(now, Commit::Queued("Q"), out),
                     Event::Close(_) => break 'session,
-                    Event::MessageStart | Event::MessageAbort => {}
+                    Event::MessageStart | Event::MessageAbort | Event::StartTls => {}
                 }
             }
             if n == 0 && !evented {

@@ -33,6 +33,10 @@ fn run(config: &ProtoConfig, input: &[u8], step: usize) -> (Vec<u8>, u64) {
                         session.handle_commit(now, Commit::Queued("F"), &mut out);
                     }
                     Event::MessageStart | Event::MessageAbort => current = 0,
+                    Event::StartTls => {
+                        pending.clear();
+                        session.handle_tls_established(now, &mut out);
+                    }
                     Event::Close(_) => {}
                 }
             }

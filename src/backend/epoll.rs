@@ -127,6 +127,7 @@ impl Epoll {
                     out.push(Completion::Accepted {
                         socket: OwnedFd::from(stream),
                         peer,
+                        listener: i,
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,

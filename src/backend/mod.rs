@@ -162,8 +162,13 @@ impl Token {
 /// What happened, as reported by [`Backend::wait`].
 #[derive(Debug)]
 pub enum Completion {
-    /// A new connection on one of the worker's listeners.
-    Accepted { socket: OwnedFd, peer: SocketAddr },
+    /// A new connection on the worker's listener number `listener` (its index in the list the
+    /// backend was built with), so the worker can tell an implicit TLS listener from a plain one.
+    Accepted {
+        socket: OwnedFd,
+        peer: SocketAddr,
+        listener: usize,
+    },
     /// A connection accepted with the backend's spare descriptor while the process is out of
     /// descriptors: the worker must [`reject`](Backend::reject) it (`421 4.3.2`), not attach
     /// it; the spare is re-opened on the next wait.

@@ -3,7 +3,8 @@
 use super::data::Body;
 use super::sniff::NonSmtp;
 
-/// What the session asks of its caller. Polled in a fixed order: start, end, abort, close.
+/// What the session asks of its caller. Polled in a fixed order: start, end, abort, STARTTLS,
+/// close.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
     /// A message begins (after `354`, or at the first BDAT chunk); [`Session::envelope`]
@@ -18,6 +19,13 @@ pub enum Event {
     MessageEnd,
     /// The message was refused or its transaction ended: discard what was written of it.
     MessageAbort,
+    /// The session answered `220 2.0.0 Ready to start TLS`: send what the output buffer holds
+    /// as it is, discard whatever input follows the STARTTLS line (RFC 3207 §4.2; executing it
+    /// would be CVE-2011-0411, the STARTTLS command injection), run the TLS handshake, then call
+    /// [`Session::handle_tls_established`]. The session consumes nothing until then.
+    ///
+    /// [`Session::handle_tls_established`]: super::Session::handle_tls_established
+    StartTls,
     /// The session is over, for this reason: send what is in the output buffer, then close
     /// the connection.
     Close(CloseReason),
@@ -47,11 +55,15 @@ pub enum CloseReason {
     SendError,
     /// The shutdown grace expired inside a transaction.
     GraceExpired,
+    /// The TLS handshake failed, or a TLS record was bad (the cause is counted by the caller).
+    TlsError,
+    /// The TLS handshake did not finish within `tls_handshake_timeout_secs`.
+    TlsTimeout,
 }
 
 impl CloseReason {
     /// Number of counter slots: every non-SMTP class shares one (its class is counted apart).
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 12;
     /// Every counter slot's reason, in counter order.
     pub const ALL: [CloseReason; CloseReason::COUNT] = [
         CloseReason::Quit,
@@ -64,6 +76,8 @@ impl CloseReason {
         CloseReason::ReceiveError,
         CloseReason::SendError,
         CloseReason::GraceExpired,
+        CloseReason::TlsError,
+        CloseReason::TlsTimeout,
     ];
 
     /// The reason's counter slot.
@@ -79,6 +93,8 @@ impl CloseReason {
             CloseReason::ReceiveError => 7,
             CloseReason::SendError => 8,
             CloseReason::GraceExpired => 9,
+            CloseReason::TlsError => 10,
+            CloseReason::TlsTimeout => 11,
         }
     }
 
@@ -95,6 +111,8 @@ impl CloseReason {
             CloseReason::ReceiveError => "receive_error",
             CloseReason::SendError => "send_error",
             CloseReason::GraceExpired => "shutdown_grace_expired",
+            CloseReason::TlsError => "tls_error",
+            CloseReason::TlsTimeout => "tls_handshake_timeout",
         }
     }
 }

@@ -47,6 +47,10 @@ pub enum Reply {
     BareLf,
     UnsupportedParam,
     NonSmtp,
+    TlsReady,
+    TlsActive,
+    TlsInTransaction,
+    TlsRequired,
     /// Sent by the caller, not a session: a connection over `max_connections`.
     TooManyConnections,
 }
@@ -95,6 +99,10 @@ impl Reply {
         Reply::BareLf,
         Reply::UnsupportedParam,
         Reply::NonSmtp,
+        Reply::TlsReady,
+        Reply::TlsActive,
+        Reply::TlsInTransaction,
+        Reply::TlsRequired,
         Reply::TooManyConnections,
     ];
 
@@ -140,6 +148,10 @@ impl Reply {
             Reply::BareLf => "bare_lf",
             Reply::UnsupportedParam => "unsupported_param",
             Reply::NonSmtp => "non_smtp",
+            Reply::TlsReady => "tls_ready",
+            Reply::TlsActive => "tls_active",
+            Reply::TlsInTransaction => "tls_in_transaction",
+            Reply::TlsRequired => "tls_required",
             Reply::TooManyConnections => "too_many_connections",
         }
     }
@@ -167,6 +179,9 @@ impl Reply {
                 | Reply::BdatAfterData
                 | Reply::SizeExceeded
                 | Reply::UnsupportedParam
+                | Reply::TlsActive
+                | Reply::TlsInTransaction
+                | Reply::TlsRequired
         )
     }
 
@@ -205,6 +220,11 @@ impl Reply {
             Reply::TextLineTooLong => b"550 5.6.0 Error: message has a text line longer than allowed\r\n",
             Reply::BareLf => b"550 5.5.2 Error: bare <LF> received\r\n",
             Reply::UnsupportedParam => b"555 5.5.4 Unsupported parameter\r\n",
+            // RFC 3207 §4 and Postfix's texts.
+            Reply::TlsReady => b"220 2.0.0 Ready to start TLS\r\n",
+            Reply::TlsActive => b"554 5.5.1 Error: TLS already active\r\n",
+            Reply::TlsInTransaction => b"503 5.5.1 Error: MAIL transaction in progress\r\n",
+            Reply::TlsRequired => b"530 5.7.0 Must issue a STARTTLS command first\r\n",
             // The remaining kinds carry variable text and are written by `write_*` helpers.
             Reply::Greeting
             | Reply::Helo

@@ -24,15 +24,28 @@ enum State {
         error: Option<Reply>,
     },
     AwaitCommit,
+    /// STARTTLS was answered (or the listener is implicit TLS): nothing is read until the
+    /// caller reports the handshake done.
+    AwaitTls,
     Closed,
+}
+
+/// What carries the session's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Security {
+    Plain,
+    /// Inside TLS, after STARTTLS or on an implicit TLS listener (RFC 8314).
+    Tls,
 }
 
 const EV_START: u8 = 1;
 const EV_END: u8 = 2;
 const EV_ABORT: u8 = 4;
+const EV_STARTTLS: u8 = 8;
 
 /// One SMTP session (RFC 5321), with PIPELINING (RFC 2920), CHUNKING (RFC 3030), SIZE
-/// (RFC 1870), 8BITMIME, SMTPUTF8 (RFC 6531) and ENHANCEDSTATUSCODES (RFC 2034).
+/// (RFC 1870), 8BITMIME, SMTPUTF8 (RFC 6531), ENHANCEDSTATUSCODES (RFC 2034) and STARTTLS
+/// (RFC 3207; the caller runs TLS, the session only its commands and its reset).
 ///
 /// The caller owns the connection: it lends the output buffer, feeds input with
 /// [`handle_input`](Self::handle_input), drains [`poll_event`](Self::poll_event), and writes
@@ -41,6 +54,7 @@ const EV_ABORT: u8 = 4;
 pub struct Session {
     settings: Arc<Settings>,
     state: State,
+    security: Security,
     greeted: bool,
     /// The client has sent a recognized SMTP verb; until then non-SMTP sniffing is strict.
     spoke_smtp: bool,
@@ -65,13 +79,23 @@ pub struct Session {
 impl Session {
     /// Starts a session and appends the greeting to `out`.
     pub fn new(settings: Arc<Settings>, now: Instant, out: &mut Vec<u8>) -> Session {
-        out.extend_from_slice(&settings.greeting);
-        let mut stats = SessionStats::default();
-        stats.count(Reply::Greeting);
+        let mut session = Session::with(settings, now, State::Command, Security::Plain);
+        session.greet(out);
+        session
+    }
+
+    /// Starts a session on an implicit TLS listener (RFC 8314 §3.3): the greeting waits for
+    /// [`handle_tls_established`](Self::handle_tls_established), since it travels inside TLS.
+    pub fn new_tls(settings: Arc<Settings>, now: Instant) -> Session {
+        Session::with(settings, now, State::AwaitTls, Security::Tls)
+    }
+
+    fn with(settings: Arc<Settings>, now: Instant, state: State, security: Security) -> Session {
         let deadline = now + Duration::from_secs(settings.config.limits.command_timeout_secs);
         Session {
             settings,
-            state: State::Command,
+            state,
+            security,
             greeted: false,
             spoke_smtp: false,
             draining: false,
@@ -84,8 +108,39 @@ impl Session {
             close_polled: false,
             envelope: Envelope::default(),
             deadline,
-            stats,
+            stats: SessionStats::default(),
         }
+    }
+
+    fn greet(&mut self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.settings.greeting);
+        self.stats.count(Reply::Greeting);
+    }
+
+    /// The TLS handshake is done. After STARTTLS the session starts over as after the greeting
+    /// (RFC 3207 §4.2: everything learnt from the client before TLS is forgotten, so a new
+    /// EHLO is needed, and its reply no longer offers STARTTLS); on an implicit TLS listener
+    /// the greeting is appended to `out` now. Ignored unless the session awaits TLS.
+    pub fn handle_tls_established(&mut self, now: Instant, out: &mut Vec<u8>) {
+        if !matches!(self.state, State::AwaitTls) {
+            return;
+        }
+        self.state = State::Command;
+        match self.security {
+            Security::Tls => self.greet(out),
+            Security::Plain => {
+                self.security = Security::Tls;
+                self.greeted = false;
+                self.envelope.set_helo(b"", false);
+            }
+        }
+        self.touch(now);
+        self.drain_if_idle(out);
+    }
+
+    /// Whether the session runs inside TLS (or is waiting for its handshake to do so).
+    pub fn is_tls(&self) -> bool {
+        self.security == Security::Tls || matches!(self.state, State::AwaitTls)
     }
 
     /// The session's counters since it started or since the last [`take_stats`](Self::take_stats).
@@ -156,7 +211,7 @@ impl Session {
                         self.finish_chunk(last, error, out);
                     }
                 }
-                State::AwaitCommit => break,
+                State::AwaitCommit | State::AwaitTls => break,
                 State::Closed => i = input.len(),
             }
             self.drain_if_idle(out);
@@ -175,6 +230,8 @@ impl Session {
             Some(Event::MessageEnd)
         } else if self.take_event(EV_ABORT) {
             Some(Event::MessageAbort)
+        } else if self.take_event(EV_STARTTLS) {
+            Some(Event::StartTls)
         } else if let (Some(reason), false) = (self.close, self.close_polled) {
             self.close_polled = true;
             Some(Event::Close(reason))
@@ -235,7 +292,8 @@ impl Session {
     }
 
     /// Server shutdown: an idle session gets `421 4.3.2` and closes now; one inside a
-    /// transaction may finish it and closes after its final reply.
+    /// transaction may finish it and closes after its final reply. One waiting for its TLS
+    /// handshake gets its `421` once the handshake is done, inside TLS.
     pub fn handle_shutdown(&mut self, out: &mut Vec<u8>) {
         self.draining = true;
         self.drain_if_idle(out);
@@ -247,6 +305,7 @@ impl Session {
             State::Command => limits.command_timeout_secs,
             State::Data(_) | State::Chunk { .. } => limits.data_timeout_secs,
             State::AwaitCommit => limits.commit_timeout_secs,
+            State::AwaitTls => limits.command_timeout_secs,
             State::Closed => return,
         };
         self.deadline = now + Duration::from_secs(secs);
@@ -413,8 +472,36 @@ impl Session {
                 self.reply(Reply::Vrfy, out);
             }
             Verb::Help => self.reply(Reply::Help, out),
+            Verb::StartTls => self.starttls(arg, out),
             Verb::NotOffered => self.reply(Reply::NotImplemented, out),
         }
+    }
+
+    /// RFC 3207 §4, with Postfix's replies.
+    fn starttls(&mut self, arg: &[u8], out: &mut Vec<u8>) {
+        if !self.settings.config.starttls {
+            return self.reply(Reply::NotImplemented, out);
+        }
+        if !arg.is_empty() {
+            return self.syntax(b"STARTTLS", out);
+        }
+        if self.security == Security::Tls {
+            return self.reply(Reply::TlsActive, out);
+        }
+        if self.envelope.mail {
+            return self.reply(Reply::TlsInTransaction, out);
+        }
+        self.reply(Reply::TlsReady, out);
+        self.state = State::AwaitTls;
+        self.events |= EV_STARTTLS;
+        // A partial line cannot follow a complete one in the same call, but a discarded
+        // overlong one could be pending: it belongs to the plaintext that is thrown away.
+        self.discarding = false;
+    }
+
+    /// Whether `tls_required` refuses this transaction command (`530 5.7.0`, RFC 3207 §4).
+    fn needs_tls(&self) -> bool {
+        self.settings.config.tls_required && self.security == Security::Plain
     }
 
     fn helo(&mut self, esmtp: bool, arg: &[u8], out: &mut Vec<u8>) {
@@ -427,7 +514,9 @@ impl Session {
         self.greeted = true;
         self.envelope.set_helo(name, esmtp);
         let settings = Arc::clone(&self.settings);
-        let (reply, kind) = if esmtp {
+        let (reply, kind) = if esmtp && self.security == Security::Tls {
+            (&settings.ehlo_tls, Reply::Ehlo)
+        } else if esmtp {
             (&settings.ehlo, Reply::Ehlo)
         } else {
             (&settings.helo, Reply::Helo)
@@ -438,6 +527,9 @@ impl Session {
 
     fn mail(&mut self, arg: &[u8], out: &mut Vec<u8>) {
         const USAGE: &[u8] = b"MAIL FROM:<address> [parameters]";
+        if self.needs_tls() {
+            return self.reply(Reply::TlsRequired, out);
+        }
         if !self.greeted {
             return self.reply(Reply::NeedHelo, out);
         }
@@ -473,6 +565,9 @@ impl Session {
     }
 
     fn rcpt(&mut self, arg: &[u8], out: &mut Vec<u8>) {
+        if self.needs_tls() {
+            return self.reply(Reply::TlsRequired, out);
+        }
         if !self.greeted {
             return self.reply(Reply::NeedHelo, out);
         }
@@ -600,9 +695,12 @@ impl Session {
         }
     }
 
-    /// The 503 owed by DATA or BDAT when the envelope is incomplete.
+    /// The 503 owed by DATA or BDAT when the envelope is incomplete (or the 530 while TLS is
+    /// required).
     fn transaction_error(&self) -> Option<Reply> {
-        if !self.greeted {
+        if self.needs_tls() {
+            Some(Reply::TlsRequired)
+        } else if !self.greeted {
             Some(Reply::NeedHelo)
         } else if !self.envelope.mail {
             Some(Reply::NeedMail)

@@ -10,7 +10,10 @@ pub struct Settings {
     pub config: ProtoConfig,
     pub(crate) greeting: Vec<u8>,
     pub(crate) helo: Vec<u8>,
+    /// The EHLO reply before TLS: it offers STARTTLS when a certificate is configured.
     pub(crate) ehlo: Vec<u8>,
+    /// The EHLO reply inside TLS, which no longer offers STARTTLS (RFC 3207 §4.2).
+    pub(crate) ehlo_tls: Vec<u8>,
 }
 
 impl Settings {
@@ -20,16 +23,24 @@ impl Settings {
         let host = config.hostname.as_bytes();
         let greeting = [b"220 ", host, b" ESMTP ringmx\r\n"].concat();
         let helo = [b"250 ", host, b"\r\n"].concat();
-        let mut ehlo = [b"250-", host, b"\r\n250-PIPELINING\r\n250-SIZE "].concat();
-        write_u64(&mut ehlo, config.limits.max_message_size);
-        ehlo.extend_from_slice(
-            b"\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250 CHUNKING\r\n",
-        );
+        let render = |starttls: bool| {
+            let mut ehlo = [b"250-", host, b"\r\n250-PIPELINING\r\n250-SIZE "].concat();
+            write_u64(&mut ehlo, config.limits.max_message_size);
+            if starttls {
+                ehlo.extend_from_slice(b"\r\n250-STARTTLS");
+            }
+            ehlo.extend_from_slice(
+                b"\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250 CHUNKING\r\n",
+            );
+            ehlo
+        };
+        let (ehlo, ehlo_tls) = (render(config.starttls), render(false));
         Arc::new(Settings {
-            config,
             greeting,
             helo,
             ehlo,
+            ehlo_tls,
+            config,
         })
     }
 }

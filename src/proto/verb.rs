@@ -14,8 +14,10 @@ pub enum Verb {
     Quit,
     Vrfy,
     Help,
+    /// RFC 3207; answered 502 like the verbs below while no certificate is configured.
+    StartTls,
     /// Known verbs that ringmx does not offer (EXPN, TURN, ETRN, ATRN, SEND, SOML, SAML, AUTH,
-    /// BURL, STARTTLS while TLS is not configured): answered 502 (RFC 5321 §4.2.4).
+    /// BURL): answered 502 (RFC 5321 §4.2.4).
     NotOffered,
 }
 
@@ -81,7 +83,8 @@ pub fn lookup(word: &[u8]) -> Option<Verb> {
         QUIT => Verb::Quit,
         VRFY => Verb::Vrfy,
         HELP => Verb::Help,
-        EXPN | TURN | ETRN | ATRN | SEND | SOML | SAML | AUTH | BURL | STARTTLS => Verb::NotOffered,
+        STARTTLS => Verb::StartTls,
+        EXPN | TURN | ETRN | ATRN | SEND | SOML | SAML | AUTH | BURL => Verb::NotOffered,
         _ => return None,
     })
 }
@@ -126,7 +129,7 @@ mod tests {
     fn case_insensitive_and_exact() {
         assert_eq!(lookup(b"ehlo"), Some(Verb::Ehlo));
         assert_eq!(lookup(b"EhLo"), Some(Verb::Ehlo));
-        assert_eq!(lookup(b"StartTLS"), Some(Verb::NotOffered));
+        assert_eq!(lookup(b"StartTLS"), Some(Verb::StartTls));
         assert_eq!(lookup(b"HLEO"), None);
         assert_eq!(lookup(b"EHLOX"), None);
         assert_eq!(lookup(b"EHL"), None);

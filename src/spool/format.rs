@@ -82,26 +82,26 @@ fn address_literal(addr: &SocketAddr) -> String {
 }
 
 /// The `Received:` trace header (RFC 5321 §4.4): `from` the HELO name with the client's
-/// address as TCP-info, `by` this host, `with` the protocol (RFC 3848: SMTP/ESMTP;
-/// RFC 6531 §3.7.3: UTF8SMTP), the queue id, `for` the recipient when there is exactly one,
-/// and the date. Folded before each clause so it stays short.
+/// address as TCP-info, the TLS version and cipher as Postfix records them, `by` this host,
+/// `with` the protocol (RFC 3848: SMTP, ESMTP, ESMTPS under TLS; RFC 6531 §3.7.3: UTF8SMTP,
+/// UTF8SMTPS), the queue id, `for` the recipient when there is exactly one, and the date.
+/// Folded before each clause so it stays short.
 pub(super) fn received_header(meta: &MessageMeta, hostname: &str) -> Vec<u8> {
-    let with = match (meta.esmtp, meta.smtputf8) {
-        (_, true) => "UTF8SMTP",
-        (true, false) => "ESMTP",
-        (false, false) => "SMTP",
+    let with = match (meta.esmtp, meta.smtputf8, meta.tls.is_some()) {
+        (_, true, false) => "UTF8SMTP",
+        (_, true, true) => "UTF8SMTPS",
+        (true, false, false) => "ESMTP",
+        (true, false, true) => "ESMTPS",
+        (false, false, _) => "SMTP",
     };
     let mut h = Vec::with_capacity(256);
     h.extend_from_slice(b"Received: from ");
     h.extend_from_slice(&meta.helo);
-    let _ = write!(
-        h,
-        " ({})\r\n\tby {} (ringmx) with {} id {}",
-        address_literal(&meta.client),
-        hostname,
-        with,
-        meta.id
-    );
+    let _ = write!(h, " ({})", address_literal(&meta.client));
+    if let Some(tls) = &meta.tls {
+        let _ = write!(h, "\r\n\t(using {} with cipher {})", tls.version, tls.cipher);
+    }
+    let _ = write!(h, "\r\n\tby {} (ringmx) with {} id {}", hostname, with, meta.id);
     if let [rcpt] = meta.recipients.as_slice() {
         h.extend_from_slice(b"\r\n\tfor <");
         h.extend_from_slice(rcpt);
@@ -158,17 +158,27 @@ pub(super) fn envelope_json(meta: &MessageMeta, size: u64) -> String {
         }
         json_string(&mut j, r);
     }
-    let _ = writeln!(
-        j,
-        "],\"size\":{size},\"received\":\"{}\"}}",
-        rfc3339(meta.received)
-    );
+    let _ = write!(j, "],\"size\":{size},\"received\":\"{}\"", rfc3339(meta.received));
+    if let Some(tls) = &meta.tls {
+        let _ = write!(
+            j,
+            ",\"tls\":{{\"version\":\"{}\",\"cipher\":\"{}\",\"sni\":",
+            tls.version, tls.cipher
+        );
+        match &tls.sni {
+            Some(name) => json_string(&mut j, name.as_bytes()),
+            None => j.push_str("null"),
+        }
+        j.push('}');
+    }
+    j.push_str("}\n");
     j
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spool::TlsInfo;
     use std::time::Duration;
 
     fn meta() -> MessageMeta {
@@ -182,7 +192,42 @@ mod tests {
             mail_params: b"SIZE=10".to_vec(),
             recipients: vec![b"c@d.example".to_vec()],
             received: UNIX_EPOCH + Duration::from_secs(1_795_919_104),
+            tls: None,
         }
+    }
+
+    fn tls() -> Option<TlsInfo> {
+        Some(TlsInfo {
+            version: "TLSv1.3",
+            cipher: "TLS13_AES_256_GCM_SHA384",
+            sni: Some("mx.test".into()),
+        })
+    }
+
+    #[test]
+    fn tls_sessions_are_recorded_as_postfix_does_and_as_esmtps() {
+        let mut m = meta();
+        m.tls = tls();
+        let h = String::from_utf8(received_header(&m, "mx.test")).unwrap();
+        assert_eq!(
+            h,
+            "Received: from client.example ([127.0.0.1])\r\n\t(using TLSv1.3 with cipher \
+             TLS13_AES_256_GCM_SHA384)\r\n\tby mx.test (ringmx) with ESMTPS id ABC\r\n\
+             \tfor <c@d.example>;\r\n\tSun, 29 Nov 2026 02:25:04 +0000\r\n"
+        );
+        m.smtputf8 = true;
+        let h = String::from_utf8(received_header(&m, "mx.test")).unwrap();
+        assert!(h.contains("with UTF8SMTPS id ABC"), "{h}");
+        let j = envelope_json(&m, 1);
+        assert!(
+            j.ends_with(
+                r#","tls":{"version":"TLSv1.3","cipher":"TLS13_AES_256_GCM_SHA384","sni":"mx.test"}}
+"#
+            ),
+            "{j}"
+        );
+        m.tls.as_mut().unwrap().sni = None;
+        assert!(envelope_json(&m, 1).contains(r#""sni":null}"#));
     }
 
     #[test]

@@ -63,6 +63,19 @@ pub struct MessageMeta {
     pub mail_params: Vec<u8>,
     pub recipients: Vec<Vec<u8>>,
     pub received: SystemTime,
+    /// The TLS session the message came over, if it did.
+    pub tls: Option<TlsInfo>,
+}
+
+/// What the `Received:` header and the envelope record of a message's TLS session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// `TLSv1.2` or `TLSv1.3`, as Postfix writes it.
+    pub version: &'static str,
+    /// The IANA name of the cipher suite (`TLS13_AES_256_GCM_SHA384`).
+    pub cipher: &'static str,
+    /// The name the client asked for (RFC 6066 SNI), if any.
+    pub sni: Option<String>,
 }
 
 /// A job for the committer, keyed by the session's token.

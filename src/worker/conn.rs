@@ -2,12 +2,13 @@
 
 use super::store::{Ended, Message, Store};
 use super::timer::Tick;
+use super::tls::{Failure, Tls, TlsStats};
 use crate::backend::Token;
 use crate::proto::{CloseReason, Commit, Event, Session, Settings, Stats};
 use slab::Slab;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Free session buffers kept for reuse.
 const POOL_MAX: usize = 256;
@@ -53,6 +54,8 @@ pub(crate) struct Conn {
     /// On the list of connections to settle this turn.
     pub(crate) dirty: bool,
     pub(crate) message: Message,
+    /// The TLS layer, after STARTTLS or from the start on an implicit TLS listener.
+    pub(crate) tls: Option<Box<Tls>>,
     pub(crate) timer: Tick,
     /// The session's counters folded into the worker's totals so far, for its log line.
     pub(crate) folded: Folded,
@@ -108,8 +111,13 @@ impl Pool {
 pub(crate) struct Shared {
     pub(crate) id: usize,
     pub(crate) settings: Arc<Settings>,
+    /// The configuration for new TLS handshakes (replaced on reload), if TLS is configured.
+    pub(crate) tls_config: Option<Arc<rustls::ServerConfig>>,
+    /// How long a TLS handshake may take (`tls_handshake_timeout_secs`).
+    pub(crate) handshake_timeout: Duration,
     pub(crate) now: Instant,
     pub(crate) stats: Stats,
+    pub(crate) tls_stats: TlsStats,
     pub(crate) store: Store,
     pub(crate) pool: Pool,
     pub(crate) dirty: Vec<Token>,
@@ -155,6 +163,7 @@ impl Conn {
             receiving: true,
             dirty: false,
             message: Message::None,
+            tls: None,
             timer: 0,
             folded: Folded::default(),
         }
@@ -170,9 +179,51 @@ impl Conn {
         stats.add(&s);
     }
 
+    /// Starts TLS at once (an implicit TLS listener): the session's greeting waits for the
+    /// handshake. Returns false if rustls refused the configuration.
+    pub(crate) fn start_tls(&mut self, sh: &mut Shared, wire: Vec<u8>) -> bool {
+        let Some(config) = sh.tls_config.clone() else {
+            return false;
+        };
+        match Tls::new(config, sh.now + sh.handshake_timeout, wire) {
+            Ok(tls) => {
+                self.tls = Some(tls);
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a TLS session");
+                false
+            }
+        }
+    }
+
+    /// Octets of replies waiting to leave: the session's and, under TLS, the records.
+    pub(crate) fn pending(&self) -> usize {
+        self.out.len() + self.tls.as_ref().map_or(0, |t| t.wire.len())
+    }
+
     /// Takes received bytes: fed straight from the backend's buffer when nothing waits before
-    /// them, else appended to what waits; what the session leaves is kept for later.
+    /// them, else appended to what waits; what the session leaves is kept for later. Under
+    /// TLS they are records, decrypted into the input first.
     pub(crate) fn receive(&mut self, sh: &mut Shared, token: Token, buf: &[u8]) {
+        if let Some(tls) = &mut self.tls {
+            sh.pool.ensure(&mut self.input);
+            match tls.receive(buf, &mut self.input) {
+                Ok(established) => {
+                    if established {
+                        sh.pool.ensure(&mut self.out);
+                        tls.established(&mut sh.tls_stats, &mut self.session, sh.now, &mut self.out);
+                        self.events(sh, token);
+                    }
+                    self.pump(sh, token);
+                }
+                Err(failure) => self.tls_failed(sh, token, failure),
+            }
+            if self.input.is_empty() {
+                sh.pool.put(std::mem::take(&mut self.input));
+            }
+            return;
+        }
         if self.input.is_empty() {
             let n = self.feed(sh, token, buf);
             if n < buf.len() {
@@ -188,11 +239,20 @@ impl Conn {
     /// Feeds `bytes` to the session until it has consumed them or cannot take more now
     /// (waiting for a commit, or its reply backlog is full); returns how many it took.
     ///
-    /// This is the seam for STARTTLS: with TLS on, the received bytes go to rustls's
-    /// `read_tls` and the plaintext it yields comes here; replies go through its `writer`.
+    /// Under TLS the bytes are the plaintext rustls yielded, and records waiting for the
+    /// socket count against the reply backlog. After STARTTLS, whatever follows its line is
+    /// discarded and counted, never executed (RFC 3207 §4.2, CVE-2011-0411).
     fn feed(&mut self, sh: &mut Shared, token: Token, bytes: &[u8]) -> usize {
+        let plaintext = self.tls.is_none();
         let mut off = 0;
         loop {
+            if self
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.wire.len() >= sh.settings.config.limits.max_reply_backlog)
+            {
+                return off;
+            }
             sh.pool.ensure(&mut self.out);
             let progress = self.session.handle_input(sh.now, &bytes[off..], &mut self.out);
             let n = progress.consumed;
@@ -207,6 +267,16 @@ impl Conn {
             }
             off += n;
             let evented = self.events(sh, token);
+            if plaintext && self.tls.is_some() {
+                let injected = (bytes.len() - off) as u64;
+                if injected > 0 {
+                    sh.tls_stats.injections += 1;
+                    sh.tls_stats.injected_octets += injected;
+                    tracing::debug!(peer = %self.peer, octets = injected, "input after STARTTLS discarded");
+                }
+                self.flush_body(sh, token);
+                return bytes.len();
+            }
             if off == bytes.len() || (n == 0 && !evented) {
                 self.flush_body(sh, token);
                 return off;
@@ -243,7 +313,10 @@ impl Conn {
             any = true;
             match event {
                 Event::MessageStart => {
-                    self.message = sh.store.start(token, self.session.envelope(), self.peer);
+                    let tls = &self.tls;
+                    self.message = sh.store.start(token, self.session.envelope(), self.peer, || {
+                        tls.as_ref().and_then(|t| t.info())
+                    });
                 }
                 Event::MessageEnd => {
                     self.flush_body(sh, token);
@@ -254,6 +327,13 @@ impl Conn {
                     }
                 }
                 Event::MessageAbort => self.abort_message(sh, token),
+                Event::StartTls => {
+                    // The replies up to the `220` leave in plaintext, ahead of the handshake.
+                    let wire = std::mem::take(&mut self.out);
+                    if !self.start_tls(sh, wire) {
+                        self.abandon(sh, token, CloseReason::TlsError);
+                    }
+                }
                 Event::Close(reason) => self.finish(reason),
             }
         }
@@ -277,10 +357,46 @@ impl Conn {
         sh.store.abort(token, &mut self.message);
     }
 
-    /// Ends the session: what is queued is sent, then the connection closes.
+    /// Ends the session: what is queued is sent (under TLS followed by close_notify), then
+    /// the connection closes.
     fn finish(&mut self, reason: CloseReason) {
         if !self.phase.ended() {
             self.phase = Phase::Finishing(reason);
+            if let Some(tls) = &mut self.tls {
+                tls.close();
+            }
+        }
+    }
+
+    /// The TLS session failed: counted by cause; the alert rustls queued leaves with what is
+    /// already waiting, then the connection closes.
+    pub(crate) fn tls_failed(&mut self, sh: &mut Shared, token: Token, failure: Failure) {
+        tracing::debug!(peer = %self.peer, cause = failure.name(), "TLS failed");
+        sh.tls_stats.fail(failure);
+        let reason = if failure == Failure::Timeout {
+            CloseReason::TlsTimeout
+        } else {
+            CloseReason::TlsError
+        };
+        self.abandon(sh, token, reason);
+    }
+
+    /// Moves the session's replies into records, under TLS; what to send is then
+    /// [`wire`](Self::wire).
+    pub(crate) fn seal(&mut self, pool: &mut Pool) {
+        if let Some(tls) = &mut self.tls {
+            if !self.out.is_empty() || tls.wants_write() {
+                pool.ensure(&mut tls.wire);
+            }
+            tls.seal(&mut self.out);
+        }
+    }
+
+    /// The bytes for the socket: the records under TLS, the replies otherwise.
+    pub(crate) fn wire(&mut self) -> &mut Vec<u8> {
+        match &mut self.tls {
+            Some(tls) => &mut tls.wire,
+            None => &mut self.out,
         }
     }
 
@@ -291,7 +407,7 @@ impl Conn {
         let committing = matches!(self.message, Message::Committing(_));
         // Input the session left because its reply backlog is full is answered once the
         // replies before it have left, whether they are in flight or still waiting here.
-        let blocked_on_replies = !self.input.is_empty() && (self.sending || !self.out.is_empty());
+        let blocked_on_replies = !self.input.is_empty() && (self.sending || self.pending() > 0);
         if self.phase == Phase::PeerClosed && !committing && !blocked_on_replies {
             self.abandon(sh, token, CloseReason::PeerClosed);
         }
@@ -312,6 +428,9 @@ impl Conn {
 
     /// Gives every buffer back to the pool (the connection is gone).
     pub(crate) fn release(&mut self, pool: &mut Pool) {
+        if let Some(mut tls) = self.tls.take() {
+            pool.put(std::mem::take(&mut tls.wire));
+        }
         for buf in [
             std::mem::take(&mut self.input),
             std::mem::take(&mut self.out),

@@ -19,8 +19,10 @@
 mod conn;
 mod store;
 pub mod timer;
+mod tls;
 
 pub use store::Store;
+pub use tls::TlsStats;
 
 use crate::backend::{Backend, Completion, IoStats, Token, RESERVED_GENERATION};
 use crate::proto::{CloseReason, Reply, Session, Settings, Stats};
@@ -35,10 +37,13 @@ use std::time::{Duration, Instant};
 use timer::{Tick, Wheel};
 
 /// A message from the main thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Control {
     /// Stop accepting, say goodbye to idle sessions, let transactions finish within the grace.
     Shutdown,
+    /// Certificates were reloaded: new handshakes use this configuration; sessions already in
+    /// TLS keep theirs.
+    Tls(Arc<rustls::ServerConfig>),
 }
 
 /// The worker's own settings, from the server's limits table.
@@ -50,6 +55,12 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// Unconsumed input a connection may hold before it stops being read (`input_buffer`).
     pub input_buffer: usize,
+    /// The configuration for TLS handshakes, if a certificate is configured.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Which of the worker's listeners, by index, are implicit TLS listeners (RFC 8314).
+    pub implicit_tls: Vec<bool>,
+    /// How long a TLS handshake may take (`tls_handshake_timeout_secs`).
+    pub handshake_timeout: Duration,
 }
 
 /// Connections refused at accept, by reason.
@@ -72,6 +83,7 @@ pub struct Report {
     /// Every session's counters, added as each ended, and the replies sent outside sessions.
     pub stats: Stats,
     pub io: IoStats,
+    pub tls: TlsStats,
     pub accepted: u64,
     pub refused: Refused,
 }
@@ -80,6 +92,7 @@ impl Report {
     pub fn merge(&mut self, other: &Report) {
         self.stats.merge(&other.stats);
         self.io.merge(&other.io);
+        self.tls.merge(&other.tls);
         self.accepted += other.accepted;
         self.refused.max_connections += other.refused.max_connections;
         self.refused.shutting_down += other.refused.shutting_down;
@@ -133,8 +146,11 @@ impl<B: Backend> Worker<B> {
             shared: Shared {
                 id,
                 settings,
+                tls_config: config.tls.clone(),
+                handshake_timeout: config.handshake_timeout,
                 now,
                 stats: Stats::default(),
+                tls_stats: TlsStats::default(),
                 store,
                 pool: Pool::new(config.input_buffer),
                 dirty: Vec::new(),
@@ -171,8 +187,12 @@ impl<B: Backend> Worker<B> {
                 self.complete(completion);
             }
             self.commits();
-            if self.control.try_recv().is_ok() && self.grace_until.is_none() {
-                self.shutdown();
+            while let Ok(control) = self.control.try_recv() {
+                match control {
+                    Control::Shutdown if self.grace_until.is_none() => self.shutdown(),
+                    Control::Shutdown => {}
+                    Control::Tls(config) => self.shared.tls_config = Some(config),
+                }
             }
             self.timers(&mut expired);
             self.settle();
@@ -184,6 +204,7 @@ impl<B: Backend> Worker<B> {
         Report {
             stats: self.shared.stats,
             io: self.backend.io_stats(),
+            tls: self.shared.tls_stats,
             accepted: self.accepted,
             refused: self.refused,
         }
@@ -198,7 +219,11 @@ impl<B: Backend> Worker<B> {
 
     fn complete(&mut self, completion: Completion) {
         match completion {
-            Completion::Accepted { socket, peer } => self.accept(socket, peer),
+            Completion::Accepted {
+                socket,
+                peer,
+                listener,
+            } => self.accept(socket, peer, listener),
             Completion::Refused { socket, .. } => {
                 self.refused.out_of_descriptors += 1;
                 self.refuse(socket, Reply::TooManyConnections);
@@ -226,8 +251,16 @@ impl<B: Backend> Worker<B> {
         match result {
             Ok(buf) if buf.is_empty() => {
                 backend.recycle(buf);
-                conn.phase = Phase::PeerClosed;
-                conn.after_eof(shared, token);
+                if conn
+                    .tls
+                    .as_ref()
+                    .is_some_and(|t| t.handshake_deadline().is_some())
+                {
+                    conn.tls_failed(shared, token, tls::Failure::Eof);
+                } else {
+                    conn.phase = Phase::PeerClosed;
+                    conn.after_eof(shared, token);
+                }
             }
             Ok(buf) => {
                 conn.receive(shared, token, &buf);
@@ -259,7 +292,7 @@ impl<B: Backend> Worker<B> {
         shared.mark(conn, token);
     }
 
-    fn accept(&mut self, socket: OwnedFd, peer: SocketAddr) {
+    fn accept(&mut self, socket: OwnedFd, peer: SocketAddr, listener: usize) {
         if self.grace_until.is_some() {
             self.refuse(socket, Reply::ShuttingDown);
             self.refused.shutting_down += 1;
@@ -293,9 +326,19 @@ impl<B: Backend> Worker<B> {
         }
         self.accepted += 1;
         let sh = &mut self.shared;
-        let mut out = sh.pool.take();
-        let session = Session::new(sh.settings.clone(), sh.now, &mut out);
-        let conn = entry.insert(Conn::new(session, token.generation, peer, sh.now, out));
+        let implicit = self.config.implicit_tls.get(listener).copied().unwrap_or(false);
+        let conn = if implicit {
+            let session = Session::new_tls(sh.settings.clone(), sh.now);
+            let conn = entry.insert(Conn::new(session, token.generation, peer, sh.now, Vec::new()));
+            if !conn.start_tls(sh, Vec::new()) {
+                conn.abandon(sh, token, CloseReason::TlsError);
+            }
+            conn
+        } else {
+            let mut out = sh.pool.take();
+            let session = Session::new(sh.settings.clone(), sh.now, &mut out);
+            entry.insert(Conn::new(session, token.generation, peer, sh.now, out))
+        };
         sh.mark(conn, token);
     }
 
@@ -383,9 +426,14 @@ impl<B: Backend> Worker<B> {
                 }
                 Phase::Closing(_) => {}
                 Phase::Open | Phase::PeerClosed => {
-                    shared.pool.ensure(&mut conn.out);
-                    conn.session.handle_timeout(now, &mut conn.out);
-                    conn.events(shared, token);
+                    let handshake = conn.tls.as_ref().and_then(|t| t.handshake_deadline());
+                    if handshake.is_some_and(|deadline| now >= deadline) {
+                        conn.tls_failed(shared, token, tls::Failure::Timeout);
+                    } else {
+                        shared.pool.ensure(&mut conn.out);
+                        conn.session.handle_timeout(now, &mut conn.out);
+                        conn.events(shared, token);
+                    }
                     shared.mark(conn, token);
                 }
             }
@@ -437,12 +485,20 @@ impl<B: Backend> Worker<B> {
                 continue;
             };
             conn.dirty = false;
-            if !conn.sending && !conn.out.is_empty() {
-                backend.send(token, std::mem::take(&mut conn.out));
-                conn.sending = true;
-            } else if conn.out.is_empty() && conn.out.capacity() > 0 {
+            conn.seal(&mut shared.pool);
+            if conn.tls.is_some() && conn.out.capacity() > 0 {
+                // Sealed: the replies are records in the wire buffer now.
                 let out = std::mem::take(&mut conn.out);
                 shared.pool.put(out);
+            }
+            let sending = conn.sending;
+            let wire = conn.wire();
+            if !sending && !wire.is_empty() {
+                backend.send(token, std::mem::take(wire));
+                conn.sending = true;
+            } else if wire.is_empty() && wire.capacity() > 0 {
+                let wire = std::mem::take(wire);
+                shared.pool.put(wire);
             }
             match conn.phase {
                 Phase::Finishing(reason) if !conn.sending => {
@@ -483,12 +539,17 @@ impl<B: Backend> Worker<B> {
         let want = !spool_full
             && conn.phase == Phase::Open
             && conn.input.len() < config.input_buffer
-            && conn.out.len() < backlog;
+            && conn.pending() < backlog;
         if want != conn.receiving {
             conn.receiving = want;
             backend.set_receiving(token, want);
         }
-        if let Some(deadline) = conn.session.poll_timeout() {
+        let handshake = conn.tls.as_ref().and_then(|t| t.handshake_deadline());
+        let deadline = match (conn.session.poll_timeout(), handshake) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(deadline) = deadline {
             if wheel.earlier(deadline, conn.timer) {
                 conn.timer = wheel.schedule(token.to_u64(), deadline);
             }

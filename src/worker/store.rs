@@ -6,7 +6,7 @@
 
 use crate::backend::Token;
 use crate::proto::Envelope;
-use crate::spool::{Done, IdGen, Job, MessageMeta, Spool};
+use crate::spool::{Done, IdGen, Job, MessageMeta, Spool, TlsInfo};
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
@@ -48,8 +48,15 @@ impl Store {
         matches!(self, Store::Spool(s) if s.full())
     }
 
-    /// A message begins: the spool gets its envelope under a new queue id.
-    pub(crate) fn start(&mut self, token: Token, env: &Envelope, client: SocketAddr) -> Message {
+    /// A message begins: the spool gets its envelope (and the TLS session it came over, if
+    /// any) under a new queue id.
+    pub(crate) fn start(
+        &mut self,
+        token: Token,
+        env: &Envelope,
+        client: SocketAddr,
+        tls: impl FnOnce() -> Option<TlsInfo>,
+    ) -> Message {
         let Store::Spool(spool) = self else {
             return Message::Streaming(String::new());
         };
@@ -64,6 +71,7 @@ impl Store {
             mail_params: env.mail_params().to_vec(),
             recipients: env.recipients().map(<[u8]>::to_vec).collect(),
             received: SystemTime::now(),
+            tls: tls(),
         };
         spool.submit(Job::Start {
             key: token.to_u64(),

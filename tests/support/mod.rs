@@ -121,6 +121,12 @@ pub fn drive<'a>(config: &ProtoConfig, chunks: impl IntoIterator<Item = &'a [u8]
                         session.handle_commit(now, Commit::Queued(QUEUE_ID), &mut output);
                     }
                     Event::MessageAbort => current = None,
+                    // As the worker does: what followed the STARTTLS line is discarded, and
+                    // the handshake is taken as done.
+                    Event::StartTls => {
+                        pending.clear();
+                        session.handle_tls_established(now, &mut output);
+                    }
                     Event::Close(_) => closed = true,
                 }
             }

@@ -301,7 +301,7 @@ impl Uring {
         if done.res >= 0 {
             // SAFETY: a successful accept completion's result is a new descriptor we own.
             let socket = unsafe { OwnedFd::from_raw_fd(done.res) };
-            accepted(socket, &mut self.stats, out);
+            accepted(socket, i, &mut self.stats, out);
         } else if done.res != -libc::ECANCELED {
             let err = io::Error::from_raw_os_error(-done.res);
             let fd = listener.fd.as_fd();
@@ -447,7 +447,7 @@ impl Uring {
 }
 
 /// Reports a socket from the multishot accept to the worker, unless its client already left.
-fn accepted(socket: OwnedFd, stats: &mut IoStats, out: &mut Vec<Completion>) {
+fn accepted(socket: OwnedFd, listener: usize, stats: &mut IoStats, out: &mut Vec<Completion>) {
     let sock = SockRef::from(&socket);
     if let Err(e) = sock.set_tcp_nodelay(true) {
         tracing::debug!(error = %e, "TCP_NODELAY failed");
@@ -456,7 +456,11 @@ fn accepted(socket: OwnedFd, stats: &mut IoStats, out: &mut Vec<Completion>) {
     // client that reset the connection while it waited in the accept queue has no peer any
     // more (ENOTCONN): nothing is left to serve.
     match sock.peer_addr().map(|a| a.as_socket()) {
-        Ok(Some(peer)) => out.push(Completion::Accepted { socket, peer }),
+        Ok(Some(peer)) => out.push(Completion::Accepted {
+            socket,
+            peer,
+            listener,
+        }),
         Ok(None) | Err(_) => stats.vanished += 1,
     }
 }
