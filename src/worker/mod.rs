@@ -22,7 +22,7 @@ pub mod timer;
 mod tls;
 
 pub use store::Store;
-pub use tls::TlsStats;
+pub use tls::{Failure as TlsFailure, Tls, TlsStats};
 
 use crate::backend::{Backend, Completion, IoStats, Token, RESERVED_GENERATION};
 use crate::proto::{CloseReason, Reply, Session, Settings, Stats};

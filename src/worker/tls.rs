@@ -29,7 +29,7 @@ enum Phase {
 
 /// Why a TLS session failed, one counter each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Failure {
+pub enum Failure {
     /// Not a TLS record, or a malformed one (garbage, a plaintext command, a truncated record).
     BadRecord,
     /// No protocol version, cipher suite or signature scheme in common.
@@ -49,8 +49,8 @@ pub(crate) enum Failure {
 }
 
 impl Failure {
-    pub(crate) const COUNT: usize = 8;
-    pub(crate) const ALL: [Failure; Failure::COUNT] = [
+    pub const COUNT: usize = 8;
+    pub const ALL: [Failure; Failure::COUNT] = [
         Failure::BadRecord,
         Failure::Incompatible,
         Failure::ClientAlert,
@@ -61,7 +61,7 @@ impl Failure {
         Failure::Eof,
     ];
 
-    pub(crate) fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Failure::BadRecord => "bad_record",
             Failure::Incompatible => "incompatible",
@@ -108,7 +108,7 @@ pub struct TlsStats {
 }
 
 impl TlsStats {
-    pub(crate) fn fail(&mut self, failure: Failure) {
+    pub fn fail(&mut self, failure: Failure) {
         self.failures[failure as usize] += 1;
     }
 
@@ -142,18 +142,18 @@ impl TlsStats {
 }
 
 /// One connection's TLS state, boxed so a plaintext connection pays a pointer for it.
-pub(crate) struct Tls {
+pub struct Tls {
     conn: ServerConnection,
     phase: Phase,
     /// Bytes for the socket not yet handed to the backend: after STARTTLS first the plaintext
     /// replies up to its `220`, then records.
-    pub(crate) wire: Vec<u8>,
+    pub wire: Vec<u8>,
 }
 
 impl Tls {
     /// A server side waiting for the ClientHello; `wire` holds what must leave before it (the
     /// `220` of STARTTLS).
-    pub(crate) fn new(
+    pub fn new(
         config: Arc<ServerConfig>,
         deadline: Instant,
         wire: Vec<u8>,
@@ -170,7 +170,7 @@ impl Tls {
     }
 
     /// When the handshake must be done by, while it is not.
-    pub(crate) fn handshake_deadline(&self) -> Option<Instant> {
+    pub fn handshake_deadline(&self) -> Option<Instant> {
         match self.phase {
             Phase::Handshaking { deadline } => Some(deadline),
             _ => None,
@@ -180,7 +180,7 @@ impl Tls {
     /// Decrypts received bytes, appending the plaintext to `plain`; returns whether the
     /// handshake completed with them. On an error the alert rustls queued goes out with the
     /// next [`seal`](Self::seal).
-    pub(crate) fn receive(&mut self, mut buf: &[u8], plain: &mut Vec<u8>) -> Result<bool, Failure> {
+    pub fn receive(&mut self, mut buf: &[u8], plain: &mut Vec<u8>) -> Result<bool, Failure> {
         while !buf.is_empty() {
             // Reading from a slice cannot fail; rustls refuses only when its plaintext buffer
             // is full, and it is drained below after every batch of records.
@@ -205,7 +205,7 @@ impl Tls {
 
     /// Seals the plaintext replies in `out` (emptying it) and moves every record rustls has
     /// ready, handshake messages and alerts included, to `wire`.
-    pub(crate) fn seal(&mut self, out: &mut Vec<u8>) {
+    pub fn seal(&mut self, out: &mut Vec<u8>) {
         if !out.is_empty() && self.phase != Phase::Closed {
             // Without a buffer limit the writer takes everything (buffered until the
             // handshake completes, for an implicit listener's greeting).
@@ -220,13 +220,13 @@ impl Tls {
     }
 
     /// Whether rustls has records ready for the socket.
-    pub(crate) fn wants_write(&self) -> bool {
+    pub fn wants_write(&self) -> bool {
         self.conn.wants_write()
     }
 
     /// Queues close_notify once the session is over, so the client can tell the end of the
     /// session from a truncation; sealed with the last replies.
-    pub(crate) fn close(&mut self) {
+    pub fn close(&mut self) {
         if self.phase == Phase::Established {
             self.conn.send_close_notify();
             self.phase = Phase::Closed;
@@ -234,13 +234,7 @@ impl Tls {
     }
 
     /// The handshake completed: counts it and tells the session.
-    pub(crate) fn established(
-        &self,
-        stats: &mut TlsStats,
-        session: &mut Session,
-        now: Instant,
-        out: &mut Vec<u8>,
-    ) {
+    pub fn established(&self, stats: &mut TlsStats, session: &mut Session, now: Instant, out: &mut Vec<u8>) {
         match self.conn.protocol_version() {
             Some(ProtocolVersion::TLSv1_3) => stats.tls13 += 1,
             _ => stats.tls12 += 1,
@@ -252,7 +246,7 @@ impl Tls {
     }
 
     /// Version, cipher and SNI name, once established.
-    pub(crate) fn info(&self) -> Option<TlsInfo> {
+    pub fn info(&self) -> Option<TlsInfo> {
         let (version, cipher) = crate::tls::describe(&self.conn)?;
         Some(TlsInfo {
             version,
