@@ -357,14 +357,11 @@ impl Conn {
         sh.store.abort(token, &mut self.message);
     }
 
-    /// Ends the session: what is queued is sent (under TLS followed by close_notify), then
-    /// the connection closes.
+    /// Ends the session: what is queued is sent (under TLS followed by close_notify, see
+    /// [`seal`](Self::seal)), then the connection closes.
     fn finish(&mut self, reason: CloseReason) {
         if !self.phase.ended() {
             self.phase = Phase::Finishing(reason);
-            if let Some(tls) = &mut self.tls {
-                tls.close();
-            }
         }
     }
 
@@ -382,13 +379,19 @@ impl Conn {
     }
 
     /// Moves the session's replies into records, under TLS; what to send is then
-    /// [`wire`](Self::wire).
+    /// [`wire`](Self::wire). Once the session is over, close_notify follows its last replies
+    /// (RFC 8446 §6.1), so the client can tell the end from a truncation.
     pub(crate) fn seal(&mut self, pool: &mut Pool) {
         if let Some(tls) = &mut self.tls {
-            if !self.out.is_empty() || tls.wants_write() {
+            let ended = self.phase.ended();
+            if ended || !self.out.is_empty() || tls.wants_write() {
                 pool.ensure(&mut tls.wire);
             }
             tls.seal(&mut self.out);
+            if ended {
+                tls.close();
+                tls.seal(&mut self.out);
+            }
         }
     }
 

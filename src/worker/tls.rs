@@ -224,8 +224,7 @@ impl Tls {
         self.conn.wants_write()
     }
 
-    /// Queues close_notify once the session is over, so the client can tell the end of the
-    /// session from a truncation; sealed with the last replies.
+    /// Queues close_notify (once, and only after a completed handshake).
     pub fn close(&mut self) {
         if self.phase == Phase::Established {
             self.conn.send_close_notify();

@@ -91,6 +91,8 @@ pub fn flatten_stats(text: &str) -> HashMap<String, u64> {
 pub struct Server {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The first implicit TLS listener, when `--listen-tls` was given.
+    pub tls_addr: Option<SocketAddr>,
     pub spool: PathBuf,
     stats_file: PathBuf,
     log: Arc<Mutex<String>>,
@@ -184,14 +186,21 @@ impl Server {
                     log.push('\n');
                 }
                 // After the line is in the log, so a started server's log holds its start line.
-                if let Some(rest) = line.split("listeners=").nth(1) {
-                    let first = rest.split([' ', ',']).next().unwrap_or("").to_string();
-                    let _ = tx.send(first);
+                if line.contains("ringmx started") {
+                    let _ = tx.send(line);
                 }
             }
         });
-        let addr = match rx.recv_timeout(LIMIT) {
-            Ok(addr) => addr.parse().expect("listening address"),
+        // The first address after `key=` on the start line; `-` when there is none.
+        let first = |line: &str, key: &str| -> Option<SocketAddr> {
+            let rest = line.split(&format!(" {key}=")).nth(1)?;
+            rest.split([' ', ',']).next()?.parse().ok()
+        };
+        let (addr, tls_addr) = match rx.recv_timeout(LIMIT) {
+            Ok(line) => (
+                first(&line, "listeners").expect("listening address"),
+                first(&line, "tls_listeners"),
+            ),
             Err(_) => {
                 let _ = child.kill();
                 let status = child.wait().unwrap();
@@ -208,6 +217,7 @@ impl Server {
         Server {
             child: Some(child),
             addr,
+            tls_addr,
             spool,
             stats_file,
             log,
@@ -414,6 +424,13 @@ impl Client {
                 Err(e) => panic!("read: {e} after {}", String::from_utf8_lossy(&all)),
             }
         }
+    }
+
+    /// The connection, for a TLS client to take over after STARTTLS's `220`; nothing may be
+    /// left unread.
+    pub fn into_stream(self) -> TcpStream {
+        assert!(self.buf.is_empty(), "unread bytes: {}", show(&self.buf));
+        self.stream
     }
 
     pub fn half_close(&self) {
