@@ -806,6 +806,9 @@ impl Worker {
                 self.mismatch(slot, Step::Starttls, "plaintext after the 220 to STARTTLS", now);
                 return false;
             }
+            // RFC 3207 4.2: the client forgets what the first EHLO told it, so the second
+            // EHLO's reply is exempt from the enhanced-code check as the first one was.
+            self.conns[slot].caps = Caps::default();
             self.start_tls(slot, now);
         }
         if cmd.step == Step::Ehlo {
