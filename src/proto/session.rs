@@ -921,6 +921,87 @@ mod tests {
         assert_eq!(chunk.poll_event(), Some(Event::Close(CloseReason::Shutdown)));
     }
 
+    fn tls_settings(required: bool) -> Arc<Settings> {
+        let mut config = ProtoConfig::default();
+        config.starttls = true;
+        config.tls_required = required;
+        Settings::new(config)
+    }
+
+    #[test]
+    fn starttls_stops_at_its_line_and_starts_over_after_the_handshake() {
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        let mut s = Session::new(tls_settings(false), t0, &mut out);
+        out.clear();
+        let input = b"EHLO x\r\nSTARTTLS\r\nMAIL FROM:<a@b.example>\r\n";
+        let n = s.handle_input(t0, input, &mut out).consumed;
+        assert_eq!(
+            &input[n..],
+            b"MAIL FROM:<a@b.example>\r\n",
+            "nothing after STARTTLS is taken"
+        );
+        let text = String::from_utf8(std::mem::take(&mut out)).unwrap();
+        assert!(text.contains("250-STARTTLS\r\n"), "{text}");
+        assert!(text.ends_with("220 2.0.0 Ready to start TLS\r\n"), "{text}");
+        assert_eq!(s.poll_event(), Some(Event::StartTls));
+        assert_eq!(
+            s.handle_input(t0, b"NOOP\r\n", &mut out).consumed,
+            0,
+            "waits for TLS"
+        );
+        s.handle_tls_established(t0, &mut out);
+        assert!(out.is_empty(), "no second greeting after STARTTLS");
+        assert!(s.is_tls());
+        s.handle_input(t0, b"MAIL FROM:<a@b.example>\r\nEHLO x\r\nSTARTTLS\r\n", &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("503 5.5.1 Error: send HELO/EHLO first\r\n"),
+            "{text}"
+        );
+        assert!(!text.contains("STARTTLS"), "{text}");
+        assert!(
+            text.ends_with("554 5.5.1 Error: TLS already active\r\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_implicit_tls_session_greets_once_established() {
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        let mut s = Session::new_tls(tls_settings(true), t0);
+        assert!(s.is_tls());
+        assert_eq!(s.handle_input(t0, b"EHLO x\r\n", &mut out).consumed, 0);
+        s.handle_tls_established(t0, &mut out);
+        assert_eq!(out, b"220 localhost ESMTP ringmx\r\n");
+        out.clear();
+        let input = b"EHLO x\r\nMAIL FROM:<a@b.example>\r\n";
+        assert_eq!(s.handle_input(t0, input, &mut out).consumed, input.len());
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("STARTTLS"), "{text}");
+        assert!(text.ends_with("250 2.1.0 Ok\r\n"), "tls_required is met: {text}");
+    }
+
+    #[test]
+    fn tls_required_refuses_the_transaction_before_tls() {
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        let mut s = Session::new(tls_settings(true), t0, &mut out);
+        out.clear();
+        let input =
+            b"EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\nBDAT 1 LAST\r\nxNOOP\r\n";
+        assert_eq!(s.handle_input(t0, input, &mut out).consumed, input.len());
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text.matches("530 5.7.0 Must issue a STARTTLS command first\r\n")
+                .count(),
+            4,
+            "{text}"
+        );
+        assert!(text.ends_with("250 2.0.0 Ok\r\n"), "{text}");
+    }
+
     #[test]
     fn counters_are_folded_before_they_could_wrap() {
         let t0 = Instant::now();

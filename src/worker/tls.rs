@@ -184,7 +184,9 @@ impl Tls {
         while !buf.is_empty() {
             // Reading from a slice cannot fail; rustls refuses only when its plaintext buffer
             // is full, and it is drained below after every batch of records.
-            self.conn.read_tls(&mut buf).map_err(|_| Failure::Misbehaved)?;
+            if self.conn.read_tls(&mut buf).map_err(|_| Failure::Misbehaved)? == 0 {
+                break;
+            }
             let state = self.conn.process_new_packets().map_err(|e| Failure::of(&e))?;
             let n = state.plaintext_bytes_to_read();
             if n > 0 {
