@@ -922,10 +922,11 @@ mod tests {
     }
 
     fn tls_settings(required: bool) -> Arc<Settings> {
-        let mut config = ProtoConfig::default();
-        config.starttls = true;
-        config.tls_required = required;
-        Settings::new(config)
+        Settings::new(ProtoConfig {
+            starttls: true,
+            tls_required: required,
+            ..ProtoConfig::default()
+        })
     }
 
     #[test]
