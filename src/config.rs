@@ -108,6 +108,34 @@ limits! {
     /// Reply octets a session may hold before it stops reading input until the client reads
     /// its replies (RFC 2920 §3.1 lets the client pipeline; this keeps memory bounded).
     max_reply_backlog: usize = 16384, 1024, 1 << 20;
+    /// Recipients over `max_recipients` per transaction answered `452 4.5.3` before each
+    /// further one counts as an error (Postfix's `smtpd_recipient_overshoot_limit`): RFC 5321
+    /// §4.5.3.1.10 has the client send them in another transaction.
+    recipient_overshoot_limit: u32 = 1000, 0, 1_000_000;
+    /// Refused recipients (relay denied, unknown user) a session may send before each further
+    /// one is answered only after `invalid_rcpt_delay_secs` (Stalwart's default): a directory
+    /// harvest slows to a crawl, a typo costs nothing.
+    invalid_rcpt_limit: u32 = 5, 0, 1000;
+    /// Seconds each refused recipient past `invalid_rcpt_limit` waits for its reply (on the
+    /// worker's timer; the replies pipelined behind it wait too, in order).
+    invalid_rcpt_delay_secs: u64 = 5, 0, 60;
+    /// Octets per second a message must average once `min_data_rate_grace_secs` have passed
+    /// since its DATA or first BDAT, or the session is closed with `421 4.4.2`; 0 = off. A
+    /// client dribbling a byte per timeout could otherwise hold a slot for days.
+    min_data_rate: u64 = 1024, 0, 1 << 30;
+    /// Seconds a message may take before `min_data_rate` applies (slow links, big messages).
+    min_data_rate_grace_secs: u64 = 30, 0, 3600;
+    /// Seconds a session may last whatever it does (`421 4.4.2`), so no client holds a slot
+    /// for ever; an hour covers hundreds of messages on a slow link.
+    max_session_secs: u64 = 3600, 1, 86_400;
+    /// Octets of a refused BDAT chunk the session reads and drops (RFC 3030 §4.2 has it read)
+    /// before the reply; a larger chunk (`BDAT 99999999999`) is answered at once and the
+    /// session closed, rather than reading gigabytes for nothing.
+    bdat_discard_limit: u64 = 32 << 20, 0, 1 << 30;
+    /// Milliseconds between the greeting's first line (`220-`) and the rest; a client that
+    /// talks meanwhile is refused (`554 5.5.1`, postscreen's pregreet test). 0 = off, the
+    /// default: it costs every client the delay.
+    greet_delay_ms: u64 = 0, 0, 30_000;
     }
 
     /// The limits of the server around the protocol: connections, buffers, the spool queue,
@@ -233,6 +261,9 @@ pub struct ServerConfig {
     /// More certificates, chosen by the name the client asks for (SNI, RFC 6066); without
     /// `tls_cert`, the first is the default.
     pub tls_certificates: Vec<CertEntry>,
+    /// Clients that may send to any domain; the others only to `domains` (with none
+    /// configured, they may not send at all: a public listener is never an open relay).
+    pub relay_networks: Vec<ipnet::IpNet>,
     /// Worker threads, one per core; 0 means one per CPU this process may run on.
     pub workers: usize,
     /// The I/O backend.
@@ -258,6 +289,7 @@ struct ServerKeys {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_certificates: Option<Vec<CertEntry>>,
+    relay_networks: Option<Vec<ipnet::IpNet>>,
     workers: Option<usize>,
     backend: Option<BackendKind>,
     spool: Option<PathBuf>,
@@ -273,6 +305,10 @@ impl Default for ServerConfig {
             tls_cert: None,
             tls_key: None,
             tls_certificates: Vec::new(),
+            relay_networks: ["127.0.0.0/8", "::1/128"]
+                .iter()
+                .map(|net| net.parse().expect("a valid network"))
+                .collect(),
             workers: 0,
             backend: BackendKind::Auto,
             spool: PathBuf::from("./spool"),
@@ -292,12 +328,13 @@ impl ServerConfig {
     /// `flatten`, so the server keys are split off first and each part is strict on its own:
     /// a misspelt key is an error, never silently ignored.
     pub fn from_toml(text: &str) -> Result<ServerConfig, String> {
-        const SERVER_KEYS: [&str; 10] = [
+        const SERVER_KEYS: [&str; 11] = [
             "listen",
             "listen_tls",
             "tls_cert",
             "tls_key",
             "tls_certificates",
+            "relay_networks",
             "workers",
             "backend",
             "spool",
@@ -327,6 +364,7 @@ impl ServerConfig {
             tls_cert: keys.tls_cert,
             tls_key: keys.tls_key,
             tls_certificates: keys.tls_certificates.unwrap_or_default(),
+            relay_networks: keys.relay_networks.unwrap_or(default.relay_networks),
             workers: keys.workers.unwrap_or(default.workers),
             backend: keys.backend.unwrap_or(default.backend),
             spool: keys.spool.unwrap_or(default.spool),

@@ -81,6 +81,7 @@ impl WorkerContext<'_> {
                 .chain(self.config.listen_tls.iter().map(|_| true))
                 .collect(),
             handshake_timeout: std::time::Duration::from_secs(limits.tls_handshake_timeout_secs),
+            relay_networks: self.config.relay_networks.clone().into(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("ringmx-worker-{id}"))

@@ -74,7 +74,15 @@ fn a_warm_session_allocates_nothing_per_command() {
         limits: max_errors_for_test(),
         ..ProtoConfig::default()
     });
-    let mut session = Session::new(settings, Instant::now(), &mut out);
+    let mut session = Session::new(
+        settings,
+        ringmx::proto::Client {
+            relay: true,
+            tls: false,
+        },
+        Instant::now(),
+        &mut out,
+    );
     let mut messages = 0;
     run(&mut session, b"EHLO client.example\r\n", &mut out, &mut messages);
     // Warm-up: the envelope buffer reaches its working size.

@@ -19,7 +19,15 @@ fn ringmx_sessions(
     let mut pos = 0;
     let mut sessions = 0;
     while pos < stream.len() {
-        let mut session = Session::new(settings.clone(), now, out);
+        let mut session = Session::new(
+            settings.clone(),
+            ringmx::proto::Client {
+                relay: true,
+                tls: false,
+            },
+            now,
+            out,
+        );
         sessions += 1;
         'session: loop {
             let progress = session.handle_input(now, &stream[pos..], out);

@@ -9,7 +9,7 @@ use std::time::Instant;
 fn run(config: &ProtoConfig, input: &[u8], step: usize) -> (Vec<u8>, u64) {
     let now = Instant::now();
     let mut out = Vec::new();
-    let mut session = Session::new(Settings::new(config.clone()), now, &mut out);
+    let mut session = Session::new(Settings::new(config.clone()), ringmx::proto::Client { relay: true, tls: false }, now, &mut out);
     let mut pending = Vec::new();
     // Content of committed messages only: how much of a refused message was handed out
     // before its flaw showed depends on the split, and it is discarded anyway.

@@ -17,6 +17,8 @@ pub struct Envelope {
     pub(crate) mail: bool,
     pub(crate) params: MailParams,
     pub(crate) bdat: bool,
+    /// Recipients refused for `max_recipients` in this transaction.
+    pub(crate) overshoot: u32,
 }
 
 impl Envelope {
@@ -84,5 +86,6 @@ impl Envelope {
         self.params = MailParams::default();
         self.mail = false;
         self.bdat = false;
+        self.overshoot = 0;
     }
 }

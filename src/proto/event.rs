@@ -59,11 +59,19 @@ pub enum CloseReason {
     TlsError,
     /// The TLS handshake did not finish within `tls_handshake_timeout_secs`.
     TlsTimeout,
+    /// The client talked before the greeting was complete (`554 5.5.1`, `greet_delay_ms`).
+    Pregreet,
+    /// A message arrived slower than `min_data_rate` (`421 4.4.2`).
+    SlowData,
+    /// The session lasted `max_session_secs` (`421 4.4.2`).
+    SessionTooLong,
+    /// A BDAT chunk larger than any message refused, rather than read for nothing (`552`).
+    ChunkTooBig,
 }
 
 impl CloseReason {
     /// Number of counter slots: every non-SMTP class shares one (its class is counted apart).
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 16;
     /// Every counter slot's reason, in counter order.
     pub const ALL: [CloseReason; CloseReason::COUNT] = [
         CloseReason::Quit,
@@ -78,6 +86,10 @@ impl CloseReason {
         CloseReason::GraceExpired,
         CloseReason::TlsError,
         CloseReason::TlsTimeout,
+        CloseReason::Pregreet,
+        CloseReason::SlowData,
+        CloseReason::SessionTooLong,
+        CloseReason::ChunkTooBig,
     ];
 
     /// The reason's counter slot.
@@ -95,6 +107,10 @@ impl CloseReason {
             CloseReason::GraceExpired => 9,
             CloseReason::TlsError => 10,
             CloseReason::TlsTimeout => 11,
+            CloseReason::Pregreet => 12,
+            CloseReason::SlowData => 13,
+            CloseReason::SessionTooLong => 14,
+            CloseReason::ChunkTooBig => 15,
         }
     }
 
@@ -113,6 +129,10 @@ impl CloseReason {
             CloseReason::GraceExpired => "shutdown_grace_expired",
             CloseReason::TlsError => "tls_error",
             CloseReason::TlsTimeout => "tls_handshake_timeout",
+            CloseReason::Pregreet => "pregreet",
+            CloseReason::SlowData => "slow_data",
+            CloseReason::SessionTooLong => "session_too_long",
+            CloseReason::ChunkTooBig => "chunk_too_big",
         }
     }
 }

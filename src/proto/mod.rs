@@ -28,7 +28,7 @@ pub use data::{Body, DataReceiver, Fed, Flaw, MAX_PIECES};
 pub use envelope::Envelope;
 pub use event::{CloseReason, Commit, Event, Progress};
 pub use reply::Reply;
-pub use session::Session;
+pub use session::{Client, Session};
 pub use settings::Settings;
 pub use sniff::NonSmtp;
 pub use stats::{SessionStats, Stats};

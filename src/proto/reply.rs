@@ -51,6 +51,11 @@ pub enum Reply {
     TlsActive,
     TlsInTransaction,
     TlsRequired,
+    Pregreet,
+    SlowData,
+    SessionTooLong,
+    RelayDenied,
+    UnknownUser,
     /// Sent by the caller, not a session: a connection over `max_connections`.
     TooManyConnections,
 }
@@ -103,6 +108,11 @@ impl Reply {
         Reply::TlsActive,
         Reply::TlsInTransaction,
         Reply::TlsRequired,
+        Reply::Pregreet,
+        Reply::SlowData,
+        Reply::SessionTooLong,
+        Reply::RelayDenied,
+        Reply::UnknownUser,
         Reply::TooManyConnections,
     ];
 
@@ -152,6 +162,11 @@ impl Reply {
             Reply::TlsActive => "tls_active",
             Reply::TlsInTransaction => "tls_in_transaction",
             Reply::TlsRequired => "tls_required",
+            Reply::Pregreet => "pregreet",
+            Reply::SlowData => "slow_data",
+            Reply::SessionTooLong => "session_too_long",
+            Reply::RelayDenied => "relay_denied",
+            Reply::UnknownUser => "unknown_user",
             Reply::TooManyConnections => "too_many_connections",
         }
     }
@@ -159,10 +174,11 @@ impl Reply {
     /// Whether the reply counts towards the session's error limit (RFC 5321 §4.2.1: 4yz and
     /// 5yz replies to commands; the 421 that ends the session and storage failures do not).
     pub fn is_client_error(self) -> bool {
+        // TooManyRecipients is not among them: RFC 5321 §4.5.3.1.10 makes the excess a normal
+        // event; the session counts it past `recipient_overshoot_limit` itself.
         matches!(
             self,
-            Reply::TooManyRecipients
-                | Reply::Unrecognized
+            Reply::Unrecognized
                 | Reply::LineTooLong
                 | Reply::IllegalChars
                 | Reply::EmptyLine
@@ -182,6 +198,8 @@ impl Reply {
                 | Reply::TlsActive
                 | Reply::TlsInTransaction
                 | Reply::TlsRequired
+                | Reply::RelayDenied
+                | Reply::UnknownUser
         )
     }
 
@@ -225,6 +243,10 @@ impl Reply {
             Reply::TlsActive => b"554 5.5.1 Error: TLS already active\r\n",
             Reply::TlsInTransaction => b"503 5.5.1 Error: MAIL transaction in progress\r\n",
             Reply::TlsRequired => b"530 5.7.0 Must issue a STARTTLS command first\r\n",
+            // Postfix's postscreen and smtpd texts.
+            Reply::Pregreet => b"554 5.5.1 Error: protocol error\r\n",
+            Reply::SlowData => b"421 4.4.2 Error: data arriving too slowly\r\n",
+            Reply::SessionTooLong => b"421 4.4.2 Error: session lasted too long\r\n",
             // The remaining kinds carry variable text and are written by `write_*` helpers.
             Reply::Greeting
             | Reply::Helo
@@ -233,7 +255,9 @@ impl Reply {
             | Reply::ChunkOk
             | Reply::Unrecognized
             | Reply::Syntax
-            | Reply::NonSmtp => unreachable!("reply {self:?} has variable text"),
+            | Reply::NonSmtp
+            | Reply::RelayDenied
+            | Reply::UnknownUser => unreachable!("reply {self:?} has variable text"),
         }
     }
 }
@@ -253,6 +277,28 @@ pub(crate) fn write_unrecognized(out: &mut Vec<u8>, verb: &[u8]) {
         }
     }
     out.extend_from_slice(b"\"\r\n");
+}
+
+/// Appends the refusal of a recipient with Postfix's texts: `554 5.7.1 <addr>: Relay access
+/// denied` or `550 5.1.1 <addr>: Recipient address rejected: User unknown`. The address is
+/// the client's, so what is not printable ASCII is escaped as `\xNN` (a reply is ASCII unless
+/// SMTPUTF8 says otherwise, and a CR or LF would forge reply lines).
+pub(crate) fn write_rcpt_refusal(out: &mut Vec<u8>, reply: Reply, address: &[u8]) {
+    let (head, tail): (&[u8], &[u8]) = match reply {
+        Reply::RelayDenied => (b"554 5.7.1 <", b">: Relay access denied\r\n"),
+        _ => (b"550 5.1.1 <", b">: Recipient address rejected: User unknown\r\n"),
+    };
+    out.extend_from_slice(head);
+    for &b in address.iter().take(256) {
+        match b {
+            0x21..=0x7e => out.push(b),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                out.extend_from_slice(&[b'\\', b'x', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
+            }
+        }
+    }
+    out.extend_from_slice(tail);
 }
 
 /// Appends a decimal number without allocating.

@@ -4,7 +4,7 @@ use super::address::{parse_mail_params, parse_path, ParamError, PathError};
 use super::data::{Body, DataReceiver, Flaw};
 use super::envelope::Envelope;
 use super::event::{CloseReason, Commit, Event, Progress};
-use super::reply::{write_u64, write_unrecognized, Reply};
+use super::reply::{write_rcpt_refusal, write_u64, write_unrecognized, Reply};
 use super::settings::Settings;
 use super::sniff::{classify_line, sniff, NonSmtp};
 use super::stats::SessionStats;
@@ -15,19 +15,51 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug)]
 enum State {
+    /// Not started: the caller has not yet told who the client is ([`Session::handle_start`]),
+    /// waiting for a PROXY header or an implicit TLS handshake. Nothing is read or sent.
+    Pending,
+    /// The first line of a delayed greeting is sent; the rest follows at `until`. A client
+    /// that talks before it is a pregreeter (postscreen's test).
+    Greeting {
+        until: Instant,
+    },
     Command,
     Data(DataReceiver),
-    /// Inside a BDAT chunk; `error` is the reply owed once the chunk is consumed and dropped.
+    /// Inside a BDAT chunk of `remaining` octets, whose content goes where `fate` says.
     Chunk {
         remaining: u64,
         last: bool,
-        error: Option<Reply>,
+        fate: Fate,
     },
     AwaitCommit,
-    /// STARTTLS was answered (or the listener is implicit TLS): nothing is read until the
-    /// caller reports the handshake done.
+    /// STARTTLS was answered: nothing is read until the caller reports the handshake done.
     AwaitTls,
+    /// A reply held back (the invalid-recipient tarpit) in `held`, sent at `until`; nothing
+    /// is read meanwhile, so the replies behind it keep their order.
+    Tarpit {
+        until: Instant,
+    },
     Closed,
+}
+
+/// What becomes of a BDAT chunk's content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Message content.
+    Keep,
+    /// Read and dropped, then answered with this reply (RFC 3030 §4.2).
+    Refuse(Reply),
+    /// Read and dropped; already answered.
+    Discard,
+}
+
+/// What the caller knows of the client when the session starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Client {
+    /// The client may send to any domain: it is in `relay_networks`.
+    pub relay: bool,
+    /// The connection is inside TLS from its start (an implicit TLS listener, RFC 8314).
+    pub tls: bool,
 }
 
 /// What carries the session's bytes.
@@ -55,12 +87,18 @@ pub struct Session {
     settings: Arc<Settings>,
     state: State,
     security: Security,
+    /// The client may relay (see [`Client::relay`]).
+    relay: bool,
     greeted: bool,
     /// The client has sent a recognized SMTP verb; until then non-SMTP sniffing is strict.
     spoke_smtp: bool,
     /// Shutting down: close as soon as no transaction is in progress.
     draining: bool,
     errors: u32,
+    /// Recipients refused in this session (relay denied, unknown user), for the tarpit.
+    invalid_rcpts: u32,
+    /// A reply held by the tarpit (allocated only then).
+    held: Vec<u8>,
     /// A command line split across calls, at most `max_command_line` bytes.
     line: Vec<u8>,
     /// Skipping the rest of an overlong command line, up to its LF.
@@ -72,34 +110,42 @@ pub struct Session {
     /// Whether `close` was already polled.
     close_polled: bool,
     envelope: Envelope,
+    /// When the current command line, data block or commit must be done by (RFC 5321
+    /// §4.5.3.2); bytes of a command line do not move it, only its end does.
     deadline: Instant,
+    /// When the session started: it may last `max_session_secs`.
+    started: Instant,
+    /// When the message in progress started, and its octets so far, for `min_data_rate`.
+    message_started: Instant,
+    message_octets: u64,
     stats: SessionStats,
 }
 
 impl Session {
-    /// Starts a session and appends the greeting to `out`.
-    pub fn new(settings: Arc<Settings>, now: Instant, out: &mut Vec<u8>) -> Session {
-        let mut session = Session::with(settings, now, State::Command, Security::Plain);
-        session.greet(out);
+    /// Starts a session for `client` and appends the greeting (or its first line, with
+    /// `greet_delay_ms`) to `out`.
+    pub fn new(settings: Arc<Settings>, client: Client, now: Instant, out: &mut Vec<u8>) -> Session {
+        let mut session = Session::pending(settings, now);
+        session.handle_start(now, client, out);
         session
     }
 
-    /// Starts a session on an implicit TLS listener (RFC 8314 §3.3): the greeting waits for
-    /// [`handle_tls_established`](Self::handle_tls_established), since it travels inside TLS.
-    pub fn new_tls(settings: Arc<Settings>, now: Instant) -> Session {
-        Session::with(settings, now, State::AwaitTls, Security::Tls)
-    }
-
-    fn with(settings: Arc<Settings>, now: Instant, state: State, security: Security) -> Session {
+    /// A session that waits for [`handle_start`](Self::handle_start): the caller learns who
+    /// the client is first (a PROXY header), or runs the implicit TLS handshake first (RFC 8314
+    /// §3.3: the greeting travels inside TLS).
+    pub fn pending(settings: Arc<Settings>, now: Instant) -> Session {
         let deadline = now + Duration::from_secs(settings.config.limits.command_timeout_secs);
         Session {
             settings,
-            state,
-            security,
+            state: State::Pending,
+            security: Security::Plain,
+            relay: false,
             greeted: false,
             spoke_smtp: false,
             draining: false,
             errors: 0,
+            invalid_rcpts: 0,
+            held: Vec::new(),
             line: Vec::new(),
             discarding: false,
             bdat_size: 0,
@@ -108,8 +154,36 @@ impl Session {
             close_polled: false,
             envelope: Envelope::default(),
             deadline,
+            started: now,
+            message_started: now,
+            message_octets: 0,
             stats: SessionStats::default(),
         }
+    }
+
+    /// Starts a pending session: the client is known (and in TLS, if `client.tls`); appends
+    /// the greeting, or with `greet_delay_ms` its first line (`220-`), the rest following at
+    /// [`handle_timeout`](Self::handle_timeout). Ignored unless the session is pending.
+    pub fn handle_start(&mut self, now: Instant, client: Client, out: &mut Vec<u8>) {
+        if !matches!(self.state, State::Pending) {
+            return;
+        }
+        self.relay = client.relay;
+        if client.tls {
+            self.security = Security::Tls;
+        }
+        self.started = now;
+        let delay = self.settings.config.limits.greet_delay_ms;
+        if delay > 0 {
+            out.extend_from_slice(&self.settings.greeting_teaser);
+            self.state = State::Greeting {
+                until: now + Duration::from_millis(delay),
+            };
+        } else {
+            self.state = State::Command;
+            self.greet(out);
+        }
+        self.touch(now);
     }
 
     fn greet(&mut self, out: &mut Vec<u8>) {
@@ -117,23 +191,18 @@ impl Session {
         self.stats.count(Reply::Greeting);
     }
 
-    /// The TLS handshake is done. After STARTTLS the session starts over as after the greeting
+    /// The TLS handshake after STARTTLS is done: the session starts over as after the greeting
     /// (RFC 3207 §4.2: everything learnt from the client before TLS is forgotten, so a new
-    /// EHLO is needed, and its reply no longer offers STARTTLS); on an implicit TLS listener
-    /// the greeting is appended to `out` now. Ignored unless the session awaits TLS.
+    /// EHLO is needed, and its reply no longer offers STARTTLS). Ignored unless the session
+    /// awaits TLS.
     pub fn handle_tls_established(&mut self, now: Instant, out: &mut Vec<u8>) {
         if !matches!(self.state, State::AwaitTls) {
             return;
         }
         self.state = State::Command;
-        match self.security {
-            Security::Tls => self.greet(out),
-            Security::Plain => {
-                self.security = Security::Tls;
-                self.greeted = false;
-                self.envelope.set_helo(b"", false);
-            }
-        }
+        self.security = Security::Tls;
+        self.greeted = false;
+        self.envelope.set_helo(b"", false);
         self.touch(now);
         self.drain_if_idle(out);
     }
@@ -171,6 +240,7 @@ impl Session {
         let backlog = self.settings.config.limits.max_reply_backlog;
         let mut i = 0;
         let mut body = Body::default();
+        let (commands, mut data) = (self.stats.commands, 0);
         while i < input.len()
             && !self.event_pending()
             && out.len() < backlog
@@ -178,10 +248,17 @@ impl Session {
             && !self.stats.should_fold()
         {
             match &mut self.state {
-                State::Command => i += self.command_bytes(&input[i..], out),
+                State::Command => i += self.command_bytes(now, &input[i..], out),
+                State::Greeting { .. } => {
+                    // RFC 5321 §4.3.1 has the client wait for the greeting; a spambot that
+                    // does not is refused (postscreen's pregreet test).
+                    self.reply(Reply::Pregreet, out);
+                    self.close(CloseReason::Pregreet);
+                }
                 State::Data(receiver) => {
                     let fed = receiver.feed(&input[i..]);
                     i += fed.consumed;
+                    data += fed.consumed;
                     body = fed.body;
                     if fed.done {
                         self.finish_data(out);
@@ -193,30 +270,32 @@ impl Session {
                 State::Chunk {
                     remaining,
                     last,
-                    error,
+                    fate,
                 } => {
                     let n = (input.len() - i).min(usize::try_from(*remaining).unwrap_or(usize::MAX));
                     *remaining -= n as u64;
-                    if error.is_none() {
+                    if *fate == Fate::Keep {
+                        // The chunk was checked against the size limit before it was read.
                         self.bdat_size += n as u64;
-                        if self.bdat_size > self.settings.config.limits.max_message_size {
-                            *error = Some(Reply::MessageTooBig);
-                        } else {
-                            body = Body::single(&input[i..i + n]);
-                        }
+                        body = Body::single(&input[i..i + n]);
                     }
                     i += n;
+                    data += n;
                     if *remaining == 0 {
-                        let (last, error) = (*last, *error);
-                        self.finish_chunk(last, error, out);
+                        let (last, fate) = (*last, *fate);
+                        self.finish_chunk(last, fate, out);
                     }
                 }
-                State::AwaitCommit | State::AwaitTls => break,
+                State::Pending | State::AwaitCommit | State::AwaitTls | State::Tarpit { .. } => break,
                 State::Closed => i = input.len(),
             }
             self.drain_if_idle(out);
         }
-        if i > 0 {
+        self.message_octets += data as u64;
+        // A deadline per command line and per data block (RFC 5321 §4.5.3.2): the octets of a
+        // line that has not ended do not move it, so a client cannot hold its slot by sending
+        // one byte at a time.
+        if self.stats.commands != commands || data > 0 {
             self.touch(now);
         }
         Progress { consumed: i, body }
@@ -275,17 +354,71 @@ impl Session {
 
     /// When the session next needs [`handle_timeout`](Self::handle_timeout); `None` once closed.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        (!matches!(self.state, State::Closed)).then_some(self.deadline)
+        let limits = &self.settings.config.limits;
+        let mut at = self.deadline;
+        match self.state {
+            State::Closed => return None,
+            State::Greeting { until } | State::Tarpit { until } => at = at.min(until),
+            State::Data(_) | State::Chunk { .. } if limits.min_data_rate > 0 => {
+                at = at.min(self.too_slow_at());
+            }
+            _ => {}
+        }
+        if !matches!(self.state, State::Pending | State::AwaitCommit) {
+            at = at.min(self.started + Duration::from_secs(limits.max_session_secs));
+        }
+        Some(at)
     }
 
-    /// Ends the session with `421` if its deadline has passed (RFC 5321 §4.5.3.2).
+    /// When a message arriving at `message_octets` so far falls under `min_data_rate`: after
+    /// the grace period, once fewer octets than the rate times the time have come.
+    fn too_slow_at(&self) -> Instant {
+        let limits = &self.settings.config.limits;
+        let earned = self.message_octets / limits.min_data_rate.max(1);
+        self.message_started + Duration::from_secs(earned.max(limits.min_data_rate_grace_secs))
+    }
+
+    /// Sends the rest of a delayed greeting or a held reply when their time has come; ends the
+    /// session with `421` when a deadline has passed: the command line's or data block's (RFC
+    /// 5321 §4.5.3.2), `max_session_secs`, or `min_data_rate` in DATA.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<u8>) {
-        if matches!(self.state, State::Closed) || now < self.deadline {
-            return;
+        match self.state {
+            State::Closed => return,
+            State::Greeting { until } if now >= until => {
+                self.state = State::Command;
+                self.greet(out);
+                self.touch(now);
+                return;
+            }
+            State::Tarpit { until } if now >= until => {
+                out.extend_from_slice(&self.held);
+                self.held = Vec::new();
+                self.state = State::Command;
+                self.touch(now);
+                return;
+            }
+            _ => {}
         }
-        let (reply, reason) = match self.state {
-            State::AwaitCommit => (Reply::CommitTimeout, CloseReason::CommitTimeout),
-            _ => (Reply::Timeout, CloseReason::Timeout),
+        let limits = &self.settings.config.limits;
+        let too_long = !matches!(self.state, State::Pending | State::AwaitCommit)
+            && now >= self.started + Duration::from_secs(limits.max_session_secs);
+        let too_slow = matches!(self.state, State::Data(_) | State::Chunk { .. })
+            && limits.min_data_rate > 0
+            && now >= self.too_slow_at();
+        let (reply, reason) = if too_long {
+            (Reply::SessionTooLong, CloseReason::SessionTooLong)
+        } else if too_slow {
+            (Reply::SlowData, CloseReason::SlowData)
+        } else if now < self.deadline {
+            return;
+        } else if matches!(self.state, State::AwaitCommit) {
+            (Reply::CommitTimeout, CloseReason::CommitTimeout)
+        } else if matches!(self.state, State::Pending) {
+            // Nothing was sent yet, so nothing is said.
+            self.close(CloseReason::Timeout);
+            return;
+        } else {
+            (Reply::Timeout, CloseReason::Timeout)
         };
         self.reply(reply, out);
         self.close(reason);
@@ -302,10 +435,13 @@ impl Session {
     fn touch(&mut self, now: Instant) {
         let limits = &self.settings.config.limits;
         let secs = match self.state {
-            State::Command => limits.command_timeout_secs,
+            State::Pending
+            | State::Greeting { .. }
+            | State::Command
+            | State::AwaitTls
+            | State::Tarpit { .. } => limits.command_timeout_secs,
             State::Data(_) | State::Chunk { .. } => limits.data_timeout_secs,
             State::AwaitCommit => limits.commit_timeout_secs,
-            State::AwaitTls => limits.command_timeout_secs,
             State::Closed => return,
         };
         self.deadline = now + Duration::from_secs(secs);
@@ -333,9 +469,13 @@ impl Session {
     }
 
     fn count_error(&mut self, reply: Reply, out: &mut Vec<u8>) {
-        if !reply.is_client_error() {
-            return;
+        if reply.is_client_error() {
+            self.penalize(out);
         }
+    }
+
+    /// One more error towards `max_errors`.
+    fn penalize(&mut self, out: &mut Vec<u8>) {
         self.errors += 1;
         if self.errors >= self.settings.config.limits.max_errors {
             out.extend_from_slice(Reply::TooManyErrors.fixed());
@@ -361,7 +501,7 @@ impl Session {
 
     /// Handles bytes in command state: cuts one line (or buffers a partial one) and returns the
     /// bytes consumed.
-    fn command_bytes(&mut self, input: &[u8], out: &mut Vec<u8>) -> usize {
+    fn command_bytes(&mut self, now: Instant, input: &[u8], out: &mut Vec<u8>) -> usize {
         let max = self.settings.config.limits.max_command_line;
         let lf = memchr(b'\n', input);
         let segment = &input[..lf.map_or(input.len(), |p| p + 1)];
@@ -398,11 +538,11 @@ impl Session {
             return segment.len();
         }
         if self.line.is_empty() {
-            self.command_line(segment, out);
+            self.command_line(now, segment, out);
         } else {
             let mut line = std::mem::take(&mut self.line);
             line.extend_from_slice(segment);
-            self.command_line(&line, out);
+            self.command_line(now, &line, out);
             line.clear();
             if !matches!(self.state, State::Closed) {
                 self.line = line;
@@ -412,7 +552,7 @@ impl Session {
     }
 
     /// Handles one complete command line, LF included.
-    fn command_line(&mut self, line: &[u8], out: &mut Vec<u8>) {
+    fn command_line(&mut self, now: Instant, line: &[u8], out: &mut Vec<u8>) {
         self.stats.commands += 1;
         let line = line.strip_suffix(b"\n").unwrap_or(line);
         let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -447,9 +587,9 @@ impl Session {
         match verb {
             Verb::Helo | Verb::Ehlo => self.helo(verb == Verb::Ehlo, arg, out),
             Verb::Mail => self.mail(arg, out),
-            Verb::Rcpt => self.rcpt(arg, out),
-            Verb::Data => self.data(arg, out),
-            Verb::Bdat => self.bdat(arg, out),
+            Verb::Rcpt => self.rcpt(now, arg, out),
+            Verb::Data => self.data(now, arg, out),
+            Verb::Bdat => self.bdat(now, arg, out),
             Verb::Rset => {
                 if !arg.is_empty() {
                     return self.syntax(b"RSET", out);
@@ -564,7 +704,7 @@ impl Session {
         self.reply(Reply::MailOk, out);
     }
 
-    fn rcpt(&mut self, arg: &[u8], out: &mut Vec<u8>) {
+    fn rcpt(&mut self, now: Instant, arg: &[u8], out: &mut Vec<u8>) {
         if self.needs_tls() {
             return self.reply(Reply::TlsRequired, out);
         }
@@ -588,14 +728,54 @@ impl Session {
         if !path.params.is_empty() {
             return self.reply(Reply::UnsupportedParam, out);
         }
-        if self.envelope.rcpt_count() >= self.settings.config.limits.max_recipients {
-            return self.reply(Reply::TooManyRecipients, out);
+        let limits = &self.settings.config.limits;
+        if self.envelope.rcpt_count() >= limits.max_recipients {
+            // RFC 5321 §4.5.3.1.10: the client sends the rest in another transaction, so the
+            // excess is not an error, up to an overshoot limit (Postfix's
+            // smtpd_recipient_overshoot_limit); past it each one counts.
+            self.envelope.overshoot += 1;
+            let counts = self.envelope.overshoot > limits.recipient_overshoot_limit;
+            out.extend_from_slice(Reply::TooManyRecipients.fixed());
+            self.stats.count(Reply::TooManyRecipients);
+            if counts {
+                self.stats.errors += 1;
+                self.penalize(out);
+            }
+            return;
+        }
+        if let Some(refusal) = self.rcpt_refusal() {
+            return self.refuse_rcpt(now, refusal, path.address, out);
         }
         self.envelope.add_rcpt(path.address);
         self.reply(Reply::RcptOk, out);
     }
 
-    fn data(&mut self, arg: &[u8], out: &mut Vec<u8>) {
+    /// Why a recipient is refused, if it is: a client outside `relay_networks` may not send.
+    fn rcpt_refusal(&self) -> Option<Reply> {
+        (!self.relay).then_some(Reply::RelayDenied)
+    }
+
+    /// Answers a refused recipient; past `invalid_rcpt_limit` of them in the session the
+    /// answer is held for `invalid_rcpt_delay_secs`, on the caller's timer (the session reads
+    /// nothing meanwhile, so what the client pipelined behind it is answered after it, in
+    /// order). The reply that reaches the error limit is not held: the session ends with it.
+    fn refuse_rcpt(&mut self, now: Instant, reply: Reply, address: &[u8], out: &mut Vec<u8>) {
+        let limits = &self.settings.config.limits;
+        self.invalid_rcpts += 1;
+        let last = self.errors + 1 >= limits.max_errors;
+        let delay = limits.invalid_rcpt_delay_secs;
+        if self.invalid_rcpts > limits.invalid_rcpt_limit && delay > 0 && !last {
+            let until = now + Duration::from_secs(delay);
+            write_rcpt_refusal(&mut self.held, reply, address);
+            self.state = State::Tarpit { until };
+        } else {
+            write_rcpt_refusal(out, reply, address);
+        }
+        self.stats.count(reply);
+        self.count_error(reply, out);
+    }
+
+    fn data(&mut self, now: Instant, arg: &[u8], out: &mut Vec<u8>) {
         if !arg.is_empty() {
             return self.syntax(b"DATA", out);
         }
@@ -612,10 +792,16 @@ impl Session {
             c.bare_lf,
         ));
         self.reply(Reply::StartData, out);
-        self.events |= EV_START;
+        self.message_begins(now);
     }
 
-    fn bdat(&mut self, arg: &[u8], out: &mut Vec<u8>) {
+    fn message_begins(&mut self, now: Instant) {
+        self.events |= EV_START;
+        self.message_started = now;
+        self.message_octets = 0;
+    }
+
+    fn bdat(&mut self, now: Instant, arg: &[u8], out: &mut Vec<u8>) {
         const USAGE: &[u8] = b"BDAT size [LAST]";
         let (size, rest) = match memchr(b' ', arg) {
             Some(sp) => (&arg[..sp], arg[sp + 1..].trim_ascii()),
@@ -630,37 +816,61 @@ impl Session {
             return self.syntax(USAGE, out);
         }
         let size = size.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
-        // RFC 3030 §4.2: a refused chunk is still read, and dropped, before the reply.
-        let error = self.transaction_error();
-        if error.is_none() && !self.envelope.bdat {
-            self.envelope.bdat = true;
-            self.bdat_size = 0;
-            self.events |= EV_START;
-        }
+        let limit = self.settings.config.limits.max_message_size;
+        let so_far = if self.envelope.bdat { self.bdat_size } else { 0 };
+        let error = self
+            .transaction_error()
+            .or((so_far.saturating_add(size) > limit).then_some(Reply::MessageTooBig));
+        let fate = match error {
+            None => {
+                if !self.envelope.bdat {
+                    self.envelope.bdat = true;
+                    self.bdat_size = 0;
+                    self.message_begins(now);
+                }
+                Fate::Keep
+            }
+            Some(reply) if size > self.settings.config.limits.bdat_discard_limit => {
+                // RFC 3030 §4.2 has a refused chunk read and dropped, but a huge one would be
+                // gigabytes of reading for nothing: answer, then hang up.
+                self.abort_transaction();
+                self.reply(reply, out);
+                return self.close(CloseReason::ChunkTooBig);
+            }
+            Some(Reply::MessageTooBig) => {
+                // Known before a byte of the chunk is read: said at once, the chunk dropped.
+                self.abort_transaction();
+                self.reply(Reply::MessageTooBig, out);
+                Fate::Discard
+            }
+            // RFC 3030 §4.2: a refused chunk is still read, and dropped, before the reply.
+            Some(reply) => Fate::Refuse(reply),
+        };
         self.state = State::Chunk {
             remaining: size,
             last,
-            error,
+            fate,
         };
         if size == 0 {
-            self.finish_chunk(last, error, out);
+            self.finish_chunk(last, fate, out);
         }
     }
 
-    fn finish_chunk(&mut self, last: bool, error: Option<Reply>, out: &mut Vec<u8>) {
+    fn finish_chunk(&mut self, last: bool, fate: Fate, out: &mut Vec<u8>) {
         self.state = State::Command;
-        match error {
-            Some(reply) => {
+        match fate {
+            Fate::Refuse(reply) => {
                 if self.envelope.bdat {
                     self.abort_transaction();
                 }
                 self.reply(reply, out);
             }
-            None if last => {
+            Fate::Discard => {}
+            Fate::Keep if last => {
                 self.state = State::AwaitCommit;
                 self.events |= EV_END;
             }
-            None => {
+            Fate::Keep => {
                 out.extend_from_slice(b"250 2.0.0 Ok: ");
                 write_u64(out, self.bdat_size);
                 out.extend_from_slice(b" octets received\r\n");
@@ -736,6 +946,12 @@ mod tests {
     use crate::proto::MailParams;
     use proptest::prelude::*;
 
+    /// A client in `relay_networks`, as the tests' loopback clients are.
+    const RELAY: Client = Client {
+        relay: true,
+        tls: false,
+    };
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -756,7 +972,7 @@ mod tests {
             let limits = config.limits.clone();
             let now = Instant::now();
             let mut out = Vec::new();
-            let mut s = Session::new(Settings::new(config), now, &mut out);
+            let mut s = Session::new(Settings::new(config), RELAY, now, &mut out);
             for chunk in &chunks {
                 let mut rest = &chunk[..];
                 for _ in 0..10_000 {
@@ -789,7 +1005,7 @@ mod tests {
     fn envelope_describes_the_message() {
         let t0 = Instant::now();
         let mut out = Vec::new();
-        let mut s = Session::new(Settings::new(ProtoConfig::default()), t0, &mut out);
+        let mut s = Session::new(Settings::new(ProtoConfig::default()), RELAY, t0, &mut out);
         let input = b"EHLO client.example\r\nMAIL FROM:<a@b.example> SIZE=10 BODY=8BITMIME\r\n\
             RCPT TO:<c@d.example>\r\nRCPT TO:<e@f.example>\r\nDATA\r\n";
         assert_eq!(s.handle_input(t0, input, &mut out).consumed, input.len());
@@ -824,10 +1040,11 @@ mod tests {
 
     #[test]
     fn timeouts_follow_the_state() {
-        let config = ProtoConfig::default();
+        let mut config = ProtoConfig::default();
+        config.limits.min_data_rate = 0;
         let t0 = Instant::now();
         let mut out = Vec::new();
-        let mut s = Session::new(Settings::new(config), t0, &mut out);
+        let mut s = Session::new(Settings::new(config), RELAY, t0, &mut out);
         assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(300)));
         let t1 = t0 + Duration::from_secs(10);
         let input = b"EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n";
@@ -852,7 +1069,7 @@ mod tests {
     fn commit_wait_times_out_with_451() {
         let t0 = Instant::now();
         let mut out = Vec::new();
-        let mut s = Session::new(Settings::new(ProtoConfig::default()), t0, &mut out);
+        let mut s = Session::new(Settings::new(ProtoConfig::default()), RELAY, t0, &mut out);
         let input =
             b"EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nBDAT 2 LAST\r\nhiNOOP\r\n";
         let n = s.handle_input(t0, input, &mut out).consumed;
@@ -878,13 +1095,13 @@ mod tests {
     fn shutdown_waits_for_the_transaction() {
         let t0 = Instant::now();
         let mut out = Vec::new();
-        let mut idle = Session::new(Settings::new(ProtoConfig::default()), t0, &mut out);
+        let mut idle = Session::new(Settings::new(ProtoConfig::default()), RELAY, t0, &mut out);
         out.clear();
         idle.handle_shutdown(&mut out);
         assert_eq!(out, b"421 4.3.2 Service shutting down\r\n");
         assert_eq!(idle.poll_event(), Some(Event::Close(CloseReason::Shutdown)));
 
-        let mut busy = Session::new(Settings::new(ProtoConfig::default()), t0, &mut out);
+        let mut busy = Session::new(Settings::new(ProtoConfig::default()), RELAY, t0, &mut out);
         let input = b"EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n";
         assert_eq!(busy.handle_input(t0, input, &mut out).consumed, input.len());
         assert_eq!(busy.poll_event(), Some(Event::MessageStart));
@@ -907,7 +1124,7 @@ mod tests {
         assert_eq!(busy.stats().messages, 1);
 
         // Inside a refused BDAT chunk: the chunk is read, answered, then the session ends.
-        let mut chunk = Session::new(Settings::new(ProtoConfig::default()), t0, &mut out);
+        let mut chunk = Session::new(Settings::new(ProtoConfig::default()), RELAY, t0, &mut out);
         let input = b"EHLO x\r\nBDAT 4\r\nab";
         assert_eq!(chunk.handle_input(t0, input, &mut out).consumed, input.len());
         out.clear();
@@ -933,7 +1150,7 @@ mod tests {
     fn starttls_stops_at_its_line_and_starts_over_after_the_handshake() {
         let t0 = Instant::now();
         let mut out = Vec::new();
-        let mut s = Session::new(tls_settings(false), t0, &mut out);
+        let mut s = Session::new(tls_settings(false), RELAY, t0, &mut out);
         out.clear();
         let input = b"EHLO x\r\nSTARTTLS\r\nMAIL FROM:<a@b.example>\r\n";
         let n = s.handle_input(t0, input, &mut out).consumed;
@@ -971,10 +1188,18 @@ mod tests {
     fn an_implicit_tls_session_greets_once_established() {
         let t0 = Instant::now();
         let mut out = Vec::new();
-        let mut s = Session::new_tls(tls_settings(true), t0);
-        assert!(s.is_tls());
+        let mut s = Session::pending(tls_settings(true), t0);
         assert_eq!(s.handle_input(t0, b"EHLO x\r\n", &mut out).consumed, 0);
-        s.handle_tls_established(t0, &mut out);
+        assert!(out.is_empty(), "nothing before the start");
+        s.handle_start(
+            t0,
+            Client {
+                relay: true,
+                tls: true,
+            },
+            &mut out,
+        );
+        assert!(s.is_tls());
         assert_eq!(out, b"220 localhost ESMTP ringmx\r\n");
         out.clear();
         let input = b"EHLO x\r\nMAIL FROM:<a@b.example>\r\n";
@@ -988,7 +1213,7 @@ mod tests {
     fn tls_required_refuses_the_transaction_before_tls() {
         let t0 = Instant::now();
         let mut out = Vec::new();
-        let mut s = Session::new(tls_settings(true), t0, &mut out);
+        let mut s = Session::new(tls_settings(true), RELAY, t0, &mut out);
         out.clear();
         let input =
             b"EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\nBDAT 1 LAST\r\nxNOOP\r\n";
@@ -1003,11 +1228,226 @@ mod tests {
         assert!(text.ends_with("250 2.0.0 Ok\r\n"), "{text}");
     }
 
+    /// Feeds everything, answering commits, and returns what the session said.
+    fn talk(s: &mut Session, now: Instant, input: &[u8]) -> String {
+        talk_until_close(s, now, input).0
+    }
+
+    /// As [`talk`], with the reason the session closed for, if it did.
+    fn talk_until_close(s: &mut Session, now: Instant, mut input: &[u8]) -> (String, Option<CloseReason>) {
+        let (mut out, mut closed) = (Vec::new(), None);
+        loop {
+            let n = s.handle_input(now, input, &mut out).consumed;
+            input = &input[n..];
+            let mut evented = false;
+            while let Some(event) = s.poll_event() {
+                evented = true;
+                match event {
+                    Event::MessageEnd => s.handle_commit(now, Commit::Queued("Q"), &mut out),
+                    Event::Close(reason) => closed = Some(reason),
+                    _ => {}
+                }
+            }
+            if input.is_empty() || (n == 0 && !evented) {
+                return (String::from_utf8(out).unwrap(), closed);
+            }
+        }
+    }
+
+    fn session_with(limits: impl FnOnce(&mut ProtoConfig), client: Client, t0: Instant) -> Session {
+        let mut config = ProtoConfig::default();
+        limits(&mut config);
+        let mut out = Vec::new();
+        Session::new(Settings::new(config), client, t0, &mut out)
+    }
+
+    #[test]
+    fn a_command_line_has_one_deadline_whatever_its_bytes() {
+        let t0 = Instant::now();
+        let mut s = session_with(|_| {}, RELAY, t0);
+        let deadline = t0 + Duration::from_secs(300);
+        for (i, byte) in b"NOOP\r".iter().enumerate() {
+            talk(&mut s, t0 + Duration::from_secs(60 * i as u64), &[*byte]);
+            assert_eq!(s.poll_timeout(), Some(deadline), "a byte moved the deadline");
+        }
+        let t1 = t0 + Duration::from_secs(299);
+        assert_eq!(talk(&mut s, t1, b"\n"), "250 2.0.0 Ok\r\n");
+        assert_eq!(s.poll_timeout(), Some(t1 + Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn slow_data_and_long_sessions_are_cut_off() {
+        let t0 = Instant::now();
+        let mut s = session_with(|_| {}, RELAY, t0);
+        talk(
+            &mut s,
+            t0,
+            b"EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n",
+        );
+        // 1 KiB/s after 30 s: 40 KiB by t0 + 40 s keeps it going until then.
+        talk(&mut s, t0 + Duration::from_secs(10), &[b'x'; 40 * 1024]);
+        assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(40)));
+        let mut out = Vec::new();
+        s.handle_timeout(t0 + Duration::from_secs(39), &mut out);
+        assert!(out.is_empty());
+        s.handle_timeout(t0 + Duration::from_secs(40), &mut out);
+        assert_eq!(out, b"421 4.4.2 Error: data arriving too slowly\r\n");
+        while let Some(event) = s.poll_event() {
+            assert!(
+                matches!(
+                    event,
+                    Event::MessageStart | Event::MessageAbort | Event::Close(CloseReason::SlowData)
+                ),
+                "{event:?}"
+            );
+        }
+
+        let mut s = session_with(|c| c.limits.max_session_secs = 60, RELAY, t0);
+        for i in 1..=5 {
+            talk(&mut s, t0 + Duration::from_secs(10 * i), b"NOOP\r\n");
+        }
+        assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+        let mut out = Vec::new();
+        s.handle_timeout(t0 + Duration::from_secs(60), &mut out);
+        assert_eq!(out, b"421 4.4.2 Error: session lasted too long\r\n");
+        assert_eq!(s.poll_event(), Some(Event::Close(CloseReason::SessionTooLong)));
+    }
+
+    #[test]
+    fn a_pregreeting_client_is_refused() {
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        let settings = Settings::new(ProtoConfig {
+            limits: crate::config::ProtoLimits {
+                greet_delay_ms: 2000,
+                ..Default::default()
+            },
+            ..ProtoConfig::default()
+        });
+        let mut patient = Session::new(settings.clone(), RELAY, t0, &mut out);
+        assert_eq!(out, b"220-localhost ESMTP ringmx\r\n");
+        assert_eq!(patient.poll_timeout(), Some(t0 + Duration::from_millis(2000)));
+        out.clear();
+        patient.handle_timeout(t0 + Duration::from_millis(2000), &mut out);
+        assert_eq!(out, b"220 localhost ESMTP ringmx\r\n");
+        assert_eq!(
+            talk(&mut patient, t0 + Duration::from_secs(3), b"NOOP\r\n"),
+            "250 2.0.0 Ok\r\n"
+        );
+
+        let mut eager = Session::new(settings, RELAY, t0, &mut out);
+        let said = talk_until_close(&mut eager, t0, b"EHLO spam.example\r\n");
+        let refused = "554 5.5.1 Error: protocol error\r\n";
+        assert_eq!(said, (refused.to_string(), Some(CloseReason::Pregreet)));
+        assert_eq!(eager.stats().replies[Reply::Greeting as usize], 0);
+    }
+
+    #[test]
+    fn recipients_over_the_limit_are_refused_without_losing_the_transaction() {
+        let t0 = Instant::now();
+        let mut s = session_with(|_| {}, RELAY, t0);
+        let mut input = b"EHLO x\r\nMAIL FROM:<a@b.example>\r\n".to_vec();
+        for i in 0..150 {
+            input.extend_from_slice(format!("RCPT TO:<r{i}@d.example>\r\n").as_bytes());
+        }
+        input.extend_from_slice(b"DATA\r\nhi\r\n.\r\n");
+        let said = talk(&mut s, t0, &input);
+        assert_eq!(said.matches("250 2.1.5 Ok\r\n").count(), 100);
+        assert_eq!(
+            said.matches("452 4.5.3 Error: too many recipients\r\n").count(),
+            50
+        );
+        assert!(
+            said.ends_with("354 End data with <CR><LF>.<CR><LF>\r\n250 2.0.0 Ok: queued as Q\r\n"),
+            "{said}"
+        );
+        assert_eq!(
+            s.stats().errors,
+            0,
+            "the excess is not an error (RFC 5321 §4.5.3.1.10)"
+        );
+    }
+
+    #[test]
+    fn an_oversized_bdat_is_refused_at_once_and_a_huge_one_hangs_up() {
+        let t0 = Instant::now();
+        let mut s = session_with(|c| c.limits.max_message_size = 1024, RELAY, t0);
+        let said = talk(
+            &mut s,
+            t0,
+            b"EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nBDAT 2000 LAST\r\n",
+        );
+        assert!(
+            said.ends_with("552 5.3.4 Error: message too big\r\n"),
+            "said before the chunk: {said}"
+        );
+        assert_eq!(
+            talk(&mut s, t0, &[b'z'; 2000]),
+            "",
+            "the chunk is read and dropped"
+        );
+        assert_eq!(talk(&mut s, t0, b"NOOP\r\n"), "250 2.0.0 Ok\r\n");
+        let (said, closed) = talk_until_close(
+            &mut s,
+            t0,
+            b"MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nBDAT 99999999999 LAST\r\nNOOP\r\n",
+        );
+        assert!(said.ends_with("552 5.3.4 Error: message too big\r\n"), "{said}");
+        assert_eq!(closed, Some(CloseReason::ChunkTooBig));
+    }
+
+    #[test]
+    fn refused_recipients_are_tarpitted_past_the_limit() {
+        let t0 = Instant::now();
+        let outsider = Client {
+            relay: false,
+            tls: false,
+        };
+        let mut s = session_with(|_| {}, outsider, t0);
+        let mut input = b"EHLO x\r\nMAIL FROM:<a@b.example>\r\n".to_vec();
+        for i in 0..7 {
+            input.extend_from_slice(format!("RCPT TO:<u{i}@elsewhere.example>\r\n").as_bytes());
+        }
+        input.extend_from_slice(b"NOOP\r\n");
+        let said = talk(&mut s, t0, &input);
+        // Five answered at once; the sixth is held, and nothing behind it is read.
+        assert_eq!(said.matches(">: Relay access denied\r\n").count(), 5, "{said}");
+        assert!(
+            said.contains("554 5.7.1 <u0@elsewhere.example>: Relay access denied\r\n"),
+            "{said}"
+        );
+        assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(5)));
+        let rest = b"RCPT TO:<u6@elsewhere.example>\r\nNOOP\r\n";
+        assert_eq!(s.handle_input(t0, rest, &mut Vec::new()).consumed, 0, "waits");
+        let mut out = Vec::new();
+        s.handle_timeout(t0 + Duration::from_secs(5), &mut out);
+        assert_eq!(out, b"554 5.7.1 <u5@elsewhere.example>: Relay access denied\r\n");
+        let t1 = t0 + Duration::from_secs(5);
+        assert_eq!(talk(&mut s, t1, rest), "", "the seventh is held in turn");
+        let mut out = Vec::new();
+        s.handle_timeout(t1 + Duration::from_secs(5), &mut out);
+        assert_eq!(out, b"554 5.7.1 <u6@elsewhere.example>: Relay access denied\r\n");
+        assert_eq!(
+            talk(&mut s, t1 + Duration::from_secs(5), b"NOOP\r\n"),
+            "250 2.0.0 Ok\r\n"
+        );
+    }
+
+    #[test]
+    fn a_refused_address_is_echoed_escaped() {
+        let mut out = Vec::new();
+        write_rcpt_refusal(&mut out, Reply::UnknownUser, b"a\xc3\xa9\r@x");
+        assert_eq!(
+            out,
+            b"550 5.1.1 <a\\xC3\\xA9\\x0D@x>: Recipient address rejected: User unknown\r\n"
+        );
+    }
+
     #[test]
     fn counters_are_folded_before_they_could_wrap() {
         let t0 = Instant::now();
         let mut out = Vec::new();
-        let mut s = Session::new(Settings::new(ProtoConfig::default()), t0, &mut out);
+        let mut s = Session::new(Settings::new(ProtoConfig::default()), RELAY, t0, &mut out);
         let input = b"NOOP\r\n".repeat(3 * usize::from(SessionStats::FOLD_AT));
         let (mut pos, mut noops) = (0, 0u64);
         while pos < input.len() {

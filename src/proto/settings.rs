@@ -9,6 +9,8 @@ use std::sync::Arc;
 pub struct Settings {
     pub config: ProtoConfig,
     pub(crate) greeting: Vec<u8>,
+    /// The greeting's first line when the rest is delayed (`greet_delay_ms`).
+    pub(crate) greeting_teaser: Vec<u8>,
     pub(crate) helo: Vec<u8>,
     /// The EHLO reply before TLS: it offers STARTTLS when a certificate is configured.
     pub(crate) ehlo: Vec<u8>,
@@ -22,6 +24,7 @@ impl Settings {
     pub fn new(config: ProtoConfig) -> Arc<Settings> {
         let host = config.hostname.as_bytes();
         let greeting = [b"220 ", host, b" ESMTP ringmx\r\n"].concat();
+        let greeting_teaser = [b"220-", host, b" ESMTP ringmx\r\n"].concat();
         let helo = [b"250 ", host, b"\r\n"].concat();
         let render = |starttls: bool| {
             let mut ehlo = [b"250-", host, b"\r\n250-PIPELINING\r\n250-SIZE "].concat();
@@ -37,6 +40,7 @@ impl Settings {
         let (ehlo, ehlo_tls) = (render(config.starttls), render(false));
         Arc::new(Settings {
             greeting,
+            greeting_teaser,
             helo,
             ehlo,
             ehlo_tls,

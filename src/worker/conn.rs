@@ -4,7 +4,7 @@ use super::store::{Ended, Message, Store};
 use super::timer::Tick;
 use super::tls::{Failure, Tls, TlsStats};
 use crate::backend::Token;
-use crate::proto::{CloseReason, Commit, Event, Session, Settings, Stats};
+use crate::proto::{Client, CloseReason, Commit, Event, Session, Settings, Stats};
 use slab::Slab;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -115,6 +115,8 @@ pub(crate) struct Shared {
     pub(crate) tls_config: Option<Arc<rustls::ServerConfig>>,
     /// How long a TLS handshake may take (`tls_handshake_timeout_secs`).
     pub(crate) handshake_timeout: Duration,
+    /// Clients that may send to any domain (`relay_networks`).
+    pub(crate) relay_networks: Arc<[ipnet::IpNet]>,
     pub(crate) now: Instant,
     pub(crate) stats: Stats,
     pub(crate) tls_stats: TlsStats,
@@ -126,6 +128,15 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// What the session is told of a client at `peer` (the real client, after a PROXY header).
+    pub(crate) fn client(&self, peer: SocketAddr, tls: bool) -> Client {
+        let ip = peer.ip().to_canonical();
+        Client {
+            relay: self.relay_networks.iter().any(|net| net.contains(&ip)),
+            tls,
+        }
+    }
+
     /// Puts a connection on this turn's list to settle (once).
     pub(crate) fn mark(&mut self, conn: &mut Conn, token: Token) {
         if !conn.dirty {
@@ -211,8 +222,12 @@ impl Conn {
             match tls.receive(buf, &mut self.input) {
                 Ok(established) => {
                     if established {
+                        tls.established(&mut sh.tls_stats);
                         sh.pool.ensure(&mut self.out);
-                        tls.established(&mut sh.tls_stats, &mut self.session, sh.now, &mut self.out);
+                        // An implicit TLS session starts now; one after STARTTLS starts over.
+                        let client = sh.client(self.peer, true);
+                        self.session.handle_start(sh.now, client, &mut self.out);
+                        self.session.handle_tls_established(sh.now, &mut self.out);
                         self.events(sh, token);
                     }
                     self.pump(sh, token);

@@ -61,6 +61,8 @@ pub struct WorkerConfig {
     pub implicit_tls: Vec<bool>,
     /// How long a TLS handshake may take (`tls_handshake_timeout_secs`).
     pub handshake_timeout: Duration,
+    /// Clients that may send to any domain (`relay_networks`).
+    pub relay_networks: Arc<[ipnet::IpNet]>,
 }
 
 /// Connections refused at accept, by reason.
@@ -148,6 +150,7 @@ impl<B: Backend> Worker<B> {
                 settings,
                 tls_config: config.tls.clone(),
                 handshake_timeout: config.handshake_timeout,
+                relay_networks: config.relay_networks.clone(),
                 now,
                 stats: Stats::default(),
                 tls_stats: TlsStats::default(),
@@ -328,7 +331,7 @@ impl<B: Backend> Worker<B> {
         let sh = &mut self.shared;
         let implicit = self.config.implicit_tls.get(listener).copied().unwrap_or(false);
         let conn = if implicit {
-            let session = Session::new_tls(sh.settings.clone(), sh.now);
+            let session = Session::pending(sh.settings.clone(), sh.now);
             let conn = entry.insert(Conn::new(session, token.generation, peer, sh.now, Vec::new()));
             if !conn.start_tls(sh, Vec::new()) {
                 conn.abandon(sh, token, CloseReason::TlsError);
@@ -336,7 +339,8 @@ impl<B: Backend> Worker<B> {
             conn
         } else {
             let mut out = sh.pool.take();
-            let session = Session::new(sh.settings.clone(), sh.now, &mut out);
+            let client = sh.client(peer, false);
+            let session = Session::new(sh.settings.clone(), client, sh.now, &mut out);
             entry.insert(Conn::new(session, token.generation, peer, sh.now, out))
         };
         sh.mark(conn, token);
@@ -433,6 +437,9 @@ impl<B: Backend> Worker<B> {
                         shared.pool.ensure(&mut conn.out);
                         conn.session.handle_timeout(now, &mut conn.out);
                         conn.events(shared, token);
+                        // A held reply (the tarpit) or the rest of a delayed greeting went
+                        // out: what waits behind it is read now.
+                        conn.pump(shared, token);
                     }
                     shared.mark(conn, token);
                 }
@@ -559,10 +566,13 @@ impl<B: Backend> Worker<B> {
 
 #[cfg(test)]
 mod tests {
+    /// An idle connection is this struct and its socket: the session's counters (a `u16` per
+    /// reply kind), its envelope and deadlines (command line, session, message rate), and one
+    /// pointer for TLS. Growth past this is a choice to make knowingly.
     #[test]
     fn an_idle_connection_stays_small() {
         assert!(
-            std::mem::size_of::<super::Conn>() <= 512,
+            std::mem::size_of::<super::Conn>() <= 640,
             "{}",
             std::mem::size_of::<super::Conn>()
         );

@@ -8,7 +8,6 @@
 //! the socket, which the worker bounds like plaintext output (receiving stops while it holds
 //! `max_reply_backlog` octets).
 
-use crate::proto::Session;
 use crate::spool::TlsInfo;
 use rustls::{ProtocolVersion, ServerConfig, ServerConnection};
 use std::io::{Read, Write};
@@ -234,8 +233,8 @@ impl Tls {
         }
     }
 
-    /// The handshake completed: counts it and tells the session.
-    pub fn established(&self, stats: &mut TlsStats, session: &mut Session, now: Instant, out: &mut Vec<u8>) {
+    /// The handshake completed: counts it.
+    pub fn established(&self, stats: &mut TlsStats) {
         match self.conn.protocol_version() {
             Some(ProtocolVersion::TLSv1_3) => stats.tls13 += 1,
             _ => stats.tls12 += 1,
@@ -243,7 +242,6 @@ impl Tls {
         if self.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
             stats.resumed += 1;
         }
-        session.handle_tls_established(now, out);
     }
 
     /// Version, cipher and SNI name, once established.

@@ -83,7 +83,15 @@ impl Outcome {
 pub fn drive<'a>(config: &ProtoConfig, chunks: impl IntoIterator<Item = &'a [u8]>) -> Outcome {
     let now = Instant::now();
     let mut output = Vec::new();
-    let mut session = Session::new(Settings::new(config.clone()), now, &mut output);
+    let mut session = Session::new(
+        Settings::new(config.clone()),
+        ringmx::proto::Client {
+            relay: true,
+            tls: false,
+        },
+        now,
+        &mut output,
+    );
     let mut messages = Vec::new();
     let mut current: Option<Vec<u8>> = None;
     let mut closed = false;
