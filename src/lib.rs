@@ -11,6 +11,7 @@
 pub mod backend;
 pub mod config;
 pub mod proto;
+pub mod proxy;
 pub mod server;
 pub mod spool;
 pub mod tls;
