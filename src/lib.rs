@@ -10,6 +10,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod policy;
 pub mod proto;
 pub mod proxy;
 pub mod server;

@@ -1,0 +1,3 @@
+//! Who may do what: the policy decisions the server makes about clients and recipients.
+
+pub mod clients;
