@@ -184,6 +184,26 @@ limits! {
     /// tickets; tickets need no server state); the oldest go first. Each costs a few hundred
     /// octets; 0 turns the cache off.
     tls_session_cache: usize = 10_000, 0, 1_000_000;
+    /// Seconds a balancer has to send the PROXY header on a `proxy` listener (Postfix's
+    /// `smtpd_upstream_proxy_timeout`).
+    proxy_header_timeout_secs: u64 = 5, 1, 60;
+    /// Largest PROXY v2 header accepted, TLVs included (the protocol allows 16 + 65535;
+    /// balancers send a few hundred octets at most). A v1 header is at most 107 octets.
+    proxy_header_max: usize = 4096, 232, 65551;
+    /// Connections at once from one client address (IPv6: one prefix of
+    /// `client_ipv6_prefix`); one more gets `421 4.7.0` (Postfix's
+    /// `smtpd_client_connection_count_limit`). 0 = off.
+    max_connections_per_client: u32 = 50, 0, 100_000;
+    /// New connections per minute from one client; more get `421 4.7.0` (Postfix's
+    /// `smtpd_client_connection_rate_limit`). 0 = off, the default.
+    connection_rate_per_client: u32 = 0, 0, 1_000_000;
+    /// The IPv6 prefix that counts as one client: a host gets a /64, and holds all of it.
+    client_ipv6_prefix: u8 = 64, 32, 128;
+    /// Client addresses tracked at once for the per-client limits; the oldest idle one is
+    /// dropped for a new one, so a flood of addresses cannot grow the table.
+    client_table_size: usize = 100_000, 64, 10_000_000;
+    /// Apply the per-client limits to `relay_networks` too (off: they are exempt).
+    client_limits_for_relay_networks: bool = false, 0, 1;
     }
 }
 
@@ -251,9 +271,12 @@ pub enum SpoolSync {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Addresses to listen on; every worker gets its own `SO_REUSEPORT` socket for each.
-    pub listen: Vec<SocketAddr>,
+    pub listen: Vec<Listen>,
     /// Implicit TLS listeners (RFC 8314, port 465): the handshake comes before the greeting.
-    pub listen_tls: Vec<SocketAddr>,
+    pub listen_tls: Vec<Listen>,
+    /// Balancers allowed to send a PROXY header on a `proxy` listener; a connection from
+    /// anywhere else there is closed.
+    pub proxy_trusted: Vec<ipnet::IpNet>,
     /// The default certificate chain (PEM, leaf first) and its key (PEM: PKCS#8, SEC1 or
     /// PKCS#1): with one, every plain listener offers STARTTLS.
     pub tls_cert: Option<PathBuf>,
@@ -284,8 +307,9 @@ pub struct ServerConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ServerKeys {
-    listen: Option<Vec<SocketAddr>>,
-    listen_tls: Option<Vec<SocketAddr>>,
+    listen: Option<Vec<Listen>>,
+    listen_tls: Option<Vec<Listen>>,
+    proxy_trusted: Option<Vec<ipnet::IpNet>>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_certificates: Option<Vec<CertEntry>>,
@@ -300,15 +324,13 @@ struct ServerKeys {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
+            listen: vec![Listen::plain(SocketAddr::from(([127, 0, 0, 1], 2525)))],
             listen_tls: Vec::new(),
+            proxy_trusted: loopback(),
             tls_cert: None,
             tls_key: None,
             tls_certificates: Vec::new(),
-            relay_networks: ["127.0.0.0/8", "::1/128"]
-                .iter()
-                .map(|net| net.parse().expect("a valid network"))
-                .collect(),
+            relay_networks: loopback(),
             workers: 0,
             backend: BackendKind::Auto,
             spool: PathBuf::from("./spool"),
@@ -320,6 +342,56 @@ impl Default for ServerConfig {
     }
 }
 
+/// 127.0.0.0/8 and ::1: the default of `relay_networks` and `proxy_trusted`.
+fn loopback() -> Vec<ipnet::IpNet> {
+    ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .map(|net| net.parse().expect("a valid network"))
+        .collect()
+}
+
+/// One listen address, and whether each connection on it starts with a PROXY header from a
+/// balancer (HAProxy's PROXY protocol, v1 or v2). In TOML either `"ADDR"` or
+/// `{ address = "ADDR", proxy = true }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen {
+    pub addr: SocketAddr,
+    pub proxy: bool,
+}
+
+impl Listen {
+    /// A listener without PROXY headers.
+    pub fn plain(addr: SocketAddr) -> Listen {
+        Listen { addr, proxy: false }
+    }
+}
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Listen, D::Error> {
+        // A misspelt key is an error, as everywhere else in the file.
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            address: SocketAddr,
+            #[serde(default)]
+            proxy: bool,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Address(SocketAddr),
+            Table(Table),
+        }
+        Ok(match Form::deserialize(d)? {
+            Form::Address(addr) => Listen::plain(addr),
+            Form::Table(t) => Listen {
+                addr: t.address,
+                proxy: t.proxy,
+            },
+        })
+    }
+}
+
 /// The largest worker count accepted; far above any core count, it only catches typos.
 pub const MAX_WORKERS: usize = 1024;
 
@@ -328,9 +400,10 @@ impl ServerConfig {
     /// `flatten`, so the server keys are split off first and each part is strict on its own:
     /// a misspelt key is an error, never silently ignored.
     pub fn from_toml(text: &str) -> Result<ServerConfig, String> {
-        const SERVER_KEYS: [&str; 11] = [
+        const SERVER_KEYS: [&str; 12] = [
             "listen",
             "listen_tls",
+            "proxy_trusted",
             "tls_cert",
             "tls_key",
             "tls_certificates",
@@ -361,6 +434,7 @@ impl ServerConfig {
         Ok(ServerConfig {
             listen: keys.listen.unwrap_or(default.listen),
             listen_tls: keys.listen_tls.unwrap_or_default(),
+            proxy_trusted: keys.proxy_trusted.unwrap_or(default.proxy_trusted),
             tls_cert: keys.tls_cert,
             tls_key: keys.tls_key,
             tls_certificates: keys.tls_certificates.unwrap_or_default(),
@@ -410,6 +484,13 @@ impl ServerConfig {
                 ("tls_key", "`tls_cert`")
             };
             return Err(ConfigError::Requires { key, needs });
+        }
+        let proxied = self.listen.iter().chain(&self.listen_tls).any(|l| l.proxy);
+        if proxied && self.proxy_trusted.is_empty() {
+            return Err(ConfigError::Requires {
+                key: "listen",
+                needs: "`proxy_trusted` for a PROXY listener",
+            });
         }
         let tls = !self.cert_entries().is_empty();
         if !tls && !self.listen_tls.is_empty() {
@@ -595,6 +676,35 @@ mod tests {
         assert!(err.contains("max_conections"), "{err}");
         let err = ServerConfig::from_toml("workers = \"two\"\n").unwrap_err();
         assert!(err.contains("workers"), "{err}");
+    }
+
+    #[test]
+    fn a_listener_is_an_address_or_a_table_with_proxy() {
+        let config = ServerConfig::from_toml(
+            "listen = [\"127.0.0.1:25\", { address = \"127.0.0.1:26\", proxy = true }]\n\
+             relay_networks = [\"10.0.0.0/8\"]\nproxy_trusted = [\"10.1.2.3/32\", \"2001:db8::/32\"]\n",
+        )
+        .unwrap();
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(
+            config.listen,
+            [
+                Listen::plain(addr("127.0.0.1:25")),
+                Listen {
+                    addr: addr("127.0.0.1:26"),
+                    proxy: true
+                }
+            ]
+        );
+        assert!(config.relay_networks[0].contains(&"10.9.9.9".parse::<std::net::IpAddr>().unwrap()));
+        assert_eq!(config.proxy_trusted.len(), 2);
+        config.validate().unwrap();
+        let mut untrusting = config.clone();
+        untrusting.proxy_trusted.clear();
+        assert_eq!(untrusting.validate().unwrap_err().key(), "listen");
+        assert!(
+            ServerConfig::from_toml("listen = [{ address = \"127.0.0.1:25\", proxi = true }]\n").is_err()
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The `ringmx` command line: `ringmx serve` reads the configuration, lets flags override it, and runs the server.
 
 use clap::{Args, Parser, Subcommand};
-use ringmx::config::{BackendKind, ServerConfig};
+use ringmx::config::{BackendKind, Listen, ServerConfig};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -43,6 +43,10 @@ struct Serve {
     /// greeting follows inside it; repeat for several. Needs --tls-cert.
     #[arg(long = "listen-tls", value_name = "ADDR")]
     listen_tls: Vec<SocketAddr>,
+    /// The --listen and --listen-tls listeners expect a PROXY header (v1 or v2) from a
+    /// balancer in proxy_trusted (default loopback) before anything else.
+    #[arg(long)]
+    proxy_protocol: bool,
     /// Certificate chain (PEM, leaf first): plain listeners offer STARTTLS. More certificates,
     /// chosen by SNI, go in the config file's tls_certificates. SIGHUP reloads them.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
@@ -92,11 +96,20 @@ impl Serve {
             }
             None => ServerConfig::default(),
         };
+        let listen = |addrs: &[SocketAddr]| {
+            addrs
+                .iter()
+                .map(|&addr| Listen {
+                    addr,
+                    proxy: self.proxy_protocol,
+                })
+                .collect()
+        };
         if !self.listen.is_empty() {
-            config.listen.clone_from(&self.listen);
+            config.listen = listen(&self.listen);
         }
         if !self.listen_tls.is_empty() {
-            config.listen_tls.clone_from(&self.listen_tls);
+            config.listen_tls = listen(&self.listen_tls);
         }
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
             config.tls_cert = Some(cert.clone());

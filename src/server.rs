@@ -2,11 +2,12 @@
 
 use crate::backend::{self, Backend, BackendConfig, WithBackend};
 use crate::config::ServerConfig;
+use crate::policy::clients::{ClientLimits, ClientTable};
 use crate::proto::Settings;
 use crate::spool::{self, IdGen, Spool, SpoolLock};
 use crate::tls::TlsContext;
 use crate::wake::Wake;
-use crate::worker::{Control, Report, Store, Worker, WorkerConfig};
+use crate::worker::{Control, ListenerRole, Report, Store, Worker, WorkerConfig};
 use crossbeam_channel::Sender;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::fmt::Write as _;
@@ -28,6 +29,7 @@ struct WorkerContext<'a> {
     settings: &'a Arc<Settings>,
     active: &'a Arc<AtomicUsize>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    clients: Option<Arc<ClientTable>>,
 }
 
 /// A started worker: its thread, how to reach it, and the name of its backend.
@@ -77,11 +79,17 @@ impl WorkerContext<'_> {
             shutdown_grace: std::time::Duration::from_secs(limits.shutdown_grace_secs),
             input_buffer: limits.input_buffer,
             tls: self.tls.clone(),
-            implicit_tls: (self.config.listen.iter().map(|_| false))
-                .chain(self.config.listen_tls.iter().map(|_| true))
+            listeners: (self.config.listen.iter().map(|l| (l, false)))
+                .chain(self.config.listen_tls.iter().map(|l| (l, true)))
+                .map(|(l, tls)| ListenerRole { proxy: l.proxy, tls })
                 .collect(),
             handshake_timeout: std::time::Duration::from_secs(limits.tls_handshake_timeout_secs),
             relay_networks: self.config.relay_networks.clone().into(),
+            proxy_trusted: self.config.proxy_trusted.clone().into(),
+            proxy_timeout: std::time::Duration::from_secs(limits.proxy_header_timeout_secs),
+            proxy_header_max: limits.proxy_header_max,
+            clients: self.clients.clone(),
+            limit_relay_networks: limits.client_limits_for_relay_networks,
         };
         let thread = std::thread::Builder::new()
             .name(format!("ringmx-worker-{id}"))
@@ -122,7 +130,12 @@ pub fn serve(mut config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Re
         config.workers
     };
     // Plain listeners first, then implicit TLS ones: the workers tell them apart by index.
-    let listen: Vec<SocketAddr> = config.listen.iter().chain(&config.listen_tls).copied().collect();
+    let listen: Vec<SocketAddr> = config
+        .listen
+        .iter()
+        .chain(&config.listen_tls)
+        .map(|l| l.addr)
+        .collect();
     config.limits.max_connections = fit_max_connections(
         config.limits.max_connections,
         open_files,
@@ -136,6 +149,16 @@ pub fn serve(mut config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Re
     let (per_worker, bound) = bind_all(&listen, workers)?;
     let settings = Settings::new(config.proto.clone());
     let active = Arc::new(AtomicUsize::new(0));
+    let limits = &config.limits;
+    let clients =
+        (limits.max_connections_per_client > 0 || limits.connection_rate_per_client > 0).then(|| {
+            Arc::new(ClientTable::new(ClientLimits {
+                max_connections: limits.max_connections_per_client,
+                rate_per_minute: limits.connection_rate_per_client,
+                ipv6_prefix: limits.client_ipv6_prefix,
+                max_tracked: limits.client_table_size,
+            }))
+        });
     let mut controls: Vec<(Sender<Control>, Arc<dyn Wake>)> = Vec::new();
     let mut threads = Vec::new();
     let mut backend_name = "";
@@ -148,6 +171,7 @@ pub fn serve(mut config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Re
             settings: &settings,
             active: &active,
             tls: tls.as_ref().map(TlsContext::server_config),
+            clients: clients.clone(),
         };
         let started = backend::open(backend, listeners, &backend_config, &ctx)??;
         backend_name = started.backend;
@@ -196,6 +220,8 @@ pub fn serve(mut config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Re
         non_smtp = %nonzero(report.stats.non_smtp_by_name()),
         sessions_ended = %nonzero(report.stats.closed_by_name()),
         tls = %nonzero(report.tls.by_name()),
+        proxy = %nonzero(report.admit.proxy_by_name()),
+        client_limits = report.admit.client_connections + report.admit.client_rate,
         "counters"
     );
     if let Some(path) = stats_file {
@@ -271,6 +297,11 @@ fn stats_json(r: &Report) -> String {
         "replies": named(&mut r.stats.replies_by_name()),
         "non_smtp": named(&mut r.stats.non_smtp_by_name()),
         "tls": named(&mut r.tls.by_name()),
+        "proxy": named(&mut r.admit.proxy_by_name()),
+        "client_limits": {
+            "connections": r.admit.client_connections,
+            "rate": r.admit.client_rate,
+        },
         "io": r.io,
     })
     .to_string()

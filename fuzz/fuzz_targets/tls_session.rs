@@ -3,7 +3,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use ringmx::config::ProtoConfig;
-use ringmx::proto::{Commit, Event, Session, Settings};
+use ringmx::proto::{Client, Commit, Event, Session, Settings};
 use ringmx::tls::{CertEntry, TlsContext};
 use ringmx::worker::{Tls, TlsStats};
 use rustls::client::Resumption;
@@ -16,6 +16,16 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig};
 use std::io::{ErrorKind, Read, Write};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+/// The fuzzing client, on a plain listener and on an implicit TLS one.
+const PLAIN: Client = Client {
+    relay: true,
+    tls: false,
+};
+const IMPLICIT: Client = Client {
+    relay: true,
+    tls: true,
+};
 
 const READY: &[u8] = b"220 2.0.0 Ready to start TLS\r\n";
 const STARTTLS: &[u8] = b"EHLO x\r\nSTARTTLS\r\n";
@@ -104,11 +114,11 @@ impl Server {
         let mut out = Vec::new();
         let (session, tls) = if implicit {
             (
-                Session::new_tls(fx.settings.clone(), now),
+                Session::pending(fx.settings.clone(), now),
                 Some(start_tls(now, Vec::new())),
             )
         } else {
-            (Session::new(fx.settings.clone(), now, &mut out), None)
+            (Session::new(fx.settings.clone(), PLAIN, now, &mut out), None)
         };
         Server {
             session,
@@ -129,7 +139,10 @@ impl Server {
             // The client is a correct rustls client: any failure is the server's.
             let established = tls.receive(buf, &mut self.input).unwrap();
             if established {
-                tls.established(&mut self.stats, &mut self.session, self.now, &mut self.out);
+                // As the worker does: an implicit session starts, one after STARTTLS starts over.
+                tls.established(&mut self.stats);
+                self.session.handle_start(self.now, IMPLICIT, &mut self.out);
+                self.session.handle_tls_established(self.now, &mut self.out);
                 self.events();
             }
         } else {
@@ -371,11 +384,9 @@ fn reference<'a>(implicit: bool, packets: impl Iterator<Item = &'a [u8]>) -> Vec
     let now = Instant::now();
     let (mut got, mut out) = (Vec::new(), Vec::new());
     let mut session = if implicit {
-        let mut session = Session::new_tls(fx.settings.clone(), now);
-        session.handle_tls_established(now, &mut out);
-        session
+        Session::new(fx.settings.clone(), IMPLICIT, now, &mut out)
     } else {
-        Session::new(fx.settings.clone(), now, &mut out)
+        Session::new(fx.settings.clone(), PLAIN, now, &mut out)
     };
     let mut pending = Vec::new();
     for packet in packets {

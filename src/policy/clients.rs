@@ -199,6 +199,16 @@ impl Clients {
     }
 }
 
+impl std::fmt::Debug for ClientTable {
+    /// The limits and the size, not the clients (which would mean taking every lock).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTable")
+            .field("limits", &self.limits)
+            .field("tracked", &self.tracked())
+            .finish()
+    }
+}
+
 impl ClientTable {
     /// # Panics
     ///

@@ -67,11 +67,15 @@ pub enum CloseReason {
     SessionTooLong,
     /// A BDAT chunk larger than any message refused, rather than read for nothing (`552`).
     ChunkTooBig,
+    /// The PROXY header was missing, malformed or late (its cause is counted by the caller).
+    Proxy,
+    /// Over a per-client limit (`421 4.7.0`).
+    ClientLimit,
 }
 
 impl CloseReason {
     /// Number of counter slots: every non-SMTP class shares one (its class is counted apart).
-    pub const COUNT: usize = 16;
+    pub const COUNT: usize = 18;
     /// Every counter slot's reason, in counter order.
     pub const ALL: [CloseReason; CloseReason::COUNT] = [
         CloseReason::Quit,
@@ -90,6 +94,8 @@ impl CloseReason {
         CloseReason::SlowData,
         CloseReason::SessionTooLong,
         CloseReason::ChunkTooBig,
+        CloseReason::Proxy,
+        CloseReason::ClientLimit,
     ];
 
     /// The reason's counter slot.
@@ -111,6 +117,8 @@ impl CloseReason {
             CloseReason::SlowData => 13,
             CloseReason::SessionTooLong => 14,
             CloseReason::ChunkTooBig => 15,
+            CloseReason::Proxy => 16,
+            CloseReason::ClientLimit => 17,
         }
     }
 
@@ -133,6 +141,8 @@ impl CloseReason {
             CloseReason::SlowData => "slow_data",
             CloseReason::SessionTooLong => "session_too_long",
             CloseReason::ChunkTooBig => "chunk_too_big",
+            CloseReason::Proxy => "proxy",
+            CloseReason::ClientLimit => "client_limit",
         }
     }
 }

@@ -1,9 +1,11 @@
 //! One connection as its worker sees it, and the bridge to its session: received bytes go in, the session's events go to the store, replies collect for one send.
 
+use super::admit::{AdmitStats, ProxyWait};
 use super::store::{Ended, Message, Store};
 use super::timer::Tick;
 use super::tls::{Failure, Tls, TlsStats};
 use crate::backend::Token;
+use crate::policy::clients::{Admitted, ClientTable};
 use crate::proto::{Client, CloseReason, Commit, Event, Session, Settings, Stats};
 use slab::Slab;
 use std::net::SocketAddr;
@@ -56,6 +58,10 @@ pub(crate) struct Conn {
     pub(crate) message: Message,
     /// The TLS layer, after STARTTLS or from the start on an implicit TLS listener.
     pub(crate) tls: Option<Box<Tls>>,
+    /// Waiting for the PROXY header (a proxy listener).
+    pub(crate) proxy: Option<ProxyWait>,
+    /// The connection's count in the per-client table, given back at close.
+    pub(crate) admitted: Option<Admitted>,
     pub(crate) timer: Tick,
     /// The session's counters folded into the worker's totals so far, for its log line.
     pub(crate) folded: Folded,
@@ -117,6 +123,15 @@ pub(crate) struct Shared {
     pub(crate) handshake_timeout: Duration,
     /// Clients that may send to any domain (`relay_networks`).
     pub(crate) relay_networks: Arc<[ipnet::IpNet]>,
+    /// The largest PROXY v2 header accepted (`proxy_header_max`).
+    pub(crate) proxy_header_max: usize,
+    /// How long a balancer has for its PROXY header (`proxy_header_timeout_secs`).
+    pub(crate) proxy_timeout: Duration,
+    /// The per-client limits shared by every worker, unless both are off.
+    pub(crate) clients: Option<Arc<ClientTable>>,
+    /// Whether `relay_networks` are held to the per-client limits too.
+    pub(crate) limit_relay_networks: bool,
+    pub(crate) admit_stats: AdmitStats,
     pub(crate) now: Instant,
     pub(crate) stats: Stats,
     pub(crate) tls_stats: TlsStats,
@@ -175,6 +190,8 @@ impl Conn {
             dirty: false,
             message: Message::None,
             tls: None,
+            proxy: None,
+            admitted: None,
             timer: 0,
             folded: Folded::default(),
         }
@@ -217,6 +234,9 @@ impl Conn {
     /// them, else appended to what waits; what the session leaves is kept for later. Under
     /// TLS they are records, decrypted into the input first.
     pub(crate) fn receive(&mut self, sh: &mut Shared, token: Token, buf: &[u8]) {
+        if let Some(wait) = self.proxy {
+            return self.receive_proxy_header(sh, token, wait, buf);
+        }
         if let Some(tls) = &mut self.tls {
             sh.pool.ensure(&mut self.input);
             match tls.receive(buf, &mut self.input) {
@@ -444,8 +464,12 @@ impl Conn {
         sh.pool.put(input);
     }
 
-    /// Gives every buffer back to the pool (the connection is gone).
-    pub(crate) fn release(&mut self, pool: &mut Pool) {
+    /// Gives every buffer back to the pool and the connection's count back to the per-client
+    /// table (the connection is gone).
+    pub(crate) fn release(&mut self, pool: &mut Pool, clients: Option<&ClientTable>) {
+        if let (Some(admitted), Some(table)) = (self.admitted.take(), clients) {
+            table.release(admitted);
+        }
         if let Some(mut tls) = self.tls.take() {
             pool.put(std::mem::take(&mut tls.wire));
         }

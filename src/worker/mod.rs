@@ -16,16 +16,19 @@
 //! output buffer only while it has unsent replies; both come from, and go back to, a
 //! per-worker pool, so an idle connection costs its session and its socket, little more.
 
+mod admit;
 mod conn;
 mod store;
 pub mod timer;
 mod tls;
 
+pub use admit::AdmitStats;
 pub use store::Store;
 pub use tls::{Failure as TlsFailure, Tls, TlsStats};
 
 use crate::backend::{Backend, Completion, IoStats, Token, RESERVED_GENERATION};
 use crate::proto::{CloseReason, Reply, Session, Settings, Stats};
+use admit::ProxyWait;
 use conn::{live, Conn, Phase, Pool, Shared};
 use crossbeam_channel::Receiver;
 use slab::Slab;
@@ -57,12 +60,31 @@ pub struct WorkerConfig {
     pub input_buffer: usize,
     /// The configuration for TLS handshakes, if a certificate is configured.
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// Which of the worker's listeners, by index, are implicit TLS listeners (RFC 8314).
-    pub implicit_tls: Vec<bool>,
+    /// What each of the worker's listeners, by index, expects first.
+    pub listeners: Vec<ListenerRole>,
     /// How long a TLS handshake may take (`tls_handshake_timeout_secs`).
     pub handshake_timeout: Duration,
     /// Clients that may send to any domain (`relay_networks`).
     pub relay_networks: Arc<[ipnet::IpNet]>,
+    /// Balancers whose PROXY headers are believed (`proxy_trusted`).
+    pub proxy_trusted: Arc<[ipnet::IpNet]>,
+    /// How long a balancer has for its PROXY header (`proxy_header_timeout_secs`).
+    pub proxy_timeout: Duration,
+    /// The largest PROXY v2 header accepted (`proxy_header_max`).
+    pub proxy_header_max: usize,
+    /// The per-client limits shared by every worker, unless both are off.
+    pub clients: Option<Arc<crate::policy::clients::ClientTable>>,
+    /// Whether `relay_networks` are held to the per-client limits too.
+    pub limit_relay_networks: bool,
+}
+
+/// What a listener's connections start with, before SMTP.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListenerRole {
+    /// A PROXY header from a trusted balancer (the real client's address).
+    pub proxy: bool,
+    /// A TLS handshake (an implicit TLS listener, RFC 8314).
+    pub tls: bool,
 }
 
 /// Connections refused at accept, by reason.
@@ -86,6 +108,7 @@ pub struct Report {
     pub stats: Stats,
     pub io: IoStats,
     pub tls: TlsStats,
+    pub admit: AdmitStats,
     pub accepted: u64,
     pub refused: Refused,
 }
@@ -95,6 +118,7 @@ impl Report {
         self.stats.merge(&other.stats);
         self.io.merge(&other.io);
         self.tls.merge(&other.tls);
+        self.admit.merge(&other.admit);
         self.accepted += other.accepted;
         self.refused.max_connections += other.refused.max_connections;
         self.refused.shutting_down += other.refused.shutting_down;
@@ -151,6 +175,11 @@ impl<B: Backend> Worker<B> {
                 tls_config: config.tls.clone(),
                 handshake_timeout: config.handshake_timeout,
                 relay_networks: config.relay_networks.clone(),
+                proxy_header_max: config.proxy_header_max,
+                proxy_timeout: config.proxy_timeout,
+                clients: config.clients.clone(),
+                limit_relay_networks: config.limit_relay_networks,
+                admit_stats: AdmitStats::default(),
                 now,
                 stats: Stats::default(),
                 tls_stats: TlsStats::default(),
@@ -208,6 +237,7 @@ impl<B: Backend> Worker<B> {
             stats: self.shared.stats,
             io: self.backend.io_stats(),
             tls: self.shared.tls_stats,
+            admit: self.shared.admit_stats,
             accepted: self.accepted,
             refused: self.refused,
         }
@@ -301,6 +331,17 @@ impl<B: Backend> Worker<B> {
             self.refused.shutting_down += 1;
             return;
         }
+        let role = self.config.listeners.get(listener).copied().unwrap_or_default();
+        let ip = peer.ip().to_canonical();
+        if role.proxy && !self.config.proxy_trusted.iter().any(|net| net.contains(&ip)) {
+            // Only a trusted balancer may speak for a client; anyone else is hung up on.
+            self.shared.admit_stats.untrusted += 1;
+            if self.shared.admit_stats.untrusted % 1000 == 1 {
+                tracing::warn!(%peer, "connection to a PROXY listener from outside proxy_trusted");
+            }
+            self.backend.reject(socket, b"");
+            return;
+        }
         let max = self.config.max_connections;
         if self.active.fetch_add(1, Ordering::Relaxed) >= max {
             self.active.fetch_sub(1, Ordering::Relaxed);
@@ -329,20 +370,13 @@ impl<B: Backend> Worker<B> {
         }
         self.accepted += 1;
         let sh = &mut self.shared;
-        let implicit = self.config.implicit_tls.get(listener).copied().unwrap_or(false);
-        let conn = if implicit {
-            let session = Session::pending(sh.settings.clone(), sh.now);
-            let conn = entry.insert(Conn::new(session, token.generation, peer, sh.now, Vec::new()));
-            if !conn.start_tls(sh, Vec::new()) {
-                conn.abandon(sh, token, CloseReason::TlsError);
-            }
-            conn
+        let session = Session::pending(sh.settings.clone(), sh.now);
+        let conn = entry.insert(Conn::new(session, token.generation, peer, sh.now, Vec::new()));
+        if role.proxy {
+            conn.proxy = Some(ProxyWait { tls: role.tls });
         } else {
-            let mut out = sh.pool.take();
-            let client = sh.client(peer, false);
-            let session = Session::new(sh.settings.clone(), client, sh.now, &mut out);
-            entry.insert(Conn::new(session, token.generation, peer, sh.now, out))
-        };
+            conn.begin(sh, token, role.tls);
+        }
         sh.mark(conn, token);
     }
 
@@ -368,7 +402,7 @@ impl<B: Backend> Worker<B> {
         if matches!(conn.message, store::Message::Streaming(_)) {
             sh.store.abort(token, &mut conn.message);
         }
-        conn.release(&mut sh.pool);
+        conn.release(&mut sh.pool, sh.clients.as_deref());
         let reason = match conn.phase {
             Phase::Finishing(reason) | Phase::Closing(reason) => reason,
             Phase::Open | Phase::PeerClosed => CloseReason::PeerClosed,
@@ -431,7 +465,10 @@ impl<B: Backend> Worker<B> {
                 Phase::Closing(_) => {}
                 Phase::Open | Phase::PeerClosed => {
                     let handshake = conn.tls.as_ref().and_then(|t| t.handshake_deadline());
-                    if handshake.is_some_and(|deadline| now >= deadline) {
+                    let proxy = conn.proxy_deadline(shared.proxy_timeout);
+                    if proxy.is_some_and(|deadline| now >= deadline) {
+                        conn.proxy_timed_out(shared, token);
+                    } else if handshake.is_some_and(|deadline| now >= deadline) {
                         conn.tls_failed(shared, token, tls::Failure::Timeout);
                     } else {
                         shared.pool.ensure(&mut conn.out);
@@ -552,10 +589,11 @@ impl<B: Backend> Worker<B> {
             backend.set_receiving(token, want);
         }
         let handshake = conn.tls.as_ref().and_then(|t| t.handshake_deadline());
-        let deadline = match (conn.session.poll_timeout(), handshake) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let proxy = conn.proxy_deadline(sh.proxy_timeout);
+        let deadline = [conn.session.poll_timeout(), handshake, proxy]
+            .into_iter()
+            .flatten()
+            .min();
         if let Some(deadline) = deadline {
             if wheel.earlier(deadline, conn.timer) {
                 conn.timer = wheel.schedule(token.to_u64(), deadline);
