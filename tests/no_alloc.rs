@@ -1,4 +1,4 @@
-//! Proves that a warmed-up session allocates nothing per command: every allocation on the test's thread is counted.
+//! Proves that the hot path allocates nothing: a warmed-up session per command, a recipient check per lookup; every allocation on the test's thread is counted.
 
 use ringmx::config::ProtoConfig;
 use ringmx::proto::{Commit, Event, Session, Settings};
@@ -120,4 +120,31 @@ fn max_errors_for_test() -> ringmx::config::ProtoLimits {
         max_errors: 1000,
         ..Default::default()
     }
+}
+
+#[test]
+fn a_recipient_check_allocates_nothing() {
+    use ringmx::policy::recipients::{Recipients, Verdict};
+    let domains = vec!["example.org".to_string(), "Example.NET".to_string()];
+    let table = Recipients::from_text(&domains, "alice@example.org\n@example.net\n").unwrap();
+    let probes: [&[u8]; 6] = [
+        b"alice@EXAMPLE.org",
+        b"bob@example.org",
+        b"anyone@example.net",
+        b"alice@example.com",
+        b"Postmaster",
+        b"PostMaster@example.org",
+    ];
+    COUNTING.with(|c| c.set(true));
+    let accepted = probes
+        .iter()
+        .filter(|p| table.check(p) == Verdict::Accept)
+        .count();
+    COUNTING.with(|c| c.set(false));
+    assert_eq!(accepted, 4);
+    assert_eq!(
+        ALLOCATIONS.with(Cell::get),
+        0,
+        "allocations during recipient checks"
+    );
 }

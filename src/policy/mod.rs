@@ -1,3 +1,4 @@
 //! Who may do what: the policy decisions the server makes about clients and recipients.
 
 pub mod clients;
+pub mod recipients;
