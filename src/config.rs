@@ -287,6 +287,11 @@ pub struct ServerConfig {
     /// Clients that may send to any domain; the others only to `domains` (with none
     /// configured, they may not send at all: a public listener is never an open relay).
     pub relay_networks: Vec<ipnet::IpNet>,
+    /// The domains this MX accepts mail for.
+    pub domains: Vec<String>,
+    /// The users of those domains, one address (or `@domain`) per line; without it every
+    /// user of an accepted domain is accepted. Reloaded on SIGHUP.
+    pub recipients: Option<PathBuf>,
     /// Worker threads, one per core; 0 means one per CPU this process may run on.
     pub workers: usize,
     /// The I/O backend.
@@ -314,6 +319,8 @@ struct ServerKeys {
     tls_key: Option<PathBuf>,
     tls_certificates: Option<Vec<CertEntry>>,
     relay_networks: Option<Vec<ipnet::IpNet>>,
+    domains: Option<Vec<String>>,
+    recipients: Option<PathBuf>,
     workers: Option<usize>,
     backend: Option<BackendKind>,
     spool: Option<PathBuf>,
@@ -331,6 +338,8 @@ impl Default for ServerConfig {
             tls_key: None,
             tls_certificates: Vec::new(),
             relay_networks: loopback(),
+            domains: Vec::new(),
+            recipients: None,
             workers: 0,
             backend: BackendKind::Auto,
             spool: PathBuf::from("./spool"),
@@ -400,7 +409,7 @@ impl ServerConfig {
     /// `flatten`, so the server keys are split off first and each part is strict on its own:
     /// a misspelt key is an error, never silently ignored.
     pub fn from_toml(text: &str) -> Result<ServerConfig, String> {
-        const SERVER_KEYS: [&str; 12] = [
+        const SERVER_KEYS: [&str; 14] = [
             "listen",
             "listen_tls",
             "proxy_trusted",
@@ -408,6 +417,8 @@ impl ServerConfig {
             "tls_key",
             "tls_certificates",
             "relay_networks",
+            "domains",
+            "recipients",
             "workers",
             "backend",
             "spool",
@@ -439,6 +450,8 @@ impl ServerConfig {
             tls_key: keys.tls_key,
             tls_certificates: keys.tls_certificates.unwrap_or_default(),
             relay_networks: keys.relay_networks.unwrap_or(default.relay_networks),
+            domains: keys.domains.unwrap_or_default(),
+            recipients: keys.recipients,
             workers: keys.workers.unwrap_or(default.workers),
             backend: keys.backend.unwrap_or(default.backend),
             spool: keys.spool.unwrap_or(default.spool),

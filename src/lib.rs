@@ -13,6 +13,7 @@ pub mod config;
 pub mod policy;
 pub mod proto;
 pub mod proxy;
+mod reload;
 pub mod server;
 pub mod spool;
 pub mod tls;

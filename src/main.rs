@@ -51,6 +51,14 @@ struct Serve {
     /// chosen by SNI, go in the config file's tls_certificates. SIGHUP reloads them.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
+    /// A domain this MX accepts mail for; repeat for several. Clients outside relay_networks
+    /// (default loopback) may send only to these.
+    #[arg(long = "domain", value_name = "NAME")]
+    domains: Vec<String>,
+    /// The users of those domains: one address or @domain per line, # comments. Reloaded on
+    /// SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    recipients: Option<PathBuf>,
     /// Private key of --tls-cert (PEM: PKCS#8, SEC1 or PKCS#1).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
@@ -110,6 +118,12 @@ impl Serve {
         }
         if !self.listen_tls.is_empty() {
             config.listen_tls = listen(&self.listen_tls);
+        }
+        if !self.domains.is_empty() {
+            config.domains.clone_from(&self.domains);
+        }
+        if let Some(file) = &self.recipients {
+            config.recipients = Some(file.clone());
         }
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
             config.tls_cert = Some(cert.clone());

@@ -3,7 +3,9 @@
 use crate::backend::{self, Backend, BackendConfig, WithBackend};
 use crate::config::ServerConfig;
 use crate::policy::clients::{ClientLimits, ClientTable};
+use crate::policy::recipients::Recipients;
 use crate::proto::Settings;
+use crate::reload::Reloadable;
 use crate::spool::{self, IdGen, Spool, SpoolLock};
 use crate::tls::TlsContext;
 use crate::wake::Wake;
@@ -147,7 +149,14 @@ pub fn serve(mut config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Re
     // Held until this function returns, after every committer has finished.
     let _spool_lock = claim_spool(&config)?;
     let (per_worker, bound) = bind_all(&listen, workers)?;
-    let settings = Settings::new(config.proto.clone());
+    let recipients =
+        Recipients::new(&config.domains, config.recipients.as_deref()).map_err(|e| e.to_string())?;
+    tracing::info!(
+        domains = config.domains.len(),
+        addresses = recipients.len(),
+        "recipients loaded"
+    );
+    let settings = Settings::with_recipients(config.proto.clone(), Arc::new(recipients));
     let active = Arc::new(AtomicUsize::new(0));
     let limits = &config.limits;
     let clients =
@@ -202,9 +211,16 @@ pub fn serve(mut config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Re
         },
         "ringmx started"
     );
+    let reloadable = Reloadable {
+        tls,
+        cert_entries,
+        proto: config.proto.clone(),
+        domains: config.domains.clone(),
+        recipients: config.recipients.clone(),
+    };
     std::thread::Builder::new()
         .name("ringmx-signals".into())
-        .spawn(move || wait_for_signals(signals, controls, tls, cert_entries))
+        .spawn(move || wait_for_signals(signals, controls, reloadable))
         .map_err(|e| format!("cannot start signal thread: {e}"))?;
     let mut report = Report::default();
     for thread in threads {
@@ -416,14 +432,12 @@ fn block_signals() -> io::Result<libc::sigset_t> {
 }
 
 /// The first SIGTERM or SIGINT starts a graceful shutdown; a second one exits at once.
-/// SIGHUP re-reads the certificate files: new handshakes get them, sessions already in TLS
-/// keep theirs, and a file that does not load leaves the old certificates in force. The other
-/// signals of [`SIGNALS`] are ignored and do not count.
+/// SIGHUP re-reads the certificate files and the recipients table (see [`Reloadable`]). The
+/// other signals of [`SIGNALS`] are ignored and do not count.
 fn wait_for_signals(
     set: libc::sigset_t,
     controls: Vec<(Sender<Control>, Arc<dyn Wake>)>,
-    mut tls: Option<TlsContext>,
-    cert_entries: Vec<crate::tls::CertEntry>,
+    mut reloadable: Reloadable,
 ) {
     let mut first = true;
     loop {
@@ -434,26 +448,7 @@ fn wait_for_signals(
             continue;
         }
         if sig == libc::SIGHUP {
-            let Some(tls) = tls.as_mut() else {
-                tracing::info!(signal = "SIGHUP", "no certificates to reload");
-                continue;
-            };
-            match tls.reload(&cert_entries) {
-                Ok(()) => {
-                    tracing::info!(signal = "SIGHUP", "certificates reloaded");
-                    for (tx, waker) in &controls {
-                        if tx.try_send(Control::Tls(tls.server_config())).is_err() {
-                            tracing::warn!("a worker did not take the reloaded certificates yet");
-                        }
-                        waker.wake();
-                    }
-                }
-                Err(e) => tracing::error!(
-                    signal = "SIGHUP",
-                    error = %e,
-                    "reload refused, the old certificates stay"
-                ),
-            }
+            reloadable.reload(&controls);
             continue;
         }
         if sig == libc::SIGUSR1 || sig == libc::SIGUSR2 {

@@ -17,14 +17,12 @@ fn config(dir: &TempDir, text: &str) -> PathBuf {
 
 /// A server whose `--listen` listener expects PROXY headers, with `extra` TOML.
 fn proxied(dir: &TempDir, extra: &str) -> Server {
-    let path = config(dir, extra);
-    Server::start(&[
-        "--proxy-protocol",
-        "--config",
-        path.to_str().unwrap(),
-        "--hostname",
-        "mx.test",
-    ])
+    proxied_with(&config(dir, extra))
+}
+
+fn proxied_with(path: &std::path::Path) -> Server {
+    let path = path.to_str().unwrap();
+    Server::start(&["--proxy-protocol", "--config", path, "--hostname", "mx.test"])
 }
 
 fn v1(source: &str, destination: &str) -> Vec<u8> {
@@ -225,6 +223,123 @@ fn the_proxied_client_is_the_one_judged() {
     assert_eq!(stopped.stats["replies.relay_denied"], 1);
 }
 
+/// RCPT against the accepted domains and the recipients table, for a client outside
+/// relay_networks (named by a PROXY header) and for one inside; then SIGHUP reloads the
+/// table for new sessions while an open one keeps its own, and a broken file is refused.
+fn recipients_are_checked_at_rcpt_and_reloaded() {
+    let dir = TempDir::new("recipients");
+    let table = dir.0.join("recipients");
+    let install = |text: &str| {
+        let tmp = dir.0.join("recipients.new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &table).unwrap();
+    };
+    install("# the users\nalice@example.org\n@example.net\n");
+    let path = config(
+        &dir,
+        &format!(
+            "domains = [\"example.org\", \"Example.NET\"]\nrecipients = {:?}\n\
+",
+            table
+        ),
+    );
+    let server = proxied_with(&path);
+    // Through the balancer: one client outside relay_networks, one inside (127.0.0.0/8).
+    let from = |source: &str| {
+        let mut c = Client::connect(server.addr);
+        c.send(&v1(source, "192.0.2.25"));
+        assert!(c.reply().starts_with("220 "));
+        assert!(c.cmd("EHLO client.example").starts_with("250-"));
+        assert_eq!(c.cmd("MAIL FROM:<a@client.example>"), "250 2.1.0 Ok\r\n");
+        c
+    };
+    let outsider = || from("192.0.2.7");
+    let mut c = outsider();
+    for (rcpt, want) in [
+        ("alice@EXAMPLE.org", "250 2.1.5 Ok"),
+        (
+            "Alice@example.org",
+            "550 5.1.1 <Alice@example.org>: Recipient address rejected: User unknown",
+        ),
+        ("anyone@example.net", "250 2.1.5 Ok"),
+        ("PostMaster@example.org", "250 2.1.5 Ok"),
+        ("postmaster", "250 2.1.5 Ok"),
+        (
+            "alice@example.com",
+            "554 5.7.1 <alice@example.com>: Relay access denied",
+        ),
+    ] {
+        assert_eq!(
+            c.cmd(&format!("RCPT TO:<{rcpt}>")),
+            format!("{want}\r\n"),
+            "{rcpt}"
+        );
+    }
+    // A relay_networks client may send anywhere, but not to an unknown user here.
+    let mut inside = from("127.0.0.5");
+    assert_eq!(inside.cmd("RCPT TO:<x@elsewhere.example>"), "250 2.1.5 Ok\r\n");
+    assert!(inside.cmd("RCPT TO:<bob@example.org>").starts_with("550 5.1.1 "));
+
+    let mut before = outsider();
+    install("bob@example.org\n");
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("recipients reloaded");
+    let mut after = outsider();
+    assert_eq!(after.cmd("RCPT TO:<bob@example.org>"), "250 2.1.5 Ok\r\n");
+    assert!(after.cmd("RCPT TO:<alice@example.org>").starts_with("550 5.1.1 "));
+    assert_eq!(
+        before.cmd("RCPT TO:<alice@example.org>"),
+        "250 2.1.5 Ok\r\n",
+        "an open session keeps its table"
+    );
+    install("bob@example.org\nnot an address\n");
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("recipients reload refused");
+    assert!(
+        server.log().contains(":2: "),
+        "the bad line is named: {}",
+        server.log()
+    );
+    let mut last = outsider();
+    assert_eq!(
+        last.cmd("RCPT TO:<bob@example.org>"),
+        "250 2.1.5 Ok\r\n",
+        "the old table stays"
+    );
+    drop((c, inside, before, after, last));
+    let stopped = server.stop();
+    stopped.assert_clean();
+    assert_eq!(stopped.stats["replies.relay_denied"], 1);
+    assert_eq!(stopped.stats["replies.unknown_user"], 3);
+}
+
+/// A table of 1,000,000 addresses loads at start and answers hits and misses.
+fn a_million_recipients() {
+    let dir = TempDir::new("million");
+    let table = dir.0.join("recipients");
+    let mut text = String::with_capacity(24 << 20);
+    for i in 0..1_000_000 {
+        text.push_str(&format!("user{i:07}@example.org\n"));
+    }
+    std::fs::write(&table, text).unwrap();
+    let path = config(
+        &dir,
+        &format!("domains = [\"example.org\"]\nrecipients = {table:?}\n"),
+    );
+    let server = Server::start(&["--config", path.to_str().unwrap()]);
+    assert!(server.log().contains("addresses=1000000"), "{}", server.log());
+    let mut c = server.connect_greeted();
+    assert!(c.cmd("EHLO x").starts_with("250-"));
+    assert_eq!(c.cmd("MAIL FROM:<a@x.example>"), "250 2.1.0 Ok\r\n");
+    assert_eq!(c.cmd("RCPT TO:<user0999999@example.org>"), "250 2.1.5 Ok\r\n");
+    assert_eq!(c.cmd("RCPT TO:<user0000000@example.org>"), "250 2.1.5 Ok\r\n");
+    assert!(c
+        .cmd("RCPT TO:<user1000000@example.org>")
+        .starts_with("550 5.1.1 "));
+    drop(c);
+    server.stop().assert_clean();
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod epoll {
@@ -240,4 +355,10 @@ on_both_backends!(
     proxy_headers_name_the_client_split_anywhere,
     bad_late_and_untrusted_proxy_headers_are_hung_up_on,
     the_proxied_client_is_the_one_judged,
+    recipients_are_checked_at_rcpt_and_reloaded,
 );
+
+#[test]
+fn a_million_recipients_load() {
+    a_million_recipients();
+}

@@ -9,6 +9,7 @@ use super::settings::Settings;
 use super::sniff::{classify_line, sniff, NonSmtp};
 use super::stats::SessionStats;
 use super::verb::{lookup, scan_octets, Verb};
+use crate::policy::recipients::Verdict;
 use memchr::memchr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -743,16 +744,24 @@ impl Session {
             }
             return;
         }
-        if let Some(refusal) = self.rcpt_refusal() {
+        if let Some(refusal) = self.rcpt_refusal(path.address) {
             return self.refuse_rcpt(now, refusal, path.address, out);
         }
         self.envelope.add_rcpt(path.address);
         self.reply(Reply::RcptOk, out);
     }
 
-    /// Why a recipient is refused, if it is: a client outside `relay_networks` may not send.
-    fn rcpt_refusal(&self) -> Option<Reply> {
-        (!self.relay).then_some(Reply::RelayDenied)
+    /// Why a recipient is refused, if it is: a client outside `relay_networks` may send only
+    /// to the accepted domains (RFC 5321 §3.6: anything else is relaying), and any client only
+    /// to the users the recipients table knows there, so that nothing is accepted that would
+    /// bounce later (Postfix's `smtpd_reject_unlisted_recipient`).
+    fn rcpt_refusal(&self, address: &[u8]) -> Option<Reply> {
+        match self.settings.recipients.check(address) {
+            Verdict::Accept => None,
+            Verdict::UnknownUser => Some(Reply::UnknownUser),
+            Verdict::DomainNotAccepted if self.relay => None,
+            Verdict::DomainNotAccepted => Some(Reply::RelayDenied),
+        }
     }
 
     /// Answers a refused recipient; past `invalid_rcpt_limit` of them in the session the

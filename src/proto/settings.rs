@@ -2,6 +2,7 @@
 
 use super::reply::write_u64;
 use crate::config::ProtoConfig;
+use crate::policy::recipients::Recipients;
 use std::sync::Arc;
 
 /// The configuration plus the greeting and the HELO/EHLO replies, rendered once.
@@ -16,12 +17,22 @@ pub struct Settings {
     pub(crate) ehlo: Vec<u8>,
     /// The EHLO reply inside TLS, which no longer offers STARTTLS (RFC 3207 §4.2).
     pub(crate) ehlo_tls: Vec<u8>,
+    /// The accepted domains and their recipients, for RCPT.
+    pub(crate) recipients: Arc<Recipients>,
 }
 
 impl Settings {
-    /// Renders the replies. The hostname is written into them as it is: the configuration
-    /// checked it is a domain or an address literal (RFC 5321 §4.1.2) before it got here.
+    /// Renders the replies, for a server that accepts mail for no domain (only
+    /// `relay_networks` clients may send).
     pub fn new(config: ProtoConfig) -> Arc<Settings> {
+        let none = Recipients::from_text(&[], "").expect("an empty table loads");
+        Settings::with_recipients(config, Arc::new(none))
+    }
+
+    /// Renders the replies, with the accepted domains and recipients. The hostname is written
+    /// into them as it is: the configuration checked it is a domain or an address literal
+    /// (RFC 5321 §4.1.2) before it got here.
+    pub fn with_recipients(config: ProtoConfig, recipients: Arc<Recipients>) -> Arc<Settings> {
         let host = config.hostname.as_bytes();
         let greeting = [b"220 ", host, b" ESMTP ringmx\r\n"].concat();
         let greeting_teaser = [b"220-", host, b" ESMTP ringmx\r\n"].concat();
@@ -45,6 +56,7 @@ impl Settings {
             ehlo,
             ehlo_tls,
             config,
+            recipients,
         })
     }
 }

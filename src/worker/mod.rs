@@ -47,6 +47,9 @@ pub enum Control {
     /// Certificates were reloaded: new handshakes use this configuration; sessions already in
     /// TLS keep theirs.
     Tls(Arc<rustls::ServerConfig>),
+    /// The recipients table was reloaded: sessions that start from now on use these
+    /// settings; open ones keep theirs.
+    Settings(Arc<Settings>),
 }
 
 /// The worker's own settings, from the server's limits table.
@@ -215,17 +218,19 @@ impl<B: Backend> Worker<B> {
                 std::thread::sleep(Duration::from_millis(10));
             }
             self.shared.now = Instant::now();
-            for completion in completions.drain(..) {
-                self.complete(completion);
-            }
-            self.commits();
+            // Reloads first: a connection accepted in this turn gets what was sent before it.
             while let Ok(control) = self.control.try_recv() {
                 match control {
                     Control::Shutdown if self.grace_until.is_none() => self.shutdown(),
                     Control::Shutdown => {}
                     Control::Tls(config) => self.shared.tls_config = Some(config),
+                    Control::Settings(settings) => self.shared.settings = settings,
                 }
             }
+            for completion in completions.drain(..) {
+                self.complete(completion);
+            }
+            self.commits();
             self.timers(&mut expired);
             self.settle();
             if self.grace_until.is_some() && self.conns.is_empty() {
