@@ -286,6 +286,9 @@ for n in (1, 2):
     # Connections HAProxy gave this server: its messages and perhaps the outsider's.
     conns = sum(1 for m in sent if m["server"] == name) + (outsider == name)
     assert proxy["proxied"] == conns, (name, "proxied", proxy, conns)
+    # mx1 sits behind send-proxy-v2, mx2 behind send-proxy: each saw only its version.
+    assert proxy["v2" if n == 1 else "v1"] == conns, (name, "version", proxy, conns)
+    assert proxy["v1" if n == 1 else "v2"] == 0, (name, "version", proxy)
     assert proxy["local"] == 0 and proxy["untrusted"] == 0, (name, proxy)
     for e in ("bad_v1", "bad_v2", "too_long", "unsupported_family"):
         assert proxy[e] == 0, (name, e, proxy)

@@ -28,6 +28,9 @@ pub(crate) struct ProxyWait {
 pub struct AdmitStats {
     /// PROXY headers naming a client.
     pub proxied: u64,
+    /// Complete headers by version (a v1 line starts with `PROXY`, a v2 header with CR).
+    pub v1: u64,
+    pub v2: u64,
     /// PROXY headers for the balancer's own connections (v1 `UNKNOWN`, v2 `LOCAL`).
     pub local: u64,
     /// Connections to a proxy listener from outside `proxy_trusted`, closed at once.
@@ -45,6 +48,8 @@ pub struct AdmitStats {
 impl AdmitStats {
     pub fn merge(&mut self, o: &AdmitStats) {
         self.proxied += o.proxied;
+        self.v1 += o.v1;
+        self.v2 += o.v2;
         self.local += o.local;
         self.untrusted += o.untrusted;
         self.timeout += o.timeout;
@@ -59,6 +64,8 @@ impl AdmitStats {
     pub fn proxy_by_name(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
         [
             ("proxied", self.proxied),
+            ("v1", self.v1),
+            ("v2", self.v2),
             ("local", self.local),
             ("untrusted", self.untrusted),
             ("timeout", self.timeout),
@@ -88,6 +95,11 @@ impl Conn {
         match proxy::parse(&self.input, sh.proxy_header_max) {
             Ok(Parsed::Incomplete) => {}
             Ok(Parsed::Complete { origin, len }) => {
+                if self.input[0] == b'P' {
+                    sh.admit_stats.v1 += 1;
+                } else {
+                    sh.admit_stats.v2 += 1;
+                }
                 match origin {
                     Origin::Proxied { source, .. } => {
                         sh.admit_stats.proxied += 1;
