@@ -800,7 +800,9 @@ impl Worker {
         if let Some(p) = cmd.phase {
             self.record(p, took, lag);
         }
-        if cmd.step == Step::Starttls {
+        // The STARTTLS command's 220 starts the handshake; the starttls class's QUIT is counted
+        // under the same step but its 221 ends the session.
+        if matches!(cmd.piece, Piece::Starttls | Piece::StarttlsNoop) {
             if self.conns[slot].in_head < self.conns[slot].in_len {
                 // RFC 3207 4: nothing may follow the 220 in plaintext.
                 self.mismatch(slot, Step::Starttls, "plaintext after the 220 to STARTTLS", now);
