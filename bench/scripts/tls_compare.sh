@@ -23,7 +23,9 @@
 #     Not unimpl: Postfix answers EXPN 500, not 502. The client keeps at most 8 TLS 1.3 tickets
 #     per server (rustls), so beyond 8 connections per thread fewer sessions can resume.
 #  2b. Baseline: the RESUME_MIX sessions in plaintext, CONNS connections (server CPU per
-#     session without TLS).
+#     session without TLS), and full handshakes with RESUME_MIX too; the last table subtracts
+#     the baseline from both and derives the cost of one resumed handshake from the share
+#     that resumed: (resume run − baseline − (1 − share) × (full − baseline)) / share.
 #  3. Messages/s, ringmx --sink --workers 1, --mix valid=1 --messages-per-session 100, CONNS
 #     connections, over STARTTLS and in plaintext (the same server, the same settings).
 #  4. RSS per idle session (ringmx --sink --workers 1, a fresh server per mode): IDLE sessions
@@ -234,6 +236,15 @@ for round in $(seq "$ROUNDS"); do
             # shellcheck disable=SC2046
             lg "full/$name/$c/$CONNS" "$round" "$spec" "$port" $(tls_for "$c") \
                 --mix starttls=1 --connections "$CONNS" --duration "$DURATION"
+        done < <(servers $cert)
+    done
+    # Full handshakes again with the resumption runs' sessions, so that the baseline below
+    # can be subtracted from both.
+    for cert in ec rsa; do
+        while read -r name c spec port; do
+            # shellcheck disable=SC2046
+            lg "fullb/$name/$c/$CONNS" "$round" "$spec" "$port" $(tls_for "$c") \
+                --mix "$RESUME_MIX" --connections "$CONNS" --duration "$DURATION"
         done < <(servers $cert)
     done
     for conns in $RESUME_CONNS; do
