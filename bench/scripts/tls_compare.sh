@@ -158,8 +158,7 @@ for _ in $(seq 50); do
 done
 PF_MASTER=$(tr -d ' ' <"$PF/queue/pid/master.pid")
 PF_CPU="sid:$PF_MASTER"
-PF_PORT_ec=$((PORT + 11))
-PF_PORT_rsa=$((PORT + 12))
+declare -A PF_PORT=([ec]=$((PORT + 11)) [rsa]=$((PORT + 12)))
 
 # --- ringmx ----------------------------------------------------------------------------
 # start_ringmx NAME PORT CERT WORKERS [more serve arguments]: WORKERS "default" leaves it out.
@@ -216,7 +215,7 @@ tls_for() { echo --tls starttls --tls-ca "$CERTS/ca-$1.crt" --tls-sni localhost;
 servers() {
     local cert=$1
     echo "ringmx-1w $cert pid:${RPID[1w-$cert]} ${RPORT[1w-$cert]}"
-    echo "postfix $cert $PF_CPU $(eval echo \$PF_PORT_$cert)"
+    echo "postfix $cert $PF_CPU ${PF_PORT[$cert]}"
     echo "ringmx-${NCPU}w $cert pid:${RPID[${NCPU}w-$cert]} ${RPORT[${NCPU}w-$cert]}"
 }
 
