@@ -90,6 +90,12 @@ cleanup() {
             sleep 0.1
         done
         [ -n "$master" ] && kill -0 "$master" 2>/dev/null && kill -KILL "$master"
+        # The instance's other processes (its session) exit on their own once the master
+        # has gone; wait for them.
+        for _ in $(seq 50); do
+            [ -n "$master" ] && ps -eo sid= | grep -qx " *$master" || break
+            sleep 0.1
+        done
     fi
 }
 trap cleanup EXIT
