@@ -199,12 +199,7 @@ impl Server {
                     // The replies up to the `220` leave in plaintext, ahead of the handshake.
                     self.tls = Some(start_tls(self.now, std::mem::take(&mut self.out)));
                 }
-                Event::Close(_) => {
-                    self.ended = true;
-                    if let Some(tls) = &mut self.tls {
-                        tls.close();
-                    }
-                }
+                Event::Close(_) => self.ended = true,
             }
         }
         any
@@ -218,7 +213,12 @@ impl Server {
         loop {
             let wire = match &mut self.tls {
                 Some(tls) => {
+                    // As `Conn::seal`: the last replies, then close_notify behind them.
                     tls.seal(&mut self.out);
+                    if self.ended {
+                        tls.close();
+                        tls.seal(&mut self.out);
+                    }
                     &mut tls.wire
                 }
                 None => &mut self.out,
