@@ -1,5 +1,6 @@
 //! Who the server lets in, on the real server and both backends: PROXY headers (v1, v2, local, split anywhere, bad, late, from an untrusted address), the client they name used in the spool, relay_networks, and the per-client connection limit.
 
+#[macro_use]
 mod serverkit;
 
 use serverkit::{show, spooled, Client, Server, TempDir, LIMIT};
@@ -338,17 +339,6 @@ fn a_million_recipients() {
         .starts_with("550 5.1.1 "));
     drop(c);
     server.stop().assert_clean();
-}
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod epoll {
-            $( #[test] fn $name() { crate::serverkit::on_backend("epoll", super::$name) } )*
-        }
-        mod uring {
-            $( #[test] fn $name() { crate::serverkit::on_backend("uring", super::$name) } )*
-        }
-    };
 }
 
 on_both_backends!(

@@ -1,5 +1,6 @@
 //! The real `ringmx serve` over TCP: transcripts, pipelining, the spool, limits, shutdown.
 
+#[macro_use]
 mod serverkit;
 mod support;
 
@@ -722,18 +723,8 @@ fn pipelined_past_the_reply_backlog_then_half_close_gets_every_reply() {
     assert_eq!(stopped.stats["sessions_ended.quit"], 1);
 }
 
-/// Every test above that starts a server runs once per backend from the same body (as monoio's
-/// `test_all`): `epoll::NAME` and `uring::NAME`.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod epoll {
-            $( #[test] fn $name() { crate::serverkit::on_backend("epoll", super::$name) } )*
-        }
-        mod uring {
-            $( #[test] fn $name() { crate::serverkit::on_backend("uring", super::$name) } )*
-        }
-    };
-}
+// Every test above that starts a server runs once per backend from the same body (as monoio's
+// `test_all`): `epoll::NAME` and `uring::NAME`.
 
 on_both_backends!(
     transcripts_over_tcp_all_at_once,

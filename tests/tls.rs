@@ -1,12 +1,12 @@
 //! TLS on the real server, every test on both backends: STARTTLS and implicit TLS, the injection defence, the STARTTLS replies, tls_required, broken and stalled handshakes, SNI, certificate reload, and a TLS client that never reads.
 
+#[macro_use]
 mod serverkit;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use ringmx_loadgen::reply::{parse_reply, Parse};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
-use serverkit::{show, spooled, Client, Server, TempDir, LIMIT};
+use serverkit::{read_reply, show, spooled, Client, Server, TempDir, LIMIT};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -148,20 +148,7 @@ impl TlsClient {
     }
 
     fn reply(&mut self) -> String {
-        loop {
-            match parse_reply(&self.buf) {
-                Parse::Complete(reply) => {
-                    let text: Vec<u8> = self.buf.drain(..reply.len).collect();
-                    return String::from_utf8_lossy(&text).into_owned();
-                }
-                Parse::Invalid(why) => panic!("not an SMTP reply ({why}): {}", show(&self.buf)),
-                Parse::Incomplete => {}
-            }
-            let mut chunk = [0u8; 4096];
-            let n = self.tls.read(&mut chunk).expect("read a reply over TLS");
-            assert!(n > 0, "connection closed while waiting for a reply");
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
+        read_reply(&mut self.buf, &mut self.tls)
     }
 
     fn cmd(&mut self, line: &str) -> String {
@@ -542,17 +529,6 @@ fn a_tls_client_that_never_reads_is_bounded() {
     assert!(polite.message("Subject: polite\r\n\r\nx\r\n").starts_with("250 "));
     drop((conn, sock));
     server.stop().assert_clean();
-}
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod epoll {
-            $( #[test] fn $name() { crate::serverkit::on_backend("epoll", super::$name) } )*
-        }
-        mod uring {
-            $( #[test] fn $name() { crate::serverkit::on_backend("uring", super::$name) } )*
-        }
-    };
 }
 
 on_both_backends!(

@@ -21,6 +21,20 @@ thread_local! {
     static BACKEND: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
 }
 
+/// Declares each named test body twice, as `epoll::NAME` and `uring::NAME`, each running it
+/// through [`on_backend`] (the test files take it with `#[macro_use] mod serverkit;`).
+#[allow(unused_macros)] // as the module's dead_code: not every test binary runs on both
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod epoll {
+            $( #[test] fn $name() { crate::serverkit::on_backend("epoll", super::$name) } )*
+        }
+        mod uring {
+            $( #[test] fn $name() { crate::serverkit::on_backend("uring", super::$name) } )*
+        }
+    };
+}
+
 /// Runs `test` with every server it starts (on this thread) using `backend`; on uring, skips
 /// it (saying why) where the kernel lacks what that backend uses.
 pub fn on_backend(backend: &'static str, test: fn()) {
@@ -370,6 +384,27 @@ pub struct Client {
     buf: Vec<u8>,
 }
 
+/// Reads one complete reply, every line of it, from what `buf` holds and then from `from`,
+/// through the load generator's reply parser (written apart from the server's code, so it
+/// does not share the server's mistakes); anything that is not a well-formed reply fails the
+/// test. What follows the reply stays in `buf`.
+pub fn read_reply(buf: &mut Vec<u8>, from: &mut impl Read) -> String {
+    loop {
+        match parse_reply(buf) {
+            Parse::Complete(reply) => {
+                let text: Vec<u8> = buf.drain(..reply.len).collect();
+                return String::from_utf8_lossy(&text).into_owned();
+            }
+            Parse::Invalid(why) => panic!("not an SMTP reply ({why}): {}", show(buf)),
+            Parse::Incomplete => {}
+        }
+        let mut chunk = [0u8; 4096];
+        let n = from.read(&mut chunk).expect("read reply");
+        assert!(n > 0, "connection closed while waiting for a reply");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect_timeout(&addr, LIMIT).expect("connect");
@@ -386,24 +421,9 @@ impl Client {
         self.stream.write_all(bytes).expect("send");
     }
 
-    /// Reads one complete reply, every line of it, through the load generator's reply parser
-    /// (written apart from the server's code, so it does not share the server's mistakes);
-    /// anything that is not a well-formed reply fails the test.
+    /// Reads one complete reply (see [`read_reply`]).
     pub fn reply(&mut self) -> String {
-        loop {
-            match parse_reply(&self.buf) {
-                Parse::Complete(reply) => {
-                    let text: Vec<u8> = self.buf.drain(..reply.len).collect();
-                    return String::from_utf8_lossy(&text).into_owned();
-                }
-                Parse::Invalid(why) => panic!("not an SMTP reply ({why}): {}", show(&self.buf)),
-                Parse::Incomplete => {}
-            }
-            let mut chunk = [0u8; 4096];
-            let n = self.stream.read(&mut chunk).expect("read reply");
-            assert!(n > 0, "connection closed while waiting for a reply");
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
+        read_reply(&mut self.buf, &mut self.stream)
     }
 
     /// Sends one command line and returns the reply.
