@@ -4,8 +4,10 @@
 mod serverkit;
 mod support;
 
-use serverkit::{all_at_once, mask_queue_ids, show, spooled, Client, Options, Server, TempDir, LIMIT};
-use std::io::{ErrorKind, Write};
+use serverkit::{
+    all_at_once, mask_queue_ids, show, spooled, write_until_refused, Client, Options, Server, TempDir, LIMIT,
+};
+use std::io::Write;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::{transcripts, HOSTNAME};
@@ -195,26 +197,8 @@ fn client_that_never_reads_is_bounded_and_others_are_served() {
     let rss_before = server.rss_kib();
     greedy.stream.set_nonblocking(true).unwrap();
     let batch = b"NOOP\r\n".repeat(10_000);
-    let mut written = 0usize;
-    let mut stalled_since = None;
-    let start = Instant::now();
     // Pipeline without ever reading, until the server has stopped taking bytes for 1 s.
-    while written < 256 << 20 && start.elapsed() < LIMIT {
-        match greedy.stream.write(&batch) {
-            Ok(n) => {
-                written += n;
-                stalled_since = None;
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                let since = *stalled_since.get_or_insert_with(Instant::now);
-                if since.elapsed() > Duration::from_secs(1) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => panic!("write: {e}"),
-        }
-    }
+    let written = write_until_refused(|| greedy.stream.write(&batch));
     assert!(
         written < 64 << 20,
         "the server kept reading: {written} bytes taken"

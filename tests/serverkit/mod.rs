@@ -458,6 +458,31 @@ impl Client {
     }
 }
 
+/// Writes with `step` (one non-blocking write of some pipelined commands, returning what it
+/// wrote) without ever reading, until the server has taken nothing for 1 s, 256 MiB went, or
+/// [`LIMIT`] passed; returns the octets taken.
+pub fn write_until_refused(mut step: impl FnMut() -> std::io::Result<usize>) -> usize {
+    let (mut written, mut stalled_since) = (0usize, None);
+    let start = Instant::now();
+    while written < 256 << 20 && start.elapsed() < LIMIT {
+        match step() {
+            Ok(n) => {
+                written += n;
+                stalled_since = None;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let since = *stalled_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_secs(1) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    written
+}
+
 /// A committed message: its id, `.eml` bytes and `.json` text.
 pub struct Spooled {
     pub id: String,
