@@ -156,6 +156,11 @@ limits! {
     /// Body octets a worker may have queued for its spool writer before sessions in DATA stop
     /// being read; keeps memory bounded when the disk is slower than the network.
     spool_queue_bytes: usize = 32 << 20, 1 << 16, 1 << 30;
+    /// Octets each segment of the `log` spool is preallocated to: commits never create an
+    /// inode or change a file's size until it is used up (a message in progress then finishes
+    /// in it, past this size). 64 MiB is a few seconds of a busy worker, and the unit of space
+    /// reclaimed; at least 64 KiB, so a segment holds more than its header.
+    spool_segment_size: u64 = 64 << 20, 1 << 16, 1 << 30;
     /// Submission queue entries of each worker's io_uring (`--backend uring`); its completion
     /// queue gets four times as many. Submissions beyond it wait in a backlog, so this bounds
     /// a batch, not the connections; 1024 covers a turn of a busy worker in one submission.
@@ -265,6 +270,18 @@ pub enum SpoolSync {
     Filesystem,
 }
 
+/// How the spool stores messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SpoolFormat {
+    /// Per worker, preallocated append-only segments of framed records, one `fdatasync` per
+    /// segment per batch: the default, at the speed of the disk's appends.
+    Log,
+    /// Two files per message, `DIR/<id>.eml` and `DIR/<id>.json`, for tools that read the
+    /// spool directly; every message costs two inodes and a directory fsync.
+    Files,
+}
+
 /// Everything `ringmx serve` needs: where to listen, how many workers, where messages go, and
 /// the protocol settings. The TOML keys of `--config` are these field names plus every key of
 /// [`ProtoConfig`] at the top level (see [`ServerConfig::from_toml`]).
@@ -300,7 +317,9 @@ pub struct ServerConfig {
     pub spool: PathBuf,
     /// Count and drop message bodies and answer `250` at once (benchmarks, like smtp-sink).
     pub sink: bool,
-    /// How a batch of spool files is made durable.
+    /// How the spool stores messages.
+    pub spool_format: SpoolFormat,
+    /// How a batch of spool files is made durable (the `files` format).
     pub spool_sync: SpoolSync,
     /// The server's limits (connections, buffers, queues, backends).
     pub limits: ServerLimits,
@@ -326,6 +345,7 @@ struct ServerKeys {
     spool: Option<PathBuf>,
     sink: Option<bool>,
     spool_sync: Option<SpoolSync>,
+    spool_format: Option<SpoolFormat>,
 }
 
 impl Default for ServerConfig {
@@ -345,6 +365,7 @@ impl Default for ServerConfig {
             spool: PathBuf::from("./spool"),
             sink: false,
             spool_sync: SpoolSync::File,
+            spool_format: SpoolFormat::Log,
             limits: ServerLimits::default(),
             proto: ProtoConfig::default(),
         }
@@ -409,7 +430,7 @@ impl ServerConfig {
     /// `flatten`, so the server keys are split off first and each part is strict on its own:
     /// a misspelt key is an error, never silently ignored.
     pub fn from_toml(text: &str) -> Result<ServerConfig, String> {
-        const SERVER_KEYS: [&str; 14] = [
+        const SERVER_KEYS: [&str; 15] = [
             "listen",
             "listen_tls",
             "proxy_trusted",
@@ -424,6 +445,7 @@ impl ServerConfig {
             "spool",
             "sink",
             "spool_sync",
+            "spool_format",
         ];
         let mut table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
         let mut server = toml::Table::new();
@@ -457,6 +479,7 @@ impl ServerConfig {
             spool: keys.spool.unwrap_or(default.spool),
             sink: keys.sink.unwrap_or(default.sink),
             spool_sync: keys.spool_sync.unwrap_or(default.spool_sync),
+            spool_format: keys.spool_format.unwrap_or(default.spool_format),
             limits,
             proto,
         })

@@ -1,7 +1,7 @@
 //! The `ringmx` command line: `ringmx serve` reads the configuration, lets flags override it, and runs the server.
 
 use clap::{Args, Parser, Subcommand};
-use ringmx::config::{BackendKind, Listen, ServerConfig};
+use ringmx::config::{BackendKind, Listen, ServerConfig, SpoolFormat};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,14 +24,68 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Accept mail over SMTP and commit it to the spool (or count and drop it with --sink).
-    Serve(Serve),
+    Serve(Box<Serve>),
+    /// Look at a spool (either format), read-only: safe beside a running server.
+    #[command(subcommand)]
+    Spool(SpoolCommand),
+}
+
+#[derive(Subcommand)]
+enum SpoolCommand {
+    /// Write every committed message as OUT/<id>.eml and OUT/<id>.json, exactly as the files
+    /// format stores them.
+    Export {
+        /// The spool directory.
+        #[arg(long, value_name = "DIR")]
+        spool: PathBuf,
+        /// Where to write the messages (created if missing).
+        #[arg(long, value_name = "OUT")]
+        to: PathBuf,
+    },
+    /// Verify every record of every segment and every message file; exit status 1 if any is
+    /// damaged.
+    Check {
+        /// The spool directory.
+        #[arg(long, value_name = "DIR")]
+        spool: PathBuf,
+    },
+}
+
+/// Runs `ringmx spool ...`.
+fn spool_command(cmd: SpoolCommand) -> ExitCode {
+    match cmd {
+        SpoolCommand::Export { spool, to } => match ringmx::spool::tool::export(&spool, &to) {
+            Ok(n) => {
+                println!("exported {n} messages to {}", to.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ringmx: spool {}: {e}", spool.display());
+                ExitCode::FAILURE
+            }
+        },
+        SpoolCommand::Check { spool } => match ringmx::spool::tool::check(&spool) {
+            Ok(c) => {
+                print!("{}", c.report);
+                if c.problems == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("ringmx: spool {}: {e}", spool.display());
+                ExitCode::from(2)
+            }
+        },
+    }
 }
 
 #[derive(Args)]
 struct Serve {
     /// TOML file with any of the server keys (listen, listen_tls, tls_cert, tls_key,
     /// tls_certificates = [{ names, cert, key }], workers, backend, spool, sink,
-    /// spool_sync = "file"|"filesystem") and every key of the limits table (hostname, bare_lf,
+    /// spool_format = "log"|"files", spool_sync = "file"|"filesystem") and every key of the limits table (hostname, bare_lf,
     /// tls_required, max_message_size, ...); flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -69,10 +123,14 @@ struct Serve {
     /// environment variable RINGMX_BACKEND (auto, epoll, uring) overrides it. [default: auto]
     #[arg(long, value_enum, value_name = "BACKEND")]
     backend: Option<BackendKind>,
-    /// Spool directory: each message is on disk (DIR/<id>.eml and DIR/<id>.json) before its
-    /// 250. [default: ./spool]
+    /// Spool directory: each message is on disk (in DIR/log/, or with --spool-format files
+    /// as DIR/<id>.eml and DIR/<id>.json) before its 250. [default: ./spool]
     #[arg(long, value_name = "DIR", conflicts_with = "sink")]
     spool: Option<PathBuf>,
+    /// How the spool stores messages: log (per-worker preallocated segments, one fdatasync
+    /// per batch) or files (DIR/<id>.eml and DIR/<id>.json per message). [default: log]
+    #[arg(long, value_enum, value_name = "FORMAT", conflicts_with = "sink")]
+    spool_format: Option<SpoolFormat>,
     /// Count and drop message bodies and answer 250 at once, like Postfix's smtp-sink.
     #[arg(long)]
     sink: bool,
@@ -139,6 +197,9 @@ impl Serve {
             config.spool.clone_from(dir);
             config.sink = false;
         }
+        if let Some(format) = self.spool_format {
+            config.spool_format = format;
+        }
         if self.sink {
             config.sink = true;
         }
@@ -169,7 +230,10 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
-    let Command::Serve(serve) = cli.command;
+    let serve = match cli.command {
+        Command::Serve(serve) => serve,
+        Command::Spool(cmd) => return spool_command(cmd),
+    };
     let result = serve
         .config()
         .and_then(|config| ringmx::server::serve(config, serve.stats_file.clone()));

@@ -1,12 +1,12 @@
 //! `ringmx serve`: checks the configuration, claims the spool and the listen addresses, runs the pinned workers, and stops them on SIGTERM/SIGINT.
 
 use crate::backend::{self, Backend, BackendConfig, WithBackend};
-use crate::config::ServerConfig;
+use crate::config::{ServerConfig, SpoolFormat};
 use crate::policy::clients::{ClientLimits, ClientTable};
 use crate::policy::recipients::Recipients;
 use crate::proto::Settings;
 use crate::reload::Reloadable;
-use crate::spool::{self, IdGen, Spool, SpoolLock};
+use crate::spool::{self, Backing, IdGen, LogSpool, Spool, SpoolLock};
 use crate::tls::TlsContext;
 use crate::wake::Wake;
 use crate::worker::{Control, ListenerRole, Report, Store, Worker, WorkerConfig};
@@ -32,6 +32,8 @@ struct WorkerContext<'a> {
     active: &'a Arc<AtomicUsize>,
     tls: Option<Arc<rustls::ServerConfig>>,
     clients: Option<Arc<ClientTable>>,
+    /// Where committers write; `None` in sink mode.
+    backing: Option<Backing>,
 }
 
 /// A started worker: its thread, how to reach it, and the name of its backend.
@@ -57,20 +59,18 @@ impl WorkerContext<'_> {
         let id = self.id;
         let waker = backend.waker();
         let name = backend.name();
-        let store = if self.config.sink {
-            Store::Sink(IdGen::new(id))
-        } else {
-            Store::Spool(
+        let store = match &self.backing {
+            None => Store::Sink(IdGen::new(id)),
+            Some(backing) => Store::Spool(
                 Spool::start(
                     id,
-                    self.config.spool.clone(),
+                    backing.clone(),
                     self.config.proto.hostname.clone(),
                     self.config.limits.spool_queue_bytes,
-                    self.config.spool_sync,
                     waker.clone(),
                 )
                 .map_err(|e| format!("cannot start spool writer: {e}"))?,
-            )
+            ),
         };
         // Room for a shutdown behind several reloads the worker has not taken yet.
         let (tx, rx) = crossbeam_channel::bounded(8);
@@ -147,7 +147,7 @@ pub fn serve(mut config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Re
     )?;
     let backend_config = BackendConfig::from(&config.limits);
     // Held until this function returns, after every committer has finished.
-    let _spool_lock = claim_spool(&config)?;
+    let (_spool_lock, backing) = claim_spool(&config)?;
     let (per_worker, bound) = bind_all(&listen, workers)?;
     let recipients =
         Recipients::new(&config.domains, config.recipients.as_deref()).map_err(|e| e.to_string())?;
@@ -181,6 +181,7 @@ pub fn serve(mut config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Re
             active: &active,
             tls: tls.as_ref().map(TlsContext::server_config),
             clients: clients.clone(),
+            backing: backing.clone(),
         };
         let started = backend::open(backend, listeners, &backend_config, &ctx)??;
         backend_name = started.backend;
@@ -207,7 +208,10 @@ pub fn serve(mut config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Re
         spool = %if config.sink {
             "sink".to_string()
         } else {
-            format!("{} (sync: {:?})", config.spool.display(), config.spool_sync)
+            match config.spool_format {
+                SpoolFormat::Files => format!("{} (files, sync: {:?})", config.spool.display(), config.spool_sync),
+                SpoolFormat::Log => format!("{} (log)", config.spool.display()),
+            }
         },
         "ringmx started"
     );
@@ -248,10 +252,12 @@ pub fn serve(mut config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Re
 }
 
 /// Takes the spool for this process, then removes what a crash left in it: in this order, so
-/// a second server never deletes the first one's messages in flight. None with `--sink`.
-fn claim_spool(config: &ServerConfig) -> Result<Option<SpoolLock>, String> {
+/// a second server never deletes the first one's messages in flight. The `files` leftovers are
+/// removed whatever the format, so a spool switched from one to the other starts clean; with
+/// `log`, its segments are scanned and their torn tails cut. None with `--sink`.
+fn claim_spool(config: &ServerConfig) -> Result<(Option<SpoolLock>, Option<Backing>), String> {
     if config.sink {
-        return Ok(None);
+        return Ok((None, None));
     }
     let spool_error = |e| format!("spool {}: {e}", config.spool.display());
     let lock = spool::lock(&config.spool).map_err(spool_error)?;
@@ -259,7 +265,27 @@ fn claim_spool(config: &ServerConfig) -> Result<Option<SpoolLock>, String> {
     if removed > 0 {
         tracing::warn!(removed, spool = %config.spool.display(), "removed uncommitted files");
     }
-    Ok(Some(lock))
+    let backing = match config.spool_format {
+        SpoolFormat::Files => Backing::Files {
+            dir: config.spool.clone(),
+            sync: config.spool_sync,
+        },
+        SpoolFormat::Log => {
+            let (log, found) =
+                LogSpool::recover(&config.spool, config.limits.spool_segment_size).map_err(spool_error)?;
+            tracing::info!(
+                segments = found.segments,
+                messages = found.messages,
+                dropped = found.dropped,
+                truncated = found.truncated,
+                deleted = found.deleted,
+                duplicates = found.duplicates,
+                "spool log recovered"
+            );
+            Backing::Log(log)
+        }
+    };
+    Ok((Some(lock), Some(backing)))
 }
 
 /// The summary counters as `key=value` pairs, for the exit log line.

@@ -198,8 +198,8 @@ mod tests {
 
     fn tls() -> Option<TlsInfo> {
         Some(TlsInfo {
-            version: "TLSv1.3",
-            cipher: "TLS13_AES_256_GCM_SHA384",
+            version: "TLSv1.3".into(),
+            cipher: "TLS13_AES_256_GCM_SHA384".into(),
             sni: Some("mx.test".into()),
         })
     }

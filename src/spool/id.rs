@@ -17,6 +17,11 @@ fn base32(mut v: u64, min_digits: usize, out: &mut String) {
     out.extend(digits[..n].iter().rev().map(|&d| d as char));
 }
 
+/// The value of one digit of an id, if it is one.
+pub(super) fn digit(b: u8) -> Option<u8> {
+    ALPHABET.iter().position(|&a| a == b).map(|p| p as u8)
+}
+
 /// Queue ids unique across workers and restarts: the worker's start time in microseconds,
 /// the worker number, and a counter. Ids of one worker sort in order of arrival.
 #[derive(Debug)]

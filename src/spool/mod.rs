@@ -30,16 +30,22 @@ mod committer;
 mod format;
 mod id;
 mod lock;
+pub mod log;
+mod queue;
 mod recover;
+pub mod tool;
 
 pub use id::IdGen;
 pub use lock::{lock, SpoolLock};
+pub use log::LogSpool;
+pub use queue::{FilesQueue, Queue, Queued};
 pub use recover::recover;
 
 use crate::config::SpoolSync;
 use crate::wake::Wake;
 use committer::Committer;
 use crossbeam_channel::{Receiver, Sender};
+use std::borrow::Cow;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -70,10 +76,12 @@ pub struct MessageMeta {
 /// What the `Received:` header and the envelope record of a message's TLS session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsInfo {
-    /// `TLSv1.2` or `TLSv1.3`, as Postfix writes it.
-    pub version: &'static str,
+    /// `TLSv1.2` or `TLSv1.3`, as Postfix writes it (borrowed when received, so the hot path
+    /// allocates nothing for it; owned only when read back from a spool with a name rustls
+    /// does not know).
+    pub version: Cow<'static, str>,
     /// The IANA name of the cipher suite (`TLS13_AES_256_GCM_SHA384`).
-    pub cipher: &'static str,
+    pub cipher: Cow<'static, str>,
     /// The name the client asked for (RFC 6066 SNI), if any.
     pub sni: Option<String>,
 }
@@ -95,6 +103,15 @@ pub struct Done {
     pub ok: bool,
 }
 
+/// Which format a worker's committer writes.
+#[derive(Clone)]
+pub enum Backing {
+    /// Two files per message (`DIR/<id>.eml`, `DIR/<id>.json`), made durable as `sync` says.
+    Files { dir: PathBuf, sync: SpoolSync },
+    /// The log-structured spool ([`log`]), shared by every worker's committer.
+    Log(Arc<LogSpool>),
+}
+
 /// Body bytes handed by a worker to its committer and not yet written; shared by both.
 struct Backlog {
     queued: AtomicUsize,
@@ -113,13 +130,12 @@ pub struct Spool {
 }
 
 impl Spool {
-    /// Starts the committer thread of worker `worker` for the (recovered) directory `dir`.
+    /// Starts the committer thread of worker `worker` for the (recovered) spool `backing`.
     pub fn start(
         worker: usize,
-        dir: PathBuf,
+        backing: Backing,
         hostname: String,
         limit: usize,
-        sync: SpoolSync,
         waker: Arc<dyn Wake>,
     ) -> io::Result<Spool> {
         let (jobs, job_rx) = crossbeam_channel::unbounded();
@@ -129,10 +145,21 @@ impl Spool {
             waiting: AtomicBool::new(false),
             limit,
         });
-        let committer = Committer::new(dir, hostname, sync, backlog.clone(), done_tx, waker)?;
-        let thread = std::thread::Builder::new()
-            .name(format!("ringmx-spool-{worker}"))
-            .spawn(move || committer.run(job_rx))?;
+        let name = format!("ringmx-spool-{worker}");
+        let thread = match backing {
+            Backing::Files { dir, sync } => {
+                let committer = Committer::new(dir, hostname, sync, backlog.clone(), done_tx, waker)?;
+                std::thread::Builder::new()
+                    .name(name)
+                    .spawn(move || committer.run(job_rx))?
+            }
+            Backing::Log(spool) => {
+                let committer = log::Committer::new(spool, hostname, backlog.clone(), done_tx, waker);
+                std::thread::Builder::new()
+                    .name(name)
+                    .spawn(move || committer.run(job_rx))?
+            }
+        };
         Ok(Spool {
             jobs: Some(jobs),
             results,

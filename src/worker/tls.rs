@@ -248,8 +248,8 @@ impl Tls {
     pub fn info(&self) -> Option<TlsInfo> {
         let (version, cipher) = crate::tls::describe(&self.conn)?;
         Some(TlsInfo {
-            version,
-            cipher,
+            version: version.into(),
+            cipher: cipher.into(),
             sni: self.conn.server_name().map(str::to_string),
         })
     }

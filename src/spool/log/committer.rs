@@ -1,0 +1,337 @@
+//! A worker's log committer: appends each message's records to the worker's segment as they stream, and makes every message that ended since the last flush durable with one `fdatasync` per segment.
+
+use super::record::Kind;
+use super::segment::Segment;
+use super::{Committed, LogSpool};
+use crate::spool::format::received_header;
+use crate::spool::{Backlog, Done, Job, MessageMeta};
+use crate::wake::Wake;
+use crossbeam_channel::{Receiver, Sender};
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Jobs taken per batch, so a stream of body chunks cannot postpone the commit of messages
+/// that have already ended.
+const BATCH_JOBS: usize = 1024;
+
+/// A message between its start and its commit.
+struct Open {
+    meta: Box<MessageMeta>,
+    /// The segment it is written to, by sequence number; `None` once it has failed.
+    seq: Option<u64>,
+    msg: u64,
+    offset: u64,
+    /// Body octets (without the trace header), and all data octets.
+    size: u64,
+    data: u64,
+}
+
+/// Segments this committer writes: `current` takes new messages; `older` ones are full but
+/// still hold messages in progress, which finish there (a message never spans segments).
+struct Segments {
+    current: Option<Segment>,
+    older: Vec<Segment>,
+}
+
+impl Segments {
+    fn get(&mut self, seq: u64) -> Option<&mut Segment> {
+        self.current
+            .iter_mut()
+            .chain(self.older.iter_mut())
+            .find(|s| s.seq == seq)
+    }
+
+    fn all(&mut self) -> impl Iterator<Item = &mut Segment> {
+        self.current.iter_mut().chain(self.older.iter_mut())
+    }
+}
+
+pub(in crate::spool) struct Committer {
+    log: Arc<LogSpool>,
+    hostname: String,
+    segments: Segments,
+    /// Messages in progress per segment, so a full one is sealed when its last one is done.
+    in_progress: HashMap<u64, usize>,
+    next_msg: u64,
+    open: HashMap<u64, Open>,
+    ended: Vec<(u64, Open)>,
+    record: Vec<u8>,
+    backlog: Arc<Backlog>,
+    done: Sender<Done>,
+    waker: Arc<dyn Wake>,
+}
+
+impl Committer {
+    pub(in crate::spool) fn new(
+        log: Arc<LogSpool>,
+        hostname: String,
+        backlog: Arc<Backlog>,
+        done: Sender<Done>,
+        waker: Arc<dyn Wake>,
+    ) -> Committer {
+        Committer {
+            log,
+            hostname,
+            segments: Segments {
+                current: None,
+                older: Vec::new(),
+            },
+            in_progress: HashMap::new(),
+            next_msg: 0,
+            open: HashMap::new(),
+            ended: Vec::new(),
+            record: Vec::with_capacity(512),
+            backlog,
+            done,
+            waker,
+        }
+    }
+
+    /// Runs until the worker drops its sender; messages still open then are never committed
+    /// (their records stay without an end, which recovery drops).
+    pub(in crate::spool) fn run(mut self, jobs: Receiver<Job>) {
+        while let Ok(first) = jobs.recv() {
+            self.handle(first);
+            for job in jobs.try_iter().take(BATCH_JOBS) {
+                self.handle(job);
+            }
+            let drained = self.backlog.queued.load(Ordering::SeqCst) <= self.backlog.limit
+                && self.backlog.waiting.swap(false, Ordering::SeqCst);
+            let committed = !self.ended.is_empty();
+            if committed {
+                self.commit_batch();
+            }
+            if committed || drained {
+                self.waker.wake();
+            }
+        }
+        // Write what is buffered so the segment ends on a record boundary; nothing of it is
+        // committed.
+        for seg in self.segments.all() {
+            let _ = seg.flush();
+        }
+        let sealed: Vec<u64> = self.segments.all().map(|s| s.seq).collect();
+        for seq in sealed {
+            self.log.seal(seq);
+        }
+    }
+
+    fn handle(&mut self, job: Job) {
+        match job {
+            Job::Start { key, meta } => {
+                let open = self.start(meta);
+                self.open.insert(key, open);
+            }
+            Job::Chunk { key, data } => {
+                self.backlog.queued.fetch_sub(data.len(), Ordering::SeqCst);
+                let Some(open) = self.open.get_mut(&key) else {
+                    return;
+                };
+                open.size += data.len() as u64;
+                open.data += data.len() as u64;
+                let Some(seq) = open.seq else { return };
+                let msg = open.msg;
+                let written = match self.segments.get(seq) {
+                    Some(seg) => seg.push_data(msg, &data),
+                    None => Err(io::Error::other("segment retired")),
+                };
+                if let Err(e) = written {
+                    self.retire(seq, &e);
+                }
+            }
+            Job::End { key } => {
+                if let Some(open) = self.open.remove(&key) {
+                    self.ended.push((key, open));
+                }
+            }
+            Job::Abort { key } => {
+                let open = self.open.remove(&key).or_else(|| {
+                    let i = self.ended.iter().position(|(k, _)| *k == key)?;
+                    Some(self.ended.swap_remove(i).1)
+                });
+                // Its records stay in the segment without an end record: never committed.
+                if let Some(Open { seq: Some(seq), .. }) = open {
+                    self.finished(seq);
+                }
+            }
+        }
+    }
+
+    /// Opens a message in the current segment (a new one if there is none or it is full):
+    /// its envelope record, then its trace header as its first data.
+    fn start(&mut self, meta: Box<MessageMeta>) -> Open {
+        self.next_msg += 1;
+        let msg = self.next_msg;
+        let mut open = Open {
+            meta,
+            seq: None,
+            msg,
+            offset: 0,
+            size: 0,
+            data: 0,
+        };
+        if let Err(e) = self.current_segment() {
+            tracing::error!(id = %open.meta.id, error = %e, "spool segment unavailable");
+            return open;
+        }
+        let header = received_header(&open.meta, &self.hostname);
+        self.record.clear();
+        super::record::encode_envelope(&open.meta, &mut self.record);
+        let seg = self.segments.current.as_mut().expect("created above");
+        open.offset = seg.offset();
+        seg.push(Kind::Envelope, msg, &self.record);
+        let seq = seg.seq;
+        open.data = header.len() as u64;
+        match seg.push_data(msg, &header) {
+            Ok(()) => {
+                open.seq = Some(seq);
+                *self.in_progress.entry(seq).or_default() += 1;
+            }
+            Err(e) => self.retire(seq, &e),
+        }
+        open
+    }
+
+    /// Makes sure there is a current segment with room, sealing or setting aside a full one.
+    fn current_segment(&mut self) -> io::Result<()> {
+        if let Some(seg) = &self.segments.current {
+            if !seg.full() {
+                return Ok(());
+            }
+            let seg = self.segments.current.take().expect("checked");
+            self.set_aside(seg);
+        }
+        let seg = self.log.create_segment()?;
+        self.segments.current = Some(seg);
+        Ok(())
+    }
+
+    /// A segment that takes no new messages: sealed now if nothing is in progress in it.
+    fn set_aside(&mut self, mut seg: Segment) {
+        if self.in_progress.get(&seg.seq).copied().unwrap_or(0) == 0 {
+            let _ = seg.flush();
+            self.in_progress.remove(&seg.seq);
+            self.log.seal(seg.seq);
+        } else {
+            self.segments.older.push(seg);
+        }
+    }
+
+    /// A message of segment `seq` was committed, failed or aborted.
+    fn finished(&mut self, seq: u64) {
+        let left = self.in_progress.entry(seq).or_default();
+        *left = left.saturating_sub(1);
+        if *left > 0 {
+            return;
+        }
+        if let Some(i) = self.segments.older.iter().position(|s| s.seq == seq) {
+            let mut seg = self.segments.older.swap_remove(i);
+            let _ = seg.flush();
+            self.in_progress.remove(&seq);
+            self.log.seal(seq);
+        }
+    }
+
+    /// After a write or `fdatasync` error: the segment takes nothing more, and every message
+    /// in progress or ended in it fails (`452`); none is acknowledged. Messages committed in
+    /// earlier batches are durable already and stay.
+    fn retire(&mut self, seq: u64, e: &io::Error) {
+        tracing::error!(segment = seq, error = %e, "spool segment write failed; segment retired");
+        let is_current = self.segments.current.as_ref().is_some_and(|s| s.seq == seq);
+        if is_current {
+            self.segments.current = None;
+        } else if let Some(i) = self.segments.older.iter().position(|s| s.seq == seq) {
+            self.segments.older.swap_remove(i);
+        }
+        for open in self
+            .open
+            .values_mut()
+            .chain(self.ended.iter_mut().map(|(_, o)| o))
+        {
+            if open.seq == Some(seq) {
+                open.seq = None;
+            }
+        }
+        self.in_progress.remove(&seq);
+        self.log.seal(seq);
+    }
+
+    /// Appends the end record of every message that ended, writes each segment's buffer, and
+    /// `fdatasync`s each segment written to once; then registers the messages with the spool
+    /// and reports them to the worker, in the order they ended.
+    fn commit_batch(&mut self) {
+        let started = std::time::Instant::now();
+        let batch = std::mem::take(&mut self.ended);
+        let mut ends = Vec::with_capacity(batch.len());
+        for (_, open) in &batch {
+            let end = open.seq.and_then(|seq| {
+                let seg = self.segments.get(seq)?;
+                let mut payload = [0u8; 16];
+                payload[..8].copy_from_slice(&open.size.to_le_bytes());
+                payload[8..].copy_from_slice(&open.data.to_le_bytes());
+                seg.push(Kind::End, open.msg, &payload);
+                Some(seg.offset())
+            });
+            ends.push(end);
+        }
+        let mut failed = Vec::new();
+        let mut syncs = 0u32;
+        for seg in self.segments.all() {
+            let res = seg.flush().and_then(|()| {
+                if seg.dirty() {
+                    syncs += 1;
+                    seg.sync()
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(e) = res {
+                failed.push((seg.seq, e));
+            }
+        }
+        for (seq, e) in &failed {
+            self.retire(*seq, e);
+        }
+        // Retiring cleared the segment of its messages, so a message still holding one here
+        // is durable.
+        let mut committed = Vec::with_capacity(batch.len());
+        let mut results = Vec::with_capacity(batch.len());
+        for ((key, open), end) in batch.into_iter().zip(ends) {
+            let id = open.meta.id.clone();
+            let ok = match (open.seq, end) {
+                (Some(seq), Some(end)) => {
+                    match super::key(&id) {
+                        Some(key) => committed.push(Committed {
+                            seq,
+                            msg: open.msg,
+                            offset: open.offset,
+                            end,
+                            size: open.size,
+                            key,
+                            recipients: open.meta.recipients.len(),
+                        }),
+                        None => tracing::error!(id = %id, "queue id does not fit the spool index"),
+                    }
+                    true
+                }
+                _ => false,
+            };
+            results.push(Done { key, id, ok });
+        }
+        self.log.register(&committed);
+        for c in &committed {
+            self.finished(c.seq);
+        }
+        tracing::debug!(
+            messages = results.len(),
+            syncs,
+            micros = started.elapsed().as_micros() as u64,
+            "log batch committed"
+        );
+        for done in results {
+            let _ = self.done.send(done);
+        }
+    }
+}

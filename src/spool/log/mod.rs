@@ -1,0 +1,783 @@
+//! The log-structured spool: per-worker append-only segments of framed records, committed in groups with one `fdatasync` per segment, read back through [`crate::spool::Queue`].
+//!
+//! Layout, in `DIR/log/`: `<seq>.seg` segments (sixteen hexadecimal digits, in order of
+//! creation), each preallocated to `spool_segment_size` so a commit never creates an inode or
+//! changes a size; and beside some of them `<seq>.done`, the done records of that segment's
+//! messages. A segment starts with a `Segment` record; a message is an `Envelope` record, its
+//! `Data` records (the `Received:` header first, then the body as it streamed in), and an
+//! `End` record, which commits it. Messages of one worker interleave in its segment.
+//!
+//! - **Write** ([`committer`]): each worker's committer thread appends as jobs arrive and, per
+//!   batch, the end records of every message that ended, then one `fdatasync` per segment
+//!   written; only then are the ids reported and the `250`s sent.
+//! - **Recover** ([`LogSpool::recover`], at start, under the spool lock): every segment is
+//!   scanned to its first record that does not check (CRC32C) and truncated there; messages
+//!   without an end record are dropped and logged; recovered segments are sealed, never
+//!   appended to again, so nothing written after a torn tail can ever be mistaken for a record.
+//! - **Reclaim**: a sealed segment whose messages are all done is deleted (the segment first,
+//!   then its done file: a done file alone is an orphan recovery removes); one that is mostly
+//!   done is compacted ([`LogSpool::compact`]): its live messages are copied into a new
+//!   segment with their done state, made durable, and only then is the old one deleted. A copy
+//!   left by a crash during compaction has the same id as its original; recovery keeps the
+//!   newer and merges their done state, so a message is never committed twice.
+
+mod committer;
+pub mod record;
+pub mod scan;
+mod segment;
+
+pub(super) use committer::Committer;
+
+use super::queue::{Queue, Queued};
+use super::MessageMeta;
+use record::Kind;
+use segment::{done_name, parse_name, segment_name, Segment};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The log's directory inside the spool directory.
+pub const LOG_DIR: &str = "log";
+
+/// A segment is compacted once its live messages take less than this fraction of it.
+const COMPACT_BELOW: f64 = 0.25;
+
+/// A message the committer made durable, for the index.
+pub(super) struct Committed {
+    pub seq: u64,
+    pub msg: u64,
+    pub offset: u64,
+    pub end: u64,
+    pub size: u64,
+    pub key: Key,
+    pub recipients: usize,
+}
+
+/// A queue id packed into an integer: the index holds no string per message. Ids are
+/// Crockford base32 (`IdGen`); a leading 1 bit keeps leading zeros apart, so up to 25
+/// digits fit.
+pub(super) type Key = u128;
+
+/// The key of queue id `id`, if it is one `IdGen` could have made.
+pub(super) fn key(id: &str) -> Option<Key> {
+    if id.is_empty() || id.len() > 25 {
+        return None;
+    }
+    let mut v: Key = 1;
+    for b in id.bytes() {
+        let d = crate::spool::id::digit(b)?;
+        v = v << 5 | Key::from(d);
+    }
+    Some(v)
+}
+
+/// Which recipients of a message are done: a bit each up to 64 (the common case, no
+/// allocation), a flag each beyond.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum DoneSet {
+    Small { count: u8, bits: u64 },
+    Large(Box<[bool]>),
+}
+
+impl DoneSet {
+    fn new(count: usize) -> DoneSet {
+        if count <= 64 {
+            DoneSet::Small {
+                count: count as u8,
+                bits: 0,
+            }
+        } else {
+            DoneSet::Large(vec![false; count].into_boxed_slice())
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            DoneSet::Small { count, .. } => usize::from(*count),
+            DoneSet::Large(v) => v.len(),
+        }
+    }
+
+    fn get(&self, i: usize) -> bool {
+        match self {
+            DoneSet::Small { bits, .. } => bits >> i & 1 == 1,
+            DoneSet::Large(v) => v[i],
+        }
+    }
+
+    fn set(&mut self, i: usize) {
+        match self {
+            DoneSet::Small { bits, .. } => *bits |= 1 << i,
+            DoneSet::Large(v) => v[i] = true,
+        }
+    }
+
+    fn set_all(&mut self) {
+        for i in 0..self.len() {
+            self.set(i);
+        }
+    }
+
+    fn union(&mut self, other: &DoneSet) {
+        for i in 0..self.len().min(other.len()) {
+            if other.get(i) {
+                self.set(i);
+            }
+        }
+    }
+
+    /// A message without recipients cannot be committed, so an empty set is done too.
+    fn live(&self) -> bool {
+        (0..self.len()).any(|i| !self.get(i))
+    }
+
+    fn to_vec(&self) -> Vec<bool> {
+        (0..self.len()).map(|i| self.get(i)).collect()
+    }
+}
+
+/// A committed message in the index: where its records are, and its recipients' state.
+/// About 80 octets with its key, so a queue of a million messages costs about 80 MB; the
+/// envelope itself is read from the segment when asked for.
+#[derive(Debug, Clone)]
+struct Entry {
+    seq: u64,
+    msg: u64,
+    offset: u64,
+    end: u64,
+    size: u64,
+    done: DoneSet,
+}
+
+#[derive(Debug, Default)]
+struct SegmentState {
+    /// Written by no one any more: deleted once nothing in it is live.
+    sealed: bool,
+    /// Its committed messages that are not done, and their octets.
+    live: usize,
+    live_octets: u64,
+    /// Octets on disk (its length, or its preallocated size while written).
+    octets: u64,
+}
+
+#[derive(Debug, Default)]
+struct Index {
+    segments: BTreeMap<u64, SegmentState>,
+    messages: hashbrown::HashMap<Key, Entry>,
+}
+
+impl Index {
+    /// Adds a committed entry that is still live, and counts it in its segment.
+    fn insert(&mut self, key: Key, entry: Entry) {
+        if !entry.done.live() {
+            return;
+        }
+        let s = self.segments.entry(entry.seq).or_default();
+        s.live += 1;
+        s.live_octets += entry.end - entry.offset;
+        self.messages.insert(key, entry);
+    }
+
+    /// Removes an entry; returns it and whether its segment is sealed with nothing live left.
+    fn remove(&mut self, key: Key) -> Option<(Entry, bool)> {
+        let e = self.messages.remove(&key)?;
+        let s = self.segments.get_mut(&e.seq)?;
+        s.live -= 1;
+        s.live_octets -= e.end - e.offset;
+        let dead = s.sealed && s.live == 0;
+        Some((e, dead))
+    }
+}
+
+/// What recovery found, for the log line at start.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    pub segments: usize,
+    pub messages: usize,
+    /// Messages without their end record: never acknowledged, dropped.
+    pub dropped: usize,
+    /// Segments whose tail was torn or corrupt and cut off.
+    pub truncated: usize,
+    /// Segments deleted because nothing in them was live.
+    pub deleted: usize,
+    /// Copies left by a compaction that did not finish.
+    pub duplicates: usize,
+}
+
+/// The log spool of one directory, shared by the committers that write it and the readers.
+pub struct LogSpool {
+    dir: PathBuf,
+    segment_size: u64,
+    next_seq: AtomicU64,
+    index: Mutex<Index>,
+    /// Whether this handle may change files (the server's, under the spool lock), or only
+    /// reads them (`spool export`, `spool check` beside a running server).
+    writable: bool,
+}
+
+impl LogSpool {
+    /// Recovers the log in `spool/log` (created if missing) for a server that holds the spool
+    /// lock: scans, truncates torn tails, drops unfinished messages, deletes dead segments.
+    pub fn recover(spool: &Path, segment_size: u64) -> io::Result<(Arc<LogSpool>, Recovered)> {
+        let dir = spool.join(LOG_DIR);
+        fs::create_dir_all(&dir)?;
+        let (log, report) = LogSpool::load(dir, segment_size, true)?;
+        Ok((Arc::new(log), report))
+    }
+
+    /// Reads the log of `spool` without changing anything: for tools beside a running server.
+    pub fn read_only(spool: &Path) -> io::Result<LogSpool> {
+        Ok(LogSpool::load(spool.join(LOG_DIR), 0, false)?.0)
+    }
+
+    fn load(dir: PathBuf, segment_size: u64, writable: bool) -> io::Result<(LogSpool, Recovered)> {
+        let mut report = Recovered::default();
+        let mut seqs = BTreeMap::new();
+        if let Ok(entries) = fs::read_dir(&dir) {
+            for entry in entries {
+                let name = entry?.file_name();
+                if let Some((seq, done)) = name.to_str().and_then(parse_name) {
+                    let e = seqs.entry(seq).or_insert((false, false));
+                    if done {
+                        e.1 = true;
+                    } else {
+                        e.0 = true;
+                    }
+                }
+            }
+        }
+        let mut index = Index::default();
+        let mut changed = false;
+        let max_seq = seqs.keys().next_back().copied().unwrap_or(0);
+        for (&seq, &(has_seg, has_done)) in &seqs {
+            let seg_path = dir.join(segment_name(seq));
+            let done_path = dir.join(done_name(seq));
+            if !has_seg {
+                // A done file whose segment was deleted: nothing of it is left to mark.
+                if writable {
+                    fs::remove_file(&done_path)?;
+                    changed = true;
+                }
+                continue;
+            }
+            let scanned = match scan::scan(&seg_path, false, |_, _| {}) {
+                Ok(s) => s,
+                // Deleted by the server beside a read-only reader.
+                Err(e) if !writable && e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            report.segments += 1;
+            let torn = !scanned.clean_tail || scanned.seq != Some(seq);
+            if torn {
+                report.truncated += 1;
+                tracing::warn!(
+                    segment = %seg_path.display(),
+                    at = scanned.end,
+                    cut = scanned.len - scanned.end,
+                    "spool segment has a torn or corrupt tail; truncated there"
+                );
+            }
+            if writable && scanned.len != scanned.end {
+                // Recovered segments are sealed: cut to their last good record, so the unused
+                // preallocation is given back and nothing after it can ever be read as a record.
+                let f = OpenOptions::new().write(true).open(&seg_path)?;
+                f.set_len(scanned.end)?;
+                f.sync_all()?;
+            }
+            let mut done: HashMap<u64, Vec<u32>> = HashMap::new();
+            let mut whole: Vec<u64> = Vec::new();
+            if has_done {
+                let d = match scan::scan(&done_path, true, |_, _| {}) {
+                    Ok(d) => d,
+                    Err(e) if !writable && e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
+                if writable && d.len != d.end {
+                    let f = OpenOptions::new().write(true).open(&done_path)?;
+                    f.set_len(d.end)?;
+                    f.sync_all()?;
+                }
+                for (msg, rcpts) in d.done {
+                    if rcpts.is_empty() {
+                        whole.push(msg);
+                    } else {
+                        done.entry(msg).or_default().extend(rcpts);
+                    }
+                }
+            }
+            index.segments.insert(
+                seq,
+                SegmentState {
+                    sealed: true,
+                    octets: scanned.end,
+                    ..SegmentState::default()
+                },
+            );
+            for found in scanned.messages {
+                if !found.committed() {
+                    if found.meta.is_some() || found.data > 0 {
+                        report.dropped += 1;
+                        tracing::warn!(
+                            segment = seq,
+                            id = found.meta.as_ref().map_or("?", |m| m.id.as_str()),
+                            "dropping a message without its end record (never acknowledged)"
+                        );
+                    }
+                    continue;
+                }
+                let meta = found.meta.expect("committed");
+                let Some(k) = key(&meta.id) else {
+                    report.dropped += 1;
+                    tracing::warn!(segment = seq, id = %meta.id, "dropping a message with an id no server writes");
+                    continue;
+                };
+                let mut flags = DoneSet::new(meta.recipients.len());
+                if whole.contains(&found.msg) {
+                    flags.set_all();
+                }
+                for &r in done.get(&found.msg).into_iter().flatten() {
+                    if (r as usize) < flags.len() {
+                        flags.set(r as usize);
+                    }
+                }
+                let mut entry = Entry {
+                    seq,
+                    msg: found.msg,
+                    offset: found.offset,
+                    end: found.end,
+                    size: found.ended.expect("committed").0,
+                    done: flags,
+                };
+                if let Some((old, _)) = index.remove(k) {
+                    // A copy from a compaction that did not finish: keep the newer (this
+                    // one), with the done state of both.
+                    report.duplicates += 1;
+                    entry.done.union(&old.done);
+                }
+                index.insert(k, entry);
+            }
+        }
+        report.messages = index.messages.len();
+        let log = LogSpool {
+            dir,
+            segment_size,
+            next_seq: AtomicU64::new(max_seq + 1),
+            index: Mutex::new(index),
+            writable,
+        };
+        if writable {
+            let dead: Vec<u64> = {
+                let index = log.lock();
+                index
+                    .segments
+                    .iter()
+                    .filter(|(_, s)| s.live == 0)
+                    .map(|(&seq, _)| seq)
+                    .collect()
+            };
+            for seq in dead {
+                log.delete_segment(seq)?;
+                report.deleted += 1;
+                changed = true;
+            }
+            if changed || report.truncated > 0 {
+                File::open(&log.dir)?.sync_all()?;
+            }
+        }
+        Ok((log, report))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Index> {
+        // Every update of the index is complete before it can panic, so a poisoned lock
+        // still guards a consistent index.
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new segment for a committer (or for compaction), durable with its first record.
+    fn create_segment(&self) -> io::Result<Segment> {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let seg = Segment::create(&self.dir, seq, self.segment_size)?;
+        self.lock().segments.insert(
+            seq,
+            SegmentState {
+                octets: self.segment_size,
+                ..SegmentState::default()
+            },
+        );
+        Ok(seg)
+    }
+
+    /// Messages the committer made durable; called before their `250`s.
+    fn register(&self, committed: &[Committed]) {
+        let mut index = self.lock();
+        for c in committed {
+            let entry = Entry {
+                seq: c.seq,
+                msg: c.msg,
+                offset: c.offset,
+                end: c.end,
+                size: c.size,
+                done: DoneSet::new(c.recipients),
+            };
+            index.insert(c.key, entry);
+        }
+    }
+
+    /// No one writes segment `seq` any more; it is deleted now if nothing in it is live.
+    fn seal(&self, seq: u64) {
+        let dead = {
+            let mut index = self.lock();
+            let Some(s) = index.segments.get_mut(&seq) else {
+                return;
+            };
+            s.sealed = true;
+            s.live == 0
+        };
+        if dead {
+            if let Err(e) = self.delete_segment(seq) {
+                tracing::error!(segment = seq, error = %e, "cannot delete a spool segment");
+            }
+        }
+    }
+
+    /// Removes a segment and then its done file.
+    fn delete_segment(&self, seq: u64) -> io::Result<()> {
+        self.lock().segments.remove(&seq);
+        for name in [segment_name(seq), done_name(seq)] {
+            match fs::remove_file(self.dir.join(name)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends done records to segment `seq`'s done file and makes them durable.
+    fn append_done(&self, seq: u64, records: &[(u64, Vec<u32>)]) -> io::Result<()> {
+        let path = self.dir.join(done_name(seq));
+        let created = !path.exists();
+        let mut f = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o640)
+            .open(&path)?;
+        let mut buf = Vec::new();
+        for (msg, rcpts) in records {
+            let payload: Vec<u8> = rcpts.iter().flat_map(|r| r.to_le_bytes()).collect();
+            record::append(&mut buf, Kind::Done, *msg, &payload);
+        }
+        f.write_all(&buf)?;
+        f.sync_data()?;
+        if created {
+            File::open(&self.dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    fn entry(&self, id: &str) -> io::Result<(Key, Entry)> {
+        let k = key(id).ok_or_else(|| not_found(id))?;
+        let e = self
+            .lock()
+            .messages
+            .get(&k)
+            .cloned()
+            .ok_or_else(|| not_found(id))?;
+        Ok((k, e))
+    }
+
+    /// Marks recipients of `id` done (all of them with `None`), durably; deletes the segment
+    /// when that was its last live message.
+    fn mark(&self, id: &str, recipient: Option<usize>) -> io::Result<()> {
+        if !self.writable {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "spool opened read-only",
+            ));
+        }
+        let (k, e) = self.entry(id)?;
+        if recipient.is_some_and(|r| r >= e.done.len()) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "no such recipient"));
+        }
+        let rcpts = recipient.map(|r| vec![r as u32]).unwrap_or_default();
+        self.append_done(e.seq, &[(e.msg, rcpts)])?;
+        let dead = {
+            let mut index = self.lock();
+            let Some(cur) = index.messages.get_mut(&k) else {
+                return Ok(());
+            };
+            match recipient {
+                Some(r) => cur.done.set(r),
+                None => cur.done.set_all(),
+            }
+            if cur.done.live() {
+                return Ok(());
+            }
+            index.remove(k).is_some_and(|(_, dead)| dead)
+        };
+        if dead {
+            self.delete_segment(e.seq)?;
+            File::open(&self.dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Disk use: octets of every segment, and of the live messages in them.
+    pub fn usage(&self) -> (u64, u64) {
+        let index = self.lock();
+        index
+            .segments
+            .values()
+            .fold((0, 0), |(all, live), s| (all + s.octets, live + s.live_octets))
+    }
+
+    /// Copies the live messages of every sealed segment that is mostly done into a new
+    /// segment, then deletes the old ones; returns how many were compacted. Runs beside the
+    /// committers: the index is locked only to take a snapshot and to switch over, and done
+    /// marks that arrive during the copy are carried to the copy before the switch.
+    pub fn compact(&self) -> io::Result<usize> {
+        if !self.writable {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "spool opened read-only",
+            ));
+        }
+        let (victims, entries): (Vec<u64>, Vec<(Key, Entry)>) = {
+            let index = self.lock();
+            let victims: Vec<u64> = index
+                .segments
+                .iter()
+                .filter(|(_, s)| {
+                    s.sealed && s.live > 0 && (s.live_octets as f64) < COMPACT_BELOW * s.octets as f64
+                })
+                .map(|(&seq, _)| seq)
+                .collect();
+            let entries = index
+                .messages
+                .iter()
+                .filter(|(_, e)| victims.contains(&e.seq))
+                .map(|(k, e)| (*k, e.clone()))
+                .collect();
+            (victims, entries)
+        };
+        if victims.is_empty() {
+            return Ok(0);
+        }
+        let mut seg = self.create_segment()?;
+        let seq = seg.seq;
+        let moved = match self.copy_live(&mut seg, entries) {
+            Ok(moved) => moved,
+            Err(e) => {
+                // Nothing points at the copy yet: it goes, the originals stay.
+                drop(seg);
+                let _ = self.delete_segment(seq);
+                return Err(e);
+            }
+        };
+        self.switch_over(seg, moved, &victims)?;
+        Ok(victims.len())
+    }
+
+    /// Copies `entries` into `seg` (envelope, data, end, under new message numbers) and makes
+    /// them durable.
+    fn copy_live(&self, seg: &mut Segment, entries: Vec<(Key, Entry)>) -> io::Result<Vec<(Key, Entry)>> {
+        let mut moved = Vec::with_capacity(entries.len());
+        let mut chunk = vec![0u8; record::MAX_PAYLOAD];
+        let mut env = Vec::new();
+        for (n, (k, e)) in (1u64..).zip(entries) {
+            let offset = seg.offset();
+            env.clear();
+            record::encode_envelope(&self.envelope(&e)?, &mut env);
+            seg.push(Kind::Envelope, n, &env);
+            let mut data = 0u64;
+            let mut reader = self.reader(&e)?;
+            loop {
+                let got = reader.read(&mut chunk)?;
+                if got == 0 {
+                    break;
+                }
+                data += got as u64;
+                seg.push_data(n, &chunk[..got])?;
+            }
+            let mut payload = [0u8; 16];
+            payload[..8].copy_from_slice(&e.size.to_le_bytes());
+            payload[8..].copy_from_slice(&data.to_le_bytes());
+            seg.push(Kind::End, n, &payload);
+            let copy = Entry {
+                seq: seg.seq,
+                msg: n,
+                offset,
+                end: seg.offset(),
+                ..e
+            };
+            moved.push((k, copy));
+        }
+        seg.flush()?;
+        seg.sync()?;
+        Ok(moved)
+    }
+
+    /// Writes the done state the copies need beside them, points the index at them, and
+    /// deletes the originals.
+    fn switch_over(&self, seg: Segment, moved: Vec<(Key, Entry)>, victims: &[u64]) -> io::Result<()> {
+        let done: Vec<(u64, Vec<u32>)> = {
+            let index = self.lock();
+            moved
+                .iter()
+                .filter_map(|(k, copy)| {
+                    let cur = index.messages.get(k)?;
+                    let rcpts: Vec<u32> = (0..cur.done.len())
+                        .filter(|&r| cur.done.get(r))
+                        .map(|r| r as u32)
+                        .collect();
+                    (!rcpts.is_empty()).then_some((copy.msg, rcpts))
+                })
+                .collect()
+        };
+        if !done.is_empty() {
+            self.append_done(seg.seq, &done)?;
+        }
+        let mut index = self.lock();
+        if let Some(s) = index.segments.get_mut(&seg.seq) {
+            s.sealed = true;
+            s.octets = seg.offset();
+        }
+        for (k, mut copy) in moved {
+            let Some((cur, _)) = index.remove(k) else { continue };
+            // A done mark that arrived after the state above was written is in the index but
+            // not beside the copy: after a crash that costs one duplicate delivery, never a loss.
+            copy.done = cur.done;
+            index.insert(k, copy);
+        }
+        let empty = index.segments.get(&seg.seq).is_some_and(|s| s.live == 0);
+        drop(index);
+        for &victim in victims {
+            self.delete_segment(victim)?;
+        }
+        if empty {
+            self.delete_segment(seg.seq)?;
+        }
+        File::open(&self.dir)?.sync_all()
+    }
+
+    /// The envelope of a committed message, read back from its first record.
+    fn envelope(&self, e: &Entry) -> io::Result<MessageMeta> {
+        let file = File::open(self.dir.join(segment_name(e.seq)))?;
+        let mut header = [0u8; record::HEADER];
+        file.read_exact_at(&mut header, e.offset)?;
+        let len = record::payload_len(&header).map_err(|_| damaged())?;
+        let mut buf = vec![0u8; record::HEADER + len];
+        file.read_exact_at(&mut buf, e.offset)?;
+        match record::decode(&buf) {
+            Ok((rec, _)) if rec.kind == Kind::Envelope && rec.msg == e.msg => {
+                record::decode_envelope(rec.payload).ok_or_else(damaged)
+            }
+            _ => Err(damaged()),
+        }
+    }
+
+    /// The stored octets of a committed message (trace header, then body).
+    fn reader(&self, e: &Entry) -> io::Result<MessageReader> {
+        let mut file = File::open(self.dir.join(segment_name(e.seq)))?;
+        file.seek(SeekFrom::Start(e.offset))?;
+        Ok(MessageReader {
+            file: BufReader::with_capacity(1 << 16, file.take(e.end - e.offset)),
+            msg: e.msg,
+            payload: Vec::new(),
+            at: 0,
+        })
+    }
+
+    fn queued(&self, e: &Entry) -> io::Result<Queued> {
+        Ok(Queued {
+            meta: self.envelope(e)?,
+            size: e.size,
+            done: e.done.to_vec(),
+        })
+    }
+}
+
+fn damaged() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "damaged spool record")
+}
+
+fn not_found(id: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("no message {id} in the spool"))
+}
+
+/// A message's octets from its `Data` records, skipping the records of other messages
+/// interleaved with them; every record's CRC is checked again as it is read.
+struct MessageReader {
+    file: BufReader<io::Take<File>>,
+    msg: u64,
+    payload: Vec<u8>,
+    at: usize,
+}
+
+impl Read for MessageReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.payload.len() {
+            let mut header = [0u8; record::HEADER];
+            match self.file.read_exact(&mut header) {
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                r => r?,
+            }
+            let len = record::payload_len(&header).map_err(|_| damaged())?;
+            let mut buf = header.to_vec();
+            buf.resize(record::HEADER + len, 0);
+            self.file.read_exact(&mut buf[record::HEADER..])?;
+            let (rec, _) = record::decode(&buf).map_err(|_| damaged())?;
+            if rec.msg != self.msg {
+                continue;
+            }
+            match rec.kind {
+                Kind::Data => {
+                    self.payload.clear();
+                    self.payload.extend_from_slice(rec.payload);
+                    self.at = 0;
+                }
+                Kind::End => return Ok(0),
+                _ => {}
+            }
+        }
+        let n = out.len().min(self.payload.len() - self.at);
+        out[..n].copy_from_slice(&self.payload[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+impl Queue for LogSpool {
+    fn list(&self) -> io::Result<Vec<Queued>> {
+        let mut entries: Vec<Entry> = self.lock().messages.values().cloned().collect();
+        entries.sort_by_key(|e| (e.seq, e.offset));
+        let mut out = Vec::with_capacity(entries.len());
+        for e in &entries {
+            match self.queued(e) {
+                Ok(q) => out.push(q),
+                // Its segment was compacted or deleted since the snapshot.
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(err) => return Err(err),
+            }
+        }
+        out.sort_by(|a, b| a.meta.id.cmp(&b.meta.id));
+        Ok(out)
+    }
+
+    fn open(&self, id: &str) -> io::Result<(Queued, Box<dyn Read + Send>)> {
+        let (_, e) = self.entry(id)?;
+        let reader = self.reader(&e)?;
+        Ok((self.queued(&e)?, Box::new(reader)))
+    }
+
+    fn mark_done(&self, id: &str, recipient: usize) -> io::Result<()> {
+        self.mark(id, Some(recipient))
+    }
+
+    fn delete(&self, id: &str) -> io::Result<()> {
+        self.mark(id, None)
+    }
+}
