@@ -345,6 +345,7 @@ fn stats_json(r: &Report) -> String {
             "rate": r.admit.client_rate,
         },
         "io": r.io,
+        "spool": r.spool,
     })
     .to_string()
 }

@@ -1,7 +1,7 @@
 //! A worker's committer thread: writes body bytes as they come and commits ended messages in batches, with shared fsyncs.
 
 use super::format::{envelope_json, received_header};
-use super::{Backlog, Done, Job, MessageMeta, TMP};
+use super::{Backlog, Done, Job, MessageMeta, SpoolStats, TMP};
 use crate::config::SpoolSync;
 use crate::wake::Wake;
 use crossbeam_channel::{Receiver, Sender};
@@ -46,6 +46,7 @@ pub(super) struct Committer {
     backlog: Arc<Backlog>,
     done: Sender<Done>,
     waker: Arc<dyn Wake>,
+    stats: SpoolStats,
 }
 
 impl Committer {
@@ -68,11 +69,12 @@ impl Committer {
             backlog,
             done,
             waker,
+            stats: SpoolStats::default(),
         })
     }
 
     /// Runs until the worker drops its sender, then discards the messages still open.
-    pub(super) fn run(mut self, jobs: Receiver<Job>) {
+    pub(super) fn run(mut self, jobs: Receiver<Job>) -> SpoolStats {
         while let Ok(first) = jobs.recv() {
             self.handle(first);
             for job in jobs.try_iter().take(BATCH_JOBS) {
@@ -92,6 +94,7 @@ impl Committer {
         for (_, pending) in std::mem::take(&mut self.open) {
             self.discard(&pending.meta.id);
         }
+        self.stats
     }
 
     fn path(&self, id: &str, ext: &str) -> PathBuf {
@@ -174,6 +177,13 @@ impl Committer {
         let started = std::time::Instant::now();
         let mut batch = std::mem::take(&mut self.ended);
         let mut files = self.write_batch(&mut batch);
+        let written = files.iter().flatten().count() as u64;
+        // Two fdatasyncs per message, or one syncfs; and the directory's fsync below.
+        self.stats.syncs += 1 + match self.sync {
+            SpoolSync::File => 2 * written,
+            SpoolSync::Filesystem => 1,
+        };
+        self.stats.batches += 1;
         self.sync_batch(&mut batch, &mut files);
         self.rename_batch(&mut batch, &mut files);
         // Step 4: one directory fsync for the batch.
@@ -259,9 +269,14 @@ impl Committer {
     /// Reports each message of the batch to the worker. If the directory fsync failed
     /// nothing is acknowledged, and the names are removed so no committed entry outlives a
     /// 452.
-    fn report(&self, batch: Batch, files: &Files, dir_ok: bool) {
+    fn report(&mut self, batch: Batch, files: &Files, dir_ok: bool) {
         for (i, (key, pending)) in batch.into_iter().enumerate() {
             let ok = dir_ok && files[i].is_some();
+            if ok {
+                self.stats.committed += 1;
+            } else {
+                self.stats.failed += 1;
+            }
             if files[i].is_some() && !dir_ok {
                 let _ = fs::remove_file(self.path(&pending.meta.id, "json"));
                 let _ = fs::remove_file(self.path(&pending.meta.id, "eml"));

@@ -1,6 +1,10 @@
-//! The durable spool as a worker sees it: the `Spool` handle and the jobs it streams to its committer; a message is acknowledged only once its `.eml` and `.json` are on disk.
+//! The durable spool as a worker sees it: the `Spool` handle and the jobs it streams to its committer; a message is acknowledged only once it is on disk.
 //!
-//! Layout: `DIR/<id>.eml` is a `Received:` trace header (RFC 5321 §4.4) followed by the
+//! Two formats share the jobs, the committer's batching and the read interface ([`Queue`]):
+//! `log` ([`log`], the default: per-worker append-only segments, one `fdatasync` per segment
+//! per batch) and `files`, described here.
+//!
+//! Layout of `files`: `DIR/<id>.eml` is a `Received:` trace header (RFC 5321 §4.4) followed by the
 //! message exactly as received after dot-unstuffing; `DIR/<id>.json` is its envelope. Both are
 //! written in `DIR/tmp/` and renamed into `DIR`; the `.json` is the commit marker. Writing in a
 //! separate, small directory keeps file creation cheap (inserting a name into a directory of
@@ -112,6 +116,27 @@ pub enum Backing {
     Log(Arc<LogSpool>),
 }
 
+/// What a committer did, reported when it stops (the exit report, `--stats-file`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct SpoolStats {
+    /// Commit batches: each ended with its flushes and then its acknowledgements.
+    pub batches: u64,
+    /// `fdatasync`/`fsync`/`syncfs` calls made to commit those batches.
+    pub syncs: u64,
+    /// Messages acknowledged, and messages answered `452` (a write or sync failed).
+    pub committed: u64,
+    pub failed: u64,
+}
+
+impl SpoolStats {
+    pub fn merge(&mut self, other: &SpoolStats) {
+        self.batches += other.batches;
+        self.syncs += other.syncs;
+        self.committed += other.committed;
+        self.failed += other.failed;
+    }
+}
+
 /// Body bytes handed by a worker to its committer and not yet written; shared by both.
 struct Backlog {
     queued: AtomicUsize,
@@ -125,7 +150,7 @@ pub struct Spool {
     jobs: Option<Sender<Job>>,
     pub results: Receiver<Done>,
     backlog: Arc<Backlog>,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<SpoolStats>>,
     pub ids: IdGen,
 }
 
@@ -195,12 +220,15 @@ impl Spool {
     }
 
     /// Lets the committer finish every job already queued, then waits for it.
-    pub fn finish(&mut self) {
+    pub fn finish(&mut self) -> SpoolStats {
         self.jobs = None;
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(stats)) => stats,
+            Some(Err(_)) => {
                 tracing::error!("spool committer panicked");
+                SpoolStats::default()
             }
+            None => SpoolStats::default(),
         }
     }
 }

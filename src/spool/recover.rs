@@ -6,7 +6,8 @@ use std::io;
 use std::path::Path;
 
 /// Removes what a crash can leave behind, none of it acknowledged: everything in `tmp/`, an
-/// `.eml` without its `.json`, a `.json` without its `.eml`. Creates the directories if needed.
+/// `.eml` without its `.json`, a `.json` without its `.eml`, and a `.done` (the recipients
+/// done, see [`super::FilesQueue`]) whose message is gone. Creates the directories if needed.
 pub fn recover(dir: &Path) -> io::Result<usize> {
     let tmp = dir.join(TMP);
     fs::create_dir_all(&tmp)?;
@@ -26,6 +27,8 @@ pub fn recover(dir: &Path) -> io::Result<usize> {
             !names.contains(&format!("{id}.json"))
         } else if let Some(id) = name.strip_suffix(".json") {
             !names.contains(&format!("{id}.eml"))
+        } else if let Some(id) = name.strip_suffix(".done") {
+            !names.contains(&format!("{id}.json")) || !names.contains(&format!("{id}.eml"))
         } else {
             false
         };
@@ -56,6 +59,8 @@ mod tests {
             "A.json",
             "B.eml",
             "C.json",
+            "C.done",
+            "A.done",
             "tmp/D.eml",
             "tmp/D.json",
             "notes",
@@ -63,14 +68,14 @@ mod tests {
         ] {
             fs::write(dir.join(name), b"x").unwrap();
         }
-        assert_eq!(recover(&dir).unwrap(), 4);
+        assert_eq!(recover(&dir).unwrap(), 5);
         assert_eq!(fs::read_dir(dir.join(TMP)).unwrap().count(), 0);
         let mut left: Vec<_> = fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         left.sort();
-        assert_eq!(left, ["A.eml", "A.json", "notes", LOCK_FILE, "tmp"]);
+        assert_eq!(left, ["A.done", "A.eml", "A.json", "notes", LOCK_FILE, "tmp"]);
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -28,6 +28,7 @@ pub use tls::{Failure as TlsFailure, Tls, TlsStats};
 
 use crate::backend::{Backend, Completion, IoStats, Token, RESERVED_GENERATION};
 use crate::proto::{CloseReason, Reply, Session, Settings, Stats};
+use crate::spool::SpoolStats;
 use admit::ProxyWait;
 use conn::{live, Conn, Phase, Pool, Shared};
 use crossbeam_channel::Receiver;
@@ -112,6 +113,7 @@ pub struct Report {
     pub io: IoStats,
     pub tls: TlsStats,
     pub admit: AdmitStats,
+    pub spool: SpoolStats,
     pub accepted: u64,
     pub refused: Refused,
 }
@@ -122,6 +124,7 @@ impl Report {
         self.io.merge(&other.io);
         self.tls.merge(&other.tls);
         self.admit.merge(&other.admit);
+        self.spool.merge(&other.spool);
         self.accepted += other.accepted;
         self.refused.max_connections += other.refused.max_connections;
         self.refused.shutting_down += other.refused.shutting_down;
@@ -237,8 +240,9 @@ impl<B: Backend> Worker<B> {
                 break;
             }
         }
-        self.shared.store.finish();
+        let spool = self.shared.store.finish();
         Report {
+            spool,
             stats: self.shared.stats,
             io: self.backend.io_stats(),
             tls: self.shared.tls_stats,

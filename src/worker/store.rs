@@ -6,7 +6,7 @@
 
 use crate::backend::Token;
 use crate::proto::Envelope;
-use crate::spool::{Done, IdGen, Job, MessageMeta, Spool, TlsInfo};
+use crate::spool::{Done, IdGen, Job, MessageMeta, Spool, SpoolStats, TlsInfo};
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
@@ -127,10 +127,11 @@ impl Store {
         }
     }
 
-    /// Lets the spool finish every job queued, then stops it.
-    pub(crate) fn finish(&mut self) {
-        if let Store::Spool(spool) = self {
-            spool.finish();
+    /// Lets the spool finish every job queued, then stops it; what it did.
+    pub(crate) fn finish(&mut self) -> SpoolStats {
+        match self {
+            Store::Spool(spool) => spool.finish(),
+            Store::Sink(_) => SpoolStats::default(),
         }
     }
 }

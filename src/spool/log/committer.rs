@@ -4,7 +4,7 @@ use super::record::Kind;
 use super::segment::Segment;
 use super::{Committed, LogSpool};
 use crate::spool::format::received_header;
-use crate::spool::{Backlog, Done, Job, MessageMeta};
+use crate::spool::{Backlog, Done, Job, MessageMeta, SpoolStats};
 use crate::wake::Wake;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
@@ -61,6 +61,7 @@ pub(in crate::spool) struct Committer {
     backlog: Arc<Backlog>,
     done: Sender<Done>,
     waker: Arc<dyn Wake>,
+    stats: SpoolStats,
 }
 
 impl Committer {
@@ -86,12 +87,13 @@ impl Committer {
             backlog,
             done,
             waker,
+            stats: SpoolStats::default(),
         }
     }
 
     /// Runs until the worker drops its sender; messages still open then are never committed
     /// (their records stay without an end, which recovery drops).
-    pub(in crate::spool) fn run(mut self, jobs: Receiver<Job>) {
+    pub(in crate::spool) fn run(mut self, jobs: Receiver<Job>) -> SpoolStats {
         while let Ok(first) = jobs.recv() {
             self.handle(first);
             for job in jobs.try_iter().take(BATCH_JOBS) {
@@ -116,6 +118,7 @@ impl Committer {
         for seq in sealed {
             self.log.seal(seq);
         }
+        self.stats
     }
 
     fn handle(&mut self, job: Job) {
@@ -277,7 +280,7 @@ impl Committer {
             ends.push(end);
         }
         let mut failed = Vec::new();
-        let mut syncs = 0u32;
+        let mut syncs = 0u64;
         for seg in self.segments.all() {
             let res = seg.flush().and_then(|()| {
                 if seg.dirty() {
@@ -324,6 +327,10 @@ impl Committer {
         for c in &committed {
             self.finished(c.seq);
         }
+        self.stats.batches += 1;
+        self.stats.syncs += syncs;
+        self.stats.committed += committed.len() as u64;
+        self.stats.failed += (results.len() - committed.len()) as u64;
         tracing::debug!(
             messages = results.len(),
             syncs,
