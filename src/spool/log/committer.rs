@@ -297,14 +297,15 @@ impl Committer {
         for (seq, e) in &failed {
             self.retire(*seq, e);
         }
-        // Retiring cleared the segment of its messages, so a message still holding one here
-        // is durable.
+        // Retiring cleared only the messages still open or ended since: this batch was taken
+        // out of `ended` above, so a message of it is durable only if its segment is not one
+        // that just failed.
         let mut committed = Vec::with_capacity(batch.len());
         let mut results = Vec::with_capacity(batch.len());
         for ((key, open), end) in batch.into_iter().zip(ends) {
             let id = open.meta.id.clone();
             let ok = match (open.seq, end) {
-                (Some(seq), Some(end)) => {
+                (Some(seq), Some(end)) if !failed.iter().any(|(f, _)| *f == seq) => {
                     match super::key(&id) {
                         Some(key) => committed.push(Committed {
                             seq,
