@@ -341,11 +341,13 @@ fn a_million_recipients() {
     server.stop().assert_clean();
 }
 
-on_both_backends!(
-    proxy_headers_name_the_client_split_anywhere,
-    bad_late_and_untrusted_proxy_headers_are_hung_up_on,
-    the_proxied_client_is_the_one_judged,
-    recipients_are_checked_at_rcpt_and_reloaded,
+on_backends_and_formats!(
+    formats: [proxy_headers_name_the_client_split_anywhere],
+    backends: [
+        bad_late_and_untrusted_proxy_headers_are_hung_up_on,
+        the_proxied_client_is_the_one_judged,
+        recipients_are_checked_at_rcpt_and_reloaded,
+    ],
 );
 
 #[test]

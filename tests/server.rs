@@ -5,7 +5,8 @@ mod serverkit;
 mod support;
 
 use serverkit::{
-    all_at_once, mask_queue_ids, show, spooled, write_until_refused, Client, Options, Server, TempDir, LIMIT,
+    all_at_once, committed, in_flight, mask_queue_ids, show, spooled, write_until_refused, Client, Options,
+    Server, TempDir, LIMIT,
 };
 use std::io::Write;
 use std::process::Command;
@@ -267,10 +268,12 @@ fn a_large_message_streams_to_the_spool_byte_exact() {
     let config = dir.0.join("ringmx.toml");
     // The smallest spool queue, and another session committing small messages meanwhile: while
     // the spool writer waits for a flush, the queue fills and the worker pauses reading the
-    // large body, then resumes (seen with a probe: dozens of pauses per run).
+    // large body, then resumes (seen with a probe: dozens of pauses per run). With the log,
+    // the smallest segment too: the large message soon fills its segment and finishes there,
+    // growing it, while the small ones still to come move on to new segments.
     std::fs::write(
         &config,
-        "spool_queue_bytes = 65536\nmax_message_size = 33554432\n",
+        "spool_queue_bytes = 65536\nmax_message_size = 33554432\nspool_segment_size = 65536\n",
     )
     .unwrap();
     let server = Server::start(&["--config", config.to_str().unwrap()]);
@@ -329,15 +332,22 @@ fn half_sent_message_then_disconnect_leaves_no_entry() {
 }
 
 fn full_disk_is_answered_452_and_leaves_no_entry() {
+    // Files no larger than a segment and a quarter: a segment is preallocated within that,
+    // and a message larger fails to fit either in its .eml or in the segment it grows.
+    const SEGMENT: u64 = 65536;
+    let dir = TempDir::new("fulldisk");
+    let config = dir.0.join("ringmx.toml");
+    std::fs::write(&config, format!("spool_segment_size = {SEGMENT}\n")).unwrap();
     let server = Server::start_with(Options {
-        args: &[],
-        file_size_limit: Some(8192),
+        args: &["--config", config.to_str().unwrap()],
+        file_size_limit: Some(SEGMENT + SEGMENT / 4),
         ..Options::default()
     });
     let mut c = server.connect();
     assert!(c.reply().starts_with("220 "));
     start_data(&mut c, "c");
-    c.send(&b"0123456789012345678901234567890123456789012345678901234567890123456789\r\n".repeat(300));
+    // About 100 KiB.
+    c.send(&b"0123456789012345678901234567890123456789012345678901234567890123456789\r\n".repeat(1400));
     c.send(b".\r\n");
     let reply = c.reply();
     assert_eq!(reply, "452 4.3.1 Insufficient system storage\r\n");
@@ -353,7 +363,8 @@ fn filesystem_sync_commits_a_pipelined_pair() {
     let dir = TempDir::new("syncfs");
     let config = dir.0.join("ringmx.toml");
     std::fs::write(&config, "spool_sync = \"filesystem\"\n").unwrap();
-    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    // spool_sync is how the files format commits; the log has one fdatasync per segment.
+    let server = Server::start(&["--config", config.to_str().unwrap(), "--spool-format", "files"]);
     assert!(server.log().contains("sync: Filesystem"), "{}", server.log());
     let mut c = server.connect();
     assert!(c.reply().starts_with("220 "));
@@ -601,20 +612,6 @@ fn fin_right_after_the_final_dot_commits_the_message() {
     // Nothing tells this client when the server is done with it: wait for the spool (a
     // shutdown before the server read the reset connection would rightly drop it unread).
     let deadline = Instant::now() + LIMIT;
-    let committed = |dir: &std::path::Path| {
-        std::fs::read_dir(dir)
-            .map(|d| {
-                d.filter(|e| {
-                    e.as_ref()
-                        .unwrap()
-                        .path()
-                        .extension()
-                        .is_some_and(|x| x == "json")
-                })
-                .count()
-            })
-            .unwrap_or(0)
-    };
     while committed(&server.spool) < 4 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -708,44 +705,50 @@ fn pipelined_past_the_reply_backlog_then_half_close_gets_every_reply() {
 }
 
 // Every test above that starts a server runs once per backend from the same body (as monoio's
-// `test_all`): `epoll::NAME` and `uring::NAME`.
+// `test_all`), `epoll::NAME` and `uring::NAME`; those that store messages once per backend and
+// spool format, `epoll::files::NAME`, `epoll::log::NAME`, `uring::files::NAME` and
+// `uring::log::NAME`.
 
-on_both_backends!(
-    transcripts_over_tcp_all_at_once,
-    transcripts_over_tcp_byte_at_a_time,
-    pipelined_batch_is_answered_in_one_write,
-    lettre_message_sits_byte_exact_in_the_spool,
-    five_hundred_concurrent_sessions,
-    client_that_never_reads_is_bounded_and_others_are_served,
-    a_flooding_client_does_not_starve_another_on_its_worker,
-    a_large_message_streams_to_the_spool_byte_exact,
-    half_sent_message_then_disconnect_leaves_no_entry,
-    full_disk_is_answered_452_and_leaves_no_entry,
-    filesystem_sync_commits_a_pipelined_pair,
-    sigterm_mid_transaction_completes_it,
-    over_max_connections_gets_421,
-    out_of_descriptors_max_connections_is_lowered_and_the_rest_get_421,
-    idle_session_times_out_with_421,
-    fin_right_after_the_final_dot_commits_the_message,
-    the_stats_file_counts_replies_classes_and_close_reasons,
-    pipelined_past_the_reply_backlog_then_half_close_gets_every_reply,
-    a_second_server_on_the_same_spool_refuses_to_start,
-    a_second_server_on_the_same_address_refuses_to_start,
-    sighup_and_sigusr1_leave_the_server_serving,
-    a_small_open_files_limit_lowers_max_connections_and_commits_still_fit,
+on_backends_and_formats!(
+    formats: [
+        transcripts_over_tcp_all_at_once,
+        transcripts_over_tcp_byte_at_a_time,
+        lettre_message_sits_byte_exact_in_the_spool,
+        five_hundred_concurrent_sessions,
+        a_large_message_streams_to_the_spool_byte_exact,
+        half_sent_message_then_disconnect_leaves_no_entry,
+        full_disk_is_answered_452_and_leaves_no_entry,
+        sigterm_mid_transaction_completes_it,
+        fin_right_after_the_final_dot_commits_the_message,
+        the_stats_file_counts_replies_classes_and_close_reasons,
+        a_second_server_on_the_same_spool_refuses_to_start,
+        a_second_server_on_the_same_address_refuses_to_start,
+        sighup_and_sigusr1_leave_the_server_serving,
+        a_small_open_files_limit_lowers_max_connections_and_commits_still_fit,
+    ],
+    backends: [
+        pipelined_batch_is_answered_in_one_write,
+        client_that_never_reads_is_bounded_and_others_are_served,
+        a_flooding_client_does_not_starve_another_on_its_worker,
+        filesystem_sync_commits_a_pipelined_pair,
+        over_max_connections_gets_421,
+        out_of_descriptors_max_connections_is_lowered_and_the_rest_get_421,
+        idle_session_times_out_with_421,
+        pipelined_past_the_reply_backlog_then_half_close_gets_every_reply,
+    ],
 );
 
 fn a_second_server_on_the_same_spool_refuses_to_start() {
     let first = Server::start(&[]);
-    // A message in flight: its body sits in the spool's tmp/, which a second server's
-    // recovery would delete.
+    // A message in flight: its body sits in the spool's tmp/, or its segment in log/ holds
+    // nothing committed yet; a second server's recovery would delete either.
     let mut c = first.connect();
     assert!(c.reply().starts_with("220 "));
     start_data(&mut c, "c");
     c.send(b"Subject: in flight\r\n\r\nfirst half\r\n");
     let deadline = Instant::now() + LIMIT;
-    while std::fs::read_dir(first.spool.join("tmp")).unwrap().count() == 0 {
-        assert!(Instant::now() < deadline, "no message file in tmp/");
+    while !in_flight(&first.spool) {
+        assert!(Instant::now() < deadline, "the message never reached the spool");
         std::thread::sleep(Duration::from_millis(10));
     }
     let spool = first.spool.to_str().unwrap();

@@ -516,15 +516,19 @@ fn a_tls_client_that_never_reads_is_bounded() {
     server.stop().assert_clean();
 }
 
-on_both_backends!(
-    starttls_then_a_transaction_is_stored_byte_exact,
-    implicit_tls_greets_inside_tls,
-    input_after_starttls_is_discarded_not_executed,
-    starttls_replies_follow_rfc_3207,
-    tls_required_refuses_transactions_before_tls,
-    a_bad_client_hello_closes_the_connection,
-    a_stalled_handshake_times_out,
-    sni_picks_the_certificate,
-    sighup_reloads_certificates,
-    a_tls_client_that_never_reads_is_bounded,
+on_backends_and_formats!(
+    formats: [
+        starttls_then_a_transaction_is_stored_byte_exact,
+        implicit_tls_greets_inside_tls,
+        tls_required_refuses_transactions_before_tls,
+        sni_picks_the_certificate,
+        sighup_reloads_certificates,
+    ],
+    backends: [
+        input_after_starttls_is_discarded_not_executed,
+        starttls_replies_follow_rfc_3207,
+        a_bad_client_hello_closes_the_connection,
+        a_stalled_handshake_times_out,
+        a_tls_client_that_never_reads_is_bounded,
+    ],
 );

@@ -1,5 +1,6 @@
 //! The io_uring backend under the conditions it must survive: a provided-buffer ring run dry, completions for closed connections whose slots are reused, a submission queue smaller than the work, and the backend choice.
 
+#[macro_use]
 mod serverkit;
 
 use ringmx_loadgen::dot_stuff;
@@ -48,7 +49,6 @@ fn body(id: usize, size: usize) -> String {
     text
 }
 
-#[test]
 fn four_buffers_fifty_pipelining_sessions_all_arrive_intact() {
     if skip_without_uring("four_buffers_fifty_pipelining_sessions_all_arrive_intact") {
         return;
@@ -124,6 +124,9 @@ fn four_buffers_fifty_pipelining_sessions_all_arrive_intact() {
         stopped.stats
     );
 }
+
+// Its messages reach the spool: once per spool format, `files::NAME` and `log::NAME`.
+on_both_formats!(four_buffers_fifty_pipelining_sessions_all_arrive_intact);
 
 /// Connects with a tiny receive buffer, pipelines more commands than their replies fit in it,
 /// and resets the connection without reading: the server's send is still in flight.

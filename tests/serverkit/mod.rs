@@ -1,4 +1,4 @@
-//! Helpers for tests that run the real `ringmx` binary: start it on a free loopback port, talk SMTP with timeouts, read the spool, stop it.
+//! Helpers for tests that run the real `ringmx` binary: start it on a free loopback port, on a chosen backend and spool format, talk SMTP with timeouts, read the spool of either format, stop it.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 use ringmx_loadgen::reply::{parse_reply, Parse};
@@ -19,18 +19,66 @@ pub const LIMIT: Duration = Duration::from_secs(60);
 thread_local! {
     /// The backend servers started on this thread use (see [`on_backend`]); none: the default.
     static BACKEND: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
+    /// The spool format servers started on this thread use (see [`on_format`]); none: the
+    /// default (`log`).
+    static FORMAT: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
 }
 
-/// Declares each named test body twice, as `epoll::NAME` and `uring::NAME`, each running it
-/// through [`on_backend`] (the test files take it with `#[macro_use] mod serverkit;`).
+/// Declares each test named under `formats` four times, as `epoll::files::NAME`,
+/// `epoll::log::NAME`, `uring::files::NAME` and `uring::log::NAME`, each running the one body
+/// through [`on_backend`] and [`on_format`]; and each named under `backends` twice, as
+/// `epoll::NAME` and `uring::NAME`, on the default spool format (tests that do not touch the
+/// spool, or choose their format themselves). One invocation per test file, as both lists
+/// share the `epoll` and `uring` modules (the test files take it with `#[macro_use] mod
+/// serverkit;`).
 #[allow(unused_macros)] // as the module's dead_code: not every test binary runs on both
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod epoll {
-            $( #[test] fn $name() { crate::serverkit::on_backend("epoll", super::$name) } )*
+macro_rules! on_backends_and_formats {
+    (formats: [$($name:ident),* $(,)?], backends: [$($plain:ident),* $(,)?] $(,)?) => {
+        on_backends_and_formats!(@backend epoll, [$($name),*], [$($plain),*]);
+        on_backends_and_formats!(@backend uring, [$($name),*], [$($plain),*]);
+    };
+    (@backend $backend:ident, [$($name:ident),*], [$($plain:ident),*]) => {
+        mod $backend {
+            $(
+                #[test]
+                fn $plain() {
+                    crate::serverkit::on_backend(stringify!($backend), super::$plain)
+                }
+            )*
+            mod files {
+                $(
+                    #[test]
+                    fn $name() {
+                        crate::serverkit::on_format("files", || {
+                            crate::serverkit::on_backend(stringify!($backend), super::super::$name)
+                        })
+                    }
+                )*
+            }
+            mod log {
+                $(
+                    #[test]
+                    fn $name() {
+                        crate::serverkit::on_format("log", || {
+                            crate::serverkit::on_backend(stringify!($backend), super::super::$name)
+                        })
+                    }
+                )*
+            }
         }
-        mod uring {
-            $( #[test] fn $name() { crate::serverkit::on_backend("uring", super::$name) } )*
+    };
+}
+
+/// Declares each named test body twice, as `files::NAME` and `log::NAME`, each running it
+/// through [`on_format`] (for tests that pick their backend themselves).
+#[allow(unused_macros)] // as the module's dead_code
+macro_rules! on_both_formats {
+    ($($name:ident),* $(,)?) => {
+        mod files {
+            $( #[test] fn $name() { crate::serverkit::on_format("files", super::$name) } )*
+        }
+        mod log {
+            $( #[test] fn $name() { crate::serverkit::on_format("log", super::$name) } )*
         }
     };
 }
@@ -45,6 +93,13 @@ pub fn on_backend(backend: &'static str, test: fn()) {
         }
     }
     BACKEND.set(Some(backend));
+    test();
+}
+
+/// Runs `test` with every server it starts (on this thread) storing messages in the spool
+/// format `format` (`files` or `log`), unless its arguments name one or `--sink`.
+pub fn on_format(format: &'static str, test: impl FnOnce()) {
+    FORMAT.set(Some(format));
     test();
 }
 
@@ -99,6 +154,14 @@ pub fn flatten_stats(text: &str) -> HashMap<String, u64> {
     let mut out = HashMap::new();
     walk("", &value, &mut out);
     out
+}
+
+/// The `--spool-format` to add to a server's `args`: this thread's (see [`on_format`]),
+/// unless the arguments name one or store nothing.
+fn spool_format(args: &[&str]) -> Option<&'static str> {
+    FORMAT
+        .get()
+        .filter(|_| !args.contains(&"--spool-format") && !args.contains(&"--sink"))
 }
 
 /// A running `ringmx serve`.
@@ -161,6 +224,10 @@ impl Server {
             if !options.args.contains(&"--backend") {
                 cmd.args(["--backend", backend]).env_remove("RINGMX_BACKEND");
             }
+        }
+        let format = spool_format(options.args);
+        if let Some(format) = format {
+            cmd.args(["--spool-format", format]);
         }
         cmd.env("RUST_LOG", "info");
         cmd.stdin(Stdio::null())
@@ -226,6 +293,14 @@ impl Server {
             assert!(
                 log.contains(&format!("backend=\"{backend}\"")),
                 "not on {backend}: {log}"
+            );
+        }
+        if let Some(format) = format {
+            let log = log.lock().unwrap();
+            let started = log.lines().find(|l| l.contains("ringmx started"));
+            assert!(
+                started.is_some_and(|l| l.contains(&format!(" ({format}"))),
+                "not on the {format} spool format: {log}"
             );
         }
         Server {
@@ -511,15 +586,115 @@ impl Spooled {
     }
 }
 
-/// Every committed message (a `.json` with its `.eml`), in id order; panics on any other file,
-/// including anything left in `tmp/`.
+/// Every committed message in id order, from a spool of either format. `files`: each `.json`
+/// with its `.eml`; panics on any other file, including anything left in `tmp/`. `log` (the
+/// spool has a `log/`): as `ringmx spool export` writes them, which must succeed, after
+/// `ringmx spool check` passed; panics on anything in the spool but its segments, their done
+/// files, the lock and an empty `tmp/`.
 pub fn spooled(dir: &Path) -> Vec<Spooled> {
-    let mut ids = Vec::new();
-    let mut names = Vec::new();
+    let log = dir.join("log");
+    if !log.exists() {
+        return read_files(dir);
+    }
+    no_leftovers_in_tmp(dir);
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        assert!(
+            ["log", "tmp", "ringmx.lock"].contains(&name.as_str()),
+            "{name} in a log spool"
+        );
+    }
+    for entry in std::fs::read_dir(&log).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        let stem = name.strip_suffix(".seg").or_else(|| name.strip_suffix(".done"));
+        assert!(
+            stem.is_some_and(|s| s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit())),
+            "{name} in the spool's log/"
+        );
+    }
+    let check = spool_tool("check", dir, None);
+    assert!(check.status.success(), "spool check: {}", output(&check));
+    let out = TempDir::new("export");
+    let export = spool_tool("export", dir, Some(&out.0));
+    assert!(export.status.success(), "spool export: {}", output(&export));
+    let stored = read_files(&out.0);
+    assert_eq!(
+        String::from_utf8_lossy(&export.stdout),
+        format!("exported {} messages to {}\n", stored.len(), out.0.display())
+    );
+    stored
+}
+
+/// How many messages a spool of either format has committed so far; unlike [`spooled`], fine
+/// while messages are in flight.
+pub fn committed(dir: &Path) -> usize {
+    let json = |dir: &Path| {
+        std::fs::read_dir(dir).map_or(0, |d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "json")
+            })
+            .count()
+        })
+    };
+    if !dir.join("log").exists() {
+        return json(dir);
+    }
+    let out = TempDir::new("committed");
+    let export = spool_tool("export", dir, Some(&out.0));
+    assert!(export.status.success(), "spool export: {}", output(&export));
+    json(&out.0)
+}
+
+/// Whether a message has reached a spool of either format and is in flight there: its files
+/// in `tmp/` (`files`), or a segment in `log/` (`log`: nothing is in one before a message
+/// starts), which is what a second server's recovery would delete.
+pub fn in_flight(dir: &Path) -> bool {
+    let log = dir.join("log");
+    let (place, ext) = if log.exists() {
+        (log, Some("seg"))
+    } else {
+        (dir.join("tmp"), None)
+    };
+    std::fs::read_dir(place).is_ok_and(|mut d| {
+        d.any(|e| ext.is_none_or(|ext| e.unwrap().path().extension().is_some_and(|x| x == ext)))
+    })
+}
+
+/// Runs `ringmx spool COMMAND --spool DIR` (and `--to TO`).
+fn spool_tool(command: &str, dir: &Path, to: Option<&Path>) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringmx"));
+    cmd.args(["spool", command, "--spool"]).arg(dir);
+    if let Some(to) = to {
+        cmd.arg("--to").arg(to);
+    }
+    cmd.output().expect("run ringmx spool")
+}
+
+fn output(out: &std::process::Output) -> String {
+    format!(
+        "{}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn no_leftovers_in_tmp(dir: &Path) {
     if let Ok(entries) = std::fs::read_dir(dir.join("tmp")) {
         let left: Vec<_> = entries.map(|e| e.unwrap().file_name()).collect();
         assert!(left.is_empty(), "uncommitted files in the spool: {left:?}");
     }
+}
+
+/// The messages of a `files` spool (or of an export): see [`spooled`].
+fn read_files(dir: &Path) -> Vec<Spooled> {
+    let mut ids = Vec::new();
+    let mut names = Vec::new();
+    no_leftovers_in_tmp(dir);
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries {
             let name = entry.unwrap().file_name().into_string().unwrap();
@@ -585,6 +760,9 @@ pub fn start_refused(args: &[&str]) -> (ExitStatus, String) {
     cmd.args(["serve", "--workers", "1"]).args(args);
     if let Some(backend) = BACKEND.get() {
         cmd.args(["--backend", backend]).env_remove("RINGMX_BACKEND");
+    }
+    if let Some(format) = spool_format(args) {
+        cmd.args(["--spool-format", format]);
     }
     cmd.env("RUST_LOG", "info")
         .stdin(Stdio::null())
