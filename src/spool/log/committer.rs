@@ -26,6 +26,8 @@ struct Open {
     /// Body octets (without the trace header), and all data octets.
     size: u64,
     data: u64,
+    /// Octets of its own records so far: the records of other messages come between them.
+    octets: u64,
 }
 
 /// Segments this committer writes: `current` takes new messages; `older` ones are full but
@@ -140,8 +142,9 @@ impl Committer {
                     Some(seg) => seg.push_data(msg, &data),
                     None => Err(io::Error::other("segment retired")),
                 };
-                if let Err(e) = written {
-                    self.retire(seq, &e);
+                match written {
+                    Ok(octets) => open.octets += octets,
+                    Err(e) => self.retire(seq, &e),
                 }
             }
             Job::End { key } => {
@@ -174,6 +177,7 @@ impl Committer {
             offset: 0,
             size: 0,
             data: 0,
+            octets: 0,
         };
         if let Err(e) = self.current_segment() {
             tracing::error!(id = %open.meta.id, error = %e, "spool segment unavailable");
@@ -184,11 +188,12 @@ impl Committer {
         super::record::encode_envelope(&open.meta, &mut self.record);
         let seg = self.segments.current.as_mut().expect("created above");
         open.offset = seg.offset();
-        seg.push(Kind::Envelope, msg, &self.record);
+        open.octets = seg.push(Kind::Envelope, msg, &self.record);
         let seq = seg.seq;
         open.data = header.len() as u64;
         match seg.push_data(msg, &header) {
-            Ok(()) => {
+            Ok(octets) => {
+                open.octets += octets;
                 open.seq = Some(seq);
                 *self.in_progress.entry(seq).or_default() += 1;
             }
@@ -274,8 +279,8 @@ impl Committer {
                 let mut payload = [0u8; 16];
                 payload[..8].copy_from_slice(&open.size.to_le_bytes());
                 payload[8..].copy_from_slice(&open.data.to_le_bytes());
-                seg.push(Kind::End, open.msg, &payload);
-                Some(seg.offset())
+                let octets = open.octets + seg.push(Kind::End, open.msg, &payload);
+                Some((seg.offset(), octets))
             });
             ends.push(end);
         }
@@ -305,13 +310,14 @@ impl Committer {
         for ((key, open), end) in batch.into_iter().zip(ends) {
             let id = open.meta.id.clone();
             let ok = match (open.seq, end) {
-                (Some(seq), Some(end)) if !failed.iter().any(|(f, _)| *f == seq) => {
+                (Some(seq), Some((end, octets))) if !failed.iter().any(|(f, _)| *f == seq) => {
                     match super::key(&id) {
                         Some(key) => committed.push(Committed {
                             seq,
                             msg: open.msg,
                             offset: open.offset,
                             end,
+                            octets,
                             size: open.size,
                             key,
                             recipients: open.meta.recipients.len(),

@@ -52,6 +52,7 @@ pub(super) struct Committed {
     pub msg: u64,
     pub offset: u64,
     pub end: u64,
+    pub octets: u64,
     pub size: u64,
     pub key: Key,
     pub recipients: usize,
@@ -141,14 +142,18 @@ impl DoneSet {
 }
 
 /// A committed message in the index: where its records are, and its recipients' state.
-/// About 80 octets with its key, so a queue of a million messages costs about 80 MB; the
+/// About 90 octets with its key, so a queue of a million messages costs about 90 MB; the
 /// envelope itself is read from the segment when asked for.
 #[derive(Debug, Clone)]
 struct Entry {
     seq: u64,
     msg: u64,
+    /// Its first record, and just past its end record: the records of messages that were
+    /// written at the same time lie between them too.
     offset: u64,
     end: u64,
+    /// Octets of its own records: what it keeps of its segment, and what a copy takes.
+    octets: u64,
     size: u64,
     done: DoneSet,
 }
@@ -178,7 +183,7 @@ impl Index {
         }
         let s = self.segments.entry(entry.seq).or_default();
         s.live += 1;
-        s.live_octets += entry.end - entry.offset;
+        s.live_octets += entry.octets;
         self.messages.insert(key, entry);
     }
 
@@ -187,7 +192,7 @@ impl Index {
         let e = self.messages.remove(&key)?;
         let s = self.segments.get_mut(&e.seq)?;
         s.live -= 1;
-        s.live_octets -= e.end - e.offset;
+        s.live_octets -= e.octets;
         let dead = s.sealed && s.live == 0;
         Some((e, dead))
     }
@@ -349,6 +354,7 @@ impl LogSpool {
                     msg: found.msg,
                     offset: found.offset,
                     end: found.end,
+                    octets: found.octets,
                     size: found.ended.expect("committed").0,
                     done: flags,
                 };
@@ -420,6 +426,7 @@ impl LogSpool {
                 msg: c.msg,
                 offset: c.offset,
                 end: c.end,
+                octets: c.octets,
                 size: c.size,
                 done: DoneSet::new(c.recipients),
             };
@@ -606,11 +613,13 @@ impl LogSpool {
             payload[..8].copy_from_slice(&e.size.to_le_bytes());
             payload[8..].copy_from_slice(&data.to_le_bytes());
             seg.push(Kind::End, n, &payload);
+            // A copy's records are contiguous: nothing else is written to this segment.
             let copy = Entry {
                 seq: seg.seq,
                 msg: n,
                 offset,
                 end: seg.offset(),
+                octets: seg.offset() - offset,
                 ..e
             };
             moved.push((k, copy));

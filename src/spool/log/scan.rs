@@ -15,6 +15,8 @@ pub struct Found {
     /// Offset of its first record, and just past its last one.
     pub offset: u64,
     pub end: u64,
+    /// Octets of its own records (those of other messages interleave with them).
+    pub octets: u64,
     /// Octets of its `Data` records.
     pub data: u64,
     /// From its `End` record: the size without the trace header, and the data octets.
@@ -129,6 +131,7 @@ pub fn scan(path: &Path, done_file: bool, mut with_data: impl FnMut(u64, &[u8]))
                 meta: None,
                 offset: start,
                 end: offset,
+                octets: 0,
                 data: 0,
                 ended: None,
                 bad: false,
@@ -137,6 +140,7 @@ pub fn scan(path: &Path, done_file: bool, mut with_data: impl FnMut(u64, &[u8]))
         });
         let m = &mut out.messages[i];
         m.end = offset;
+        m.octets += used as u64;
         if m.ended.is_some() {
             m.bad = true;
             continue;

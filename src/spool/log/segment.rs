@@ -86,21 +86,23 @@ impl Segment {
         made
     }
 
-    /// Buffers one record (a payload of at most [`MAX_PAYLOAD`]).
-    pub fn push(&mut self, kind: Kind, msg: u64, payload: &[u8]) {
+    /// Buffers one record (a payload of at most [`MAX_PAYLOAD`]); returns its octets.
+    pub fn push(&mut self, kind: Kind, msg: u64, payload: &[u8]) -> u64 {
         record::append(&mut self.buf, kind, msg, payload);
+        record::framed(payload.len()) as u64
     }
 
     /// Buffers `data` as `Data` records of message `msg`, writing the buffer out whenever it
-    /// is large; returns the first write error.
-    pub fn push_data(&mut self, msg: u64, data: &[u8]) -> io::Result<()> {
+    /// is large; returns the octets of the records, or the first write error.
+    pub fn push_data(&mut self, msg: u64, data: &[u8]) -> io::Result<u64> {
+        let mut octets = 0;
         for piece in data.chunks(MAX_PAYLOAD) {
-            self.push(Kind::Data, msg, piece);
+            octets += self.push(Kind::Data, msg, piece);
             if self.buf.len() >= FLUSH_AT {
                 self.flush()?;
             }
         }
-        Ok(())
+        Ok(octets)
     }
 
     /// The offset the next buffered record will have.
