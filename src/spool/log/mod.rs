@@ -436,12 +436,18 @@ impl LogSpool {
 
     /// No one writes segment `seq` any more; it is deleted now if nothing in it is live.
     fn seal(&self, seq: u64) {
+        // A message that was in progress when the preallocated size was reached finished past
+        // it: the segment's octets are its length now.
+        let len = fs::metadata(self.dir.join(segment_name(seq))).map(|m| m.len());
         let dead = {
             let mut index = self.lock();
             let Some(s) = index.segments.get_mut(&seq) else {
                 return;
             };
             s.sealed = true;
+            if let Ok(len) = len {
+                s.octets = len;
+            }
             s.live == 0
         };
         if dead {
@@ -624,7 +630,9 @@ impl LogSpool {
             };
             moved.push((k, copy));
         }
-        seg.flush()?;
+        // The copy is sealed once written: the rest of its preallocation would be disk space
+        // no message can use until a restart cuts it off.
+        seg.trim()?;
         seg.sync()?;
         Ok(moved)
     }

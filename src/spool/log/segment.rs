@@ -127,6 +127,16 @@ impl Segment {
         Ok(())
     }
 
+    /// Writes the buffered records and gives back the preallocated space past them, for a
+    /// segment that takes nothing more (a compaction's copy); [`Segment::sync`] makes the new
+    /// length durable with the records.
+    pub fn trim(&mut self) -> io::Result<()> {
+        self.flush()?;
+        self.file.set_len(self.written)?;
+        self.dirty = true;
+        Ok(())
+    }
+
     /// Whether records were written since the last [`Segment::sync`].
     pub fn dirty(&self) -> bool {
         self.dirty
