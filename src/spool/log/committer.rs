@@ -248,10 +248,14 @@ impl Committer {
     fn retire(&mut self, seq: u64, e: &io::Error) {
         tracing::error!(segment = seq, error = %e, "spool segment write failed; segment retired");
         let is_current = self.segments.current.as_ref().is_some_and(|s| s.seq == seq);
-        if is_current {
-            self.segments.current = None;
-        } else if let Some(i) = self.segments.older.iter().position(|s| s.seq == seq) {
-            self.segments.older.swap_remove(i);
+        let seg = if is_current {
+            self.segments.current.take()
+        } else {
+            let i = self.segments.older.iter().position(|s| s.seq == seq);
+            i.map(|i| self.segments.older.swap_remove(i))
+        };
+        if let Some(seg) = seg {
+            seg.cut_to_durable();
         }
         for open in self
             .open

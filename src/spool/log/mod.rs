@@ -277,7 +277,7 @@ impl LogSpool {
             };
             report.segments += 1;
             let torn = !scanned.clean_tail || scanned.seq != Some(seq);
-            if torn {
+            if torn && writable {
                 report.truncated += 1;
                 tracing::warn!(
                     segment = %seg_path.display(),

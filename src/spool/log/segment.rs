@@ -46,6 +46,8 @@ pub struct Segment {
     size: u64,
     /// Written since the last `fdatasync`.
     dirty: bool,
+    /// Octets made durable by the last `fdatasync` that succeeded.
+    durable: u64,
 }
 
 impl Segment {
@@ -73,6 +75,7 @@ impl Segment {
                 buf: Vec::with_capacity(FLUSH_AT + MAX_PAYLOAD),
                 size,
                 dirty: false,
+                durable: 0,
             };
             seg.push(Kind::Segment, 0, &record::segment_payload(seq));
             seg.flush()?;
@@ -148,6 +151,25 @@ impl Segment {
     pub fn sync(&mut self) -> io::Result<()> {
         self.file.sync_data()?;
         self.dirty = false;
+        self.durable = self.written;
         Ok(())
+    }
+
+    /// After a failed write or sync: cuts the segment back to what the last good `fdatasync`
+    /// made durable, which holds every message committed in it, so what a failure left half
+    /// written does not read as damage (`spool check`) while the server runs on. Best effort:
+    /// if the cut fails too, recovery cuts the same place at the next start.
+    pub fn cut_to_durable(self) {
+        if self
+            .file
+            .set_len(self.durable)
+            .and_then(|()| self.file.sync_all())
+            .is_err()
+        {
+            tracing::warn!(
+                segment = self.seq,
+                "cannot cut a retired segment back to its last commit"
+            );
+        }
     }
 }
