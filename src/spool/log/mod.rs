@@ -256,6 +256,12 @@ impl LogSpool {
             }
         }
         let mut index = Index::default();
+        // Messages found with every recipient done: a later copy of one (left by a compaction
+        // cut short, beside no done record yet) is done too.
+        let mut finished: hashbrown::HashSet<Key> = hashbrown::HashSet::new();
+        // Done state a copy takes over from its original: written beside the copy before the
+        // original's segment may be deleted, or it would be lost with it.
+        let mut carried: BTreeMap<u64, Vec<(u64, Vec<u32>)>> = BTreeMap::new();
         let mut changed = false;
         let max_seq = seqs.keys().next_back().copied().unwrap_or(0);
         for (&seq, &(has_seg, has_done)) in &seqs {
@@ -358,11 +364,34 @@ impl LogSpool {
                     size: found.ended.expect("committed").0,
                     done: flags,
                 };
-                if let Some((old, _)) = index.remove(k) {
-                    // A copy from a compaction that did not finish: keep the newer (this
-                    // one), with the done state of both.
-                    report.duplicates += 1;
+                // A copy from a compaction that did not finish: keep the newer (this one),
+                // with the done state of both.
+                let own = entry.done.clone();
+                let duplicate = if let Some((old, _)) = index.remove(k) {
                     entry.done.union(&old.done);
+                    true
+                } else if finished.remove(&k) {
+                    entry.done.set_all();
+                    true
+                } else {
+                    false
+                };
+                if duplicate {
+                    report.duplicates += 1;
+                    if entry.done != own {
+                        let rcpts = if entry.done.live() {
+                            (0..entry.done.len())
+                                .filter(|&r| entry.done.get(r))
+                                .map(|r| r as u32)
+                                .collect()
+                        } else {
+                            Vec::new()
+                        };
+                        carried.entry(seq).or_default().push((found.msg, rcpts));
+                    }
+                }
+                if !entry.done.live() {
+                    finished.insert(k);
                 }
                 index.insert(k, entry);
             }
@@ -376,6 +405,9 @@ impl LogSpool {
             writable,
         };
         if writable {
+            for (seq, records) in &carried {
+                log.append_done(*seq, records)?;
+            }
             let dead: Vec<u64> = {
                 let index = log.lock();
                 index
