@@ -25,6 +25,8 @@ mod committer;
 pub mod record;
 pub mod scan;
 mod segment;
+#[cfg(test)]
+mod tests;
 
 pub(super) use committer::Committer;
 
