@@ -240,6 +240,14 @@ HA_PID=
 # --- Each spool against what the client was told, and each server's counters. The PROXY
 # version cannot be seen in either: it is told by the server (mx1 is sent v2, mx2 v1), and
 # each server's proxied count must equal the connections HAProxy gave it.
+# The spools are in the default log format: each must check clean, and its messages, as the
+# files format would store them, come from spool export into export1/ and export2/.
+for n in 1 2; do
+    "$BIN" spool check --spool "$TMP/spool$n" >"$TMP/spool-check$n.log" 2>&1 \
+        || { cat "$TMP/spool-check$n.log" >&2; fail "spool check found damage in mx$n's spool"; }
+    "$BIN" spool export --spool "$TMP/spool$n" --to "$TMP/export$n" >/dev/null \
+        || fail "spool export of mx$n's spool failed"
+done
 CLIENT_LOG=$TMP/check.log
 python3 - "$TMP" >"$CLIENT_LOG" 2>&1 <<'PY' || fail "spool or stats check failed"
 import json, os, sys
@@ -251,14 +259,17 @@ sent, outsider = record["sent"], record["outsider"]
 assert len(sent) == 10, sent
 for n in (1, 2):
     name = "mx%d.test" % n
-    spool = os.path.join(tmp, "spool%d" % n)
     mine = {m["id"]: m for m in sent if m["server"] == name}
     assert mine, (name, "got no message")
-    # Every file in the spool, tmp/ included: anything but the lock and the committed
-    # messages is an uncommitted leftover.
-    files = sorted(os.path.relpath(os.path.join(d, f), spool)
-                   for d, _, fs in os.walk(spool) for f in fs)
-    files.remove("ringmx.lock")
+    # Every file in the spool, tmp/ included: anything but the lock and the log's segments is
+    # an uncommitted leftover.
+    live = os.path.join(tmp, "spool%d" % n)
+    left = sorted(os.path.relpath(os.path.join(d, f), live)
+                  for d, _, fs in os.walk(live) for f in fs)
+    left.remove("ringmx.lock")
+    assert all(f.startswith("log/") and f.endswith((".seg", ".done")) for f in left), (name, left)
+    spool = os.path.join(tmp, "export%d" % n)
+    files = sorted(os.listdir(spool))
     jsons = [f for f in files if f.endswith(".json") and "/" not in f]
     emls = [f for f in files if f.endswith(".eml") and "/" not in f]
     assert len(jsons) == len(mine) == len(emls) and len(files) == 2 * len(mine), (name, files, mine)

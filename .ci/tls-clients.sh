@@ -5,8 +5,8 @@
 #   not offer STARTTLS again); Python's smtplib with starttls() and with SMTP_SSL, both
 #   verifying; Postfix's own SMTP client relaying into ringmx with smtp_tls_security_level =
 #   encrypt, from a private instance in a temporary directory.
-# Every message must be committed in the spool with "with ESMTPS" in its Received header and a
-# "tls" object in its .json. Exits non-zero on any failure, after printing the server log and
+# Every message must be committed in the spool (read back through ringmx spool export) with
+# "with ESMTPS" in its Received header and a "tls" object in its .json. Exits non-zero on any failure, after printing the server log and
 # the failing client's output.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -348,17 +348,22 @@ wait "$PID" || STATUS=$?
 PID=
 [ "$STATUS" -eq 0 ] || fail "server exited with status $STATUS"
 
-JSON=$(find "$TMP/spool" -maxdepth 1 -type f -name '*.json' | wc -l)
-EML=$(find "$TMP/spool" -maxdepth 1 -type f -name '*.eml' | wc -l)
-# Anything else but the spool's lock file, including anything left in tmp/, is an
-# uncommitted leftover.
+# The spool is in the default log format: nothing but its segments (and their done files), an
+# empty tmp/ and the lock; it must check clean, and its messages, as the files format would
+# store them, come from spool export.
 OTHER=$(find "$TMP/spool" -type f ! -path "$TMP/spool/ringmx.lock" \
-    | grep -cvE "^$TMP/spool/[^/]+\.(json|eml)\$" || true)
-if [ "$JSON" -ne 6 ] || [ "$EML" -ne 6 ] || [ "$OTHER" -ne 0 ]; then
-    fail "spool holds $JSON .json, $EML .eml and $OTHER other files; expected 6, 6, 0"
+    | grep -cvE "^$TMP/spool/log/[0-9A-F]{16}\.(seg|done)\$" || true)
+[ "$OTHER" -eq 0 ] || fail "spool holds $OTHER files besides its log segments and lock"
+"$BIN" spool check --spool "$TMP/spool" >"$TMP/check.log" 2>&1 \
+    || { cat "$TMP/check.log" >&2; fail "spool check found damage"; }
+"$BIN" spool export --spool "$TMP/spool" --to "$TMP/messages" >/dev/null || fail "spool export failed"
+JSON=$(find "$TMP/messages" -maxdepth 1 -type f -name '*.json' | wc -l)
+EML=$(find "$TMP/messages" -maxdepth 1 -type f -name '*.eml' | wc -l)
+if [ "$JSON" -ne 6 ] || [ "$EML" -ne 6 ]; then
+    fail "spool export wrote $JSON .json and $EML .eml; expected 6 and 6"
 fi
 CLIENT_LOG=$TMP/spool-check.log
-python3 - "$TMP/spool" >"$CLIENT_LOG" 2>&1 <<'PY' || fail "spool check failed"
+python3 - "$TMP/messages" >"$CLIENT_LOG" 2>&1 <<'PY' || fail "spool check failed"
 import json, os, sys
 
 spool = sys.argv[1]
