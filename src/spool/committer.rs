@@ -1,7 +1,7 @@
 //! A worker's committer thread: writes body bytes as they come and commits ended messages in batches, with shared fsyncs.
 
 use super::format::{envelope_json, received_header};
-use super::{Backlog, Done, Job, MessageMeta, SpoolStats, TMP};
+use super::{Backlog, Batching, Done, Job, MessageMeta, SpoolStats, TMP};
 use crate::config::SpoolSync;
 use crate::wake::Wake;
 use crossbeam_channel::{Receiver, Sender};
@@ -17,10 +17,6 @@ use std::sync::Arc;
 /// Write buffer per open message: a small message (trace header plus body) reaches the disk
 /// in one write; larger body chunks bypass it. Small, because every message in DATA has one.
 const WRITE_BUFFER: usize = 8192;
-
-/// Jobs taken per batch, so a stream of body chunks cannot postpone the commit of messages
-/// that have already ended.
-const BATCH_JOBS: usize = 1024;
 
 struct Pending {
     meta: Box<MessageMeta>,
@@ -75,22 +71,8 @@ impl Committer {
 
     /// Runs until the worker drops its sender, then discards the messages still open.
     pub(super) fn run(mut self, jobs: Receiver<Job>) -> SpoolStats {
-        while let Ok(first) = jobs.recv() {
-            self.handle(first);
-            for job in jobs.try_iter().take(BATCH_JOBS) {
-                self.handle(job);
-            }
-            // A worker that found the queue full waits for this wake (see `Spool::full`).
-            let drained = self.backlog.queued.load(Ordering::SeqCst) <= self.backlog.limit
-                && self.backlog.waiting.swap(false, Ordering::SeqCst);
-            let committed = !self.ended.is_empty();
-            if committed {
-                self.commit_batch();
-            }
-            if committed || drained {
-                self.waker.wake();
-            }
-        }
+        let (backlog, waker) = (self.backlog.clone(), self.waker.clone());
+        super::run_batches(&mut self, &jobs, &backlog, &*waker);
         for (_, pending) in std::mem::take(&mut self.open) {
             self.discard(&pending.meta.id);
         }
@@ -316,5 +298,19 @@ impl Committer {
             }
         }
         Ok((eml, json))
+    }
+}
+
+impl Batching for Committer {
+    fn handle(&mut self, job: Job) {
+        Committer::handle(self, job);
+    }
+
+    fn ended(&self) -> bool {
+        !self.ended.is_empty()
+    }
+
+    fn commit_batch(&mut self) {
+        Committer::commit_batch(self);
     }
 }

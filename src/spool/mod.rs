@@ -137,6 +137,42 @@ impl SpoolStats {
     }
 }
 
+/// Jobs taken per batch, so a stream of body chunks cannot postpone the commit of messages
+/// that have already ended.
+const BATCH_JOBS: usize = 1024;
+
+/// What each format's committer does with jobs; [`run_batches`] is the loop both share.
+trait Batching {
+    /// Takes one job: writes what it carries, or notes that its message ended.
+    fn handle(&mut self, job: Job);
+    /// Whether a message ended since the last batch.
+    fn ended(&self) -> bool;
+    /// Makes every ended message durable, then reports each to the worker.
+    fn commit_batch(&mut self);
+}
+
+/// A committer's loop until the worker drops its sender: take what is queued (up to
+/// [`BATCH_JOBS`]), commit the messages that ended, and wake the worker for them or for a
+/// queue that drained below its limit.
+fn run_batches(c: &mut impl Batching, jobs: &Receiver<Job>, backlog: &Backlog, waker: &dyn Wake) {
+    while let Ok(first) = jobs.recv() {
+        c.handle(first);
+        for job in jobs.try_iter().take(BATCH_JOBS) {
+            c.handle(job);
+        }
+        // A worker that found the queue full waits for this wake (see `Spool::full`).
+        let drained = backlog.queued.load(Ordering::SeqCst) <= backlog.limit
+            && backlog.waiting.swap(false, Ordering::SeqCst);
+        let committed = c.ended();
+        if committed {
+            c.commit_batch();
+        }
+        if committed || drained {
+            waker.wake();
+        }
+    }
+}
+
 /// Body bytes handed by a worker to its committer and not yet written; shared by both.
 struct Backlog {
     queued: AtomicUsize,

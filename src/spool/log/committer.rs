@@ -4,17 +4,13 @@ use super::record::Kind;
 use super::segment::Segment;
 use super::{Committed, LogSpool};
 use crate::spool::format::received_header;
-use crate::spool::{Backlog, Done, Job, MessageMeta, SpoolStats};
+use crate::spool::{Backlog, Batching, Done, Job, MessageMeta, SpoolStats};
 use crate::wake::Wake;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-
-/// Jobs taken per batch, so a stream of body chunks cannot postpone the commit of messages
-/// that have already ended.
-const BATCH_JOBS: usize = 1024;
 
 /// A message between its start and its commit.
 struct Open {
@@ -96,21 +92,8 @@ impl Committer {
     /// Runs until the worker drops its sender; messages still open then are never committed
     /// (their records stay without an end, which recovery drops).
     pub(in crate::spool) fn run(mut self, jobs: Receiver<Job>) -> SpoolStats {
-        while let Ok(first) = jobs.recv() {
-            self.handle(first);
-            for job in jobs.try_iter().take(BATCH_JOBS) {
-                self.handle(job);
-            }
-            let drained = self.backlog.queued.load(Ordering::SeqCst) <= self.backlog.limit
-                && self.backlog.waiting.swap(false, Ordering::SeqCst);
-            let committed = !self.ended.is_empty();
-            if committed {
-                self.commit_batch();
-            }
-            if committed || drained {
-                self.waker.wake();
-            }
-        }
+        let (backlog, waker) = (self.backlog.clone(), self.waker.clone());
+        crate::spool::run_batches(&mut self, &jobs, &backlog, &*waker);
         // Write what is buffered so the segment ends on a record boundary; nothing of it is
         // committed.
         for seg in self.segments.all() {
@@ -351,5 +334,19 @@ impl Committer {
         for done in results {
             let _ = self.done.send(done);
         }
+    }
+}
+
+impl Batching for Committer {
+    fn handle(&mut self, job: Job) {
+        Committer::handle(self, job);
+    }
+
+    fn ended(&self) -> bool {
+        !self.ended.is_empty()
+    }
+
+    fn commit_batch(&mut self) {
+        Committer::commit_batch(self);
     }
 }
