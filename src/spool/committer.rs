@@ -87,59 +87,6 @@ impl Committer {
         self.dir.join(TMP).join(format!("{id}.{ext}"))
     }
 
-    fn handle(&mut self, job: Job) {
-        match job {
-            Job::Start { key, meta } => {
-                let header = received_header(&meta, &self.hostname);
-                let path = self.tmp_path(&meta.id, "eml");
-                let opened = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o640)
-                    .open(&path)
-                    .map(|f| BufWriter::with_capacity(WRITE_BUFFER, f));
-                let mut pending = Pending {
-                    meta,
-                    file: None,
-                    size: 0,
-                    error: None,
-                };
-                match opened.and_then(|mut f| f.write_all(&header).map(|()| f)) {
-                    Ok(f) => pending.file = Some(f),
-                    Err(e) => self.fail(&mut pending, e),
-                }
-                self.open.insert(key, pending);
-            }
-            Job::Chunk { key, data } => {
-                self.backlog.queued.fetch_sub(data.len(), Ordering::SeqCst);
-                let Some(mut pending) = self.open.remove(&key) else {
-                    return;
-                };
-                pending.size += data.len() as u64;
-                if let Some(file) = &mut pending.file {
-                    if let Err(e) = file.write_all(&data) {
-                        self.fail(&mut pending, e);
-                    }
-                }
-                self.open.insert(key, pending);
-            }
-            Job::End { key } => {
-                if let Some(pending) = self.open.remove(&key) {
-                    self.ended.push((key, pending));
-                }
-            }
-            Job::Abort { key } => {
-                let pending = self.open.remove(&key).or_else(|| {
-                    let i = self.ended.iter().position(|(k, _)| *k == key)?;
-                    Some(self.ended.swap_remove(i).1)
-                });
-                if let Some(pending) = pending {
-                    self.discard(&pending.meta.id);
-                }
-            }
-        }
-    }
-
     /// Records the first error of a message and drops what was written of it.
     fn fail(&self, pending: &mut Pending, e: io::Error) {
         tracing::error!(id = %pending.meta.id, error = %e, "spool write failed");
@@ -152,36 +99,6 @@ impl Committer {
         for ext in ["eml", "json"] {
             let _ = fs::remove_file(self.tmp_path(id, ext));
         }
-    }
-
-    /// Steps 1 to 4 of the module documentation for every message that has ended.
-    fn commit_batch(&mut self) {
-        let started = std::time::Instant::now();
-        let mut batch = std::mem::take(&mut self.ended);
-        let mut files = self.write_batch(&mut batch);
-        let written = files.iter().flatten().count() as u64;
-        // Two fdatasyncs per message, or one syncfs; and the directory's fsync below.
-        self.stats.syncs += 1 + match self.sync {
-            SpoolSync::File => 2 * written,
-            SpoolSync::Filesystem => 1,
-        };
-        self.stats.batches += 1;
-        self.sync_batch(&mut batch, &mut files);
-        self.rename_batch(&mut batch, &mut files);
-        // Step 4: one directory fsync for the batch.
-        let dir_ok = match self.dir_file.sync_all() {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(error = %e, "spool directory fsync failed");
-                false
-            }
-        };
-        tracing::debug!(
-            messages = batch.len(),
-            micros = started.elapsed().as_micros() as u64,
-            "spool batch committed"
-        );
-        self.report(batch, &files, dir_ok);
     }
 
     /// Step 1: finish every file and start its writeback.
@@ -303,14 +220,89 @@ impl Committer {
 
 impl Batching for Committer {
     fn handle(&mut self, job: Job) {
-        Committer::handle(self, job);
+        match job {
+            Job::Start { key, meta } => {
+                let header = received_header(&meta, &self.hostname);
+                let path = self.tmp_path(&meta.id, "eml");
+                let opened = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o640)
+                    .open(&path)
+                    .map(|f| BufWriter::with_capacity(WRITE_BUFFER, f));
+                let mut pending = Pending {
+                    meta,
+                    file: None,
+                    size: 0,
+                    error: None,
+                };
+                match opened.and_then(|mut f| f.write_all(&header).map(|()| f)) {
+                    Ok(f) => pending.file = Some(f),
+                    Err(e) => self.fail(&mut pending, e),
+                }
+                self.open.insert(key, pending);
+            }
+            Job::Chunk { key, data } => {
+                self.backlog.queued.fetch_sub(data.len(), Ordering::SeqCst);
+                let Some(mut pending) = self.open.remove(&key) else {
+                    return;
+                };
+                pending.size += data.len() as u64;
+                if let Some(file) = &mut pending.file {
+                    if let Err(e) = file.write_all(&data) {
+                        self.fail(&mut pending, e);
+                    }
+                }
+                self.open.insert(key, pending);
+            }
+            Job::End { key } => {
+                if let Some(pending) = self.open.remove(&key) {
+                    self.ended.push((key, pending));
+                }
+            }
+            Job::Abort { key } => {
+                let pending = self.open.remove(&key).or_else(|| {
+                    let i = self.ended.iter().position(|(k, _)| *k == key)?;
+                    Some(self.ended.swap_remove(i).1)
+                });
+                if let Some(pending) = pending {
+                    self.discard(&pending.meta.id);
+                }
+            }
+        }
     }
 
     fn ended(&self) -> bool {
         !self.ended.is_empty()
     }
 
+    /// Steps 1 to 4 of the module documentation for every message that has ended.
     fn commit_batch(&mut self) {
-        Committer::commit_batch(self);
+        let started = std::time::Instant::now();
+        let mut batch = std::mem::take(&mut self.ended);
+        let mut files = self.write_batch(&mut batch);
+        let written = files.iter().flatten().count() as u64;
+        // Two fdatasyncs per message, or one syncfs; and the directory's fsync below.
+        self.stats.syncs += 1 + match self.sync {
+            SpoolSync::File => 2 * written,
+            SpoolSync::Filesystem => 1,
+        };
+        self.stats.batches += 1;
+        self.sync_batch(&mut batch, &mut files);
+        self.rename_batch(&mut batch, &mut files);
+        // Step 4: one directory fsync for the batch.
+        let dir_ok = match self.dir_file.sync_all() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "spool directory fsync failed");
+                false
+            }
+        };
+        tracing::debug!(
+            messages = batch.len(),
+            micros = started.elapsed().as_micros() as u64,
+            "spool batch committed"
+        );
+        self.report(batch, &files, dir_ok);
     }
 }

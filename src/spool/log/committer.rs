@@ -106,48 +106,6 @@ impl Committer {
         self.stats
     }
 
-    fn handle(&mut self, job: Job) {
-        match job {
-            Job::Start { key, meta } => {
-                let open = self.start(meta);
-                self.open.insert(key, open);
-            }
-            Job::Chunk { key, data } => {
-                self.backlog.queued.fetch_sub(data.len(), Ordering::SeqCst);
-                let Some(open) = self.open.get_mut(&key) else {
-                    return;
-                };
-                open.size += data.len() as u64;
-                open.data += data.len() as u64;
-                let Some(seq) = open.seq else { return };
-                let msg = open.msg;
-                let written = match self.segments.get(seq) {
-                    Some(seg) => seg.push_data(msg, &data),
-                    None => Err(io::Error::other("segment retired")),
-                };
-                match written {
-                    Ok(octets) => open.octets += octets,
-                    Err(e) => self.retire(seq, &e),
-                }
-            }
-            Job::End { key } => {
-                if let Some(open) = self.open.remove(&key) {
-                    self.ended.push((key, open));
-                }
-            }
-            Job::Abort { key } => {
-                let open = self.open.remove(&key).or_else(|| {
-                    let i = self.ended.iter().position(|(k, _)| *k == key)?;
-                    Some(self.ended.swap_remove(i).1)
-                });
-                // Its records stay in the segment without an end record: never committed.
-                if let Some(Open { seq: Some(seq), .. }) = open {
-                    self.finished(seq);
-                }
-            }
-        }
-    }
-
     /// Opens a message in the current segment (a new one if there is none or it is full):
     /// its envelope record, then its trace header as its first data.
     fn start(&mut self, meta: Box<MessageMeta>) -> Open {
@@ -252,6 +210,54 @@ impl Committer {
         self.in_progress.remove(&seq);
         self.log.seal(seq);
     }
+}
+
+impl Batching for Committer {
+    fn handle(&mut self, job: Job) {
+        match job {
+            Job::Start { key, meta } => {
+                let open = self.start(meta);
+                self.open.insert(key, open);
+            }
+            Job::Chunk { key, data } => {
+                self.backlog.queued.fetch_sub(data.len(), Ordering::SeqCst);
+                let Some(open) = self.open.get_mut(&key) else {
+                    return;
+                };
+                open.size += data.len() as u64;
+                open.data += data.len() as u64;
+                let Some(seq) = open.seq else { return };
+                let msg = open.msg;
+                let written = match self.segments.get(seq) {
+                    Some(seg) => seg.push_data(msg, &data),
+                    None => Err(io::Error::other("segment retired")),
+                };
+                match written {
+                    Ok(octets) => open.octets += octets,
+                    Err(e) => self.retire(seq, &e),
+                }
+            }
+            Job::End { key } => {
+                if let Some(open) = self.open.remove(&key) {
+                    self.ended.push((key, open));
+                }
+            }
+            Job::Abort { key } => {
+                let open = self.open.remove(&key).or_else(|| {
+                    let i = self.ended.iter().position(|(k, _)| *k == key)?;
+                    Some(self.ended.swap_remove(i).1)
+                });
+                // Its records stay in the segment without an end record: never committed.
+                if let Some(Open { seq: Some(seq), .. }) = open {
+                    self.finished(seq);
+                }
+            }
+        }
+    }
+
+    fn ended(&self) -> bool {
+        !self.ended.is_empty()
+    }
 
     /// Appends the end record of every message that ended, writes each segment's buffer, and
     /// `fdatasync`s each segment written to once; then registers the messages with the spool
@@ -334,19 +340,5 @@ impl Committer {
         for done in results {
             let _ = self.done.send(done);
         }
-    }
-}
-
-impl Batching for Committer {
-    fn handle(&mut self, job: Job) {
-        Committer::handle(self, job);
-    }
-
-    fn ended(&self) -> bool {
-        !self.ended.is_empty()
-    }
-
-    fn commit_batch(&mut self) {
-        Committer::commit_batch(self);
     }
 }
