@@ -210,6 +210,45 @@ limits! {
     /// Apply the per-client limits to `relay_networks` too (off: they are exempt).
     client_limits_for_relay_networks: bool = false, 0, 1;
     }
+
+    /// The limits of delivery to the next hop (`relay_to`, `[routes]`).
+    DeliveryLimits {
+    /// Connections at once to one destination (Postfix's
+    /// `default_destination_concurrency_limit`).
+    destination_concurrency: usize = 20, 1, 1000;
+    /// Recipients per transaction to one destination (Postfix's
+    /// `default_destination_recipient_limit`); RFC 5321 §4.5.3.1.8 has servers take 100.
+    destination_recipients: usize = 50, 1, 1000;
+    /// Seconds before the first retry of a deferred recipient; each retry waits twice the last
+    /// (Postfix's `minimal_backoff_time`).
+    min_backoff_secs: u64 = 300, 1, 86_400;
+    /// The longest wait between two attempts (Postfix's `maximal_backoff_time`).
+    max_backoff_secs: u64 = 4000, 1, 86_400;
+    /// Seconds a message may stay queued before its deferred recipients fail (Postfix's
+    /// `maximal_queue_lifetime`, 5 days; RFC 5321 §4.5.4.1: at least 4-5 days).
+    max_queue_lifetime_secs: u64 = 432_000, 1, 30 * 86_400;
+    /// Seconds to wait for a TCP connection to the next hop (Postfix's
+    /// `smtp_connect_timeout`).
+    relay_connect_timeout_secs: u64 = 30, 1, 600;
+    /// Seconds to wait for each reply of the next hop. RFC 5321 §4.5.3.2: 5 minutes for MAIL
+    /// and RCPT; the reply to the end of data gets twice this (§4.5.3.2.6: 10 minutes).
+    relay_reply_timeout_secs: u64 = 300, 1, 3600;
+    /// Seconds an idle connection to a destination is kept for the next message (Postfix's
+    /// `smtp_connection_cache_time_limit`).
+    relay_idle_secs: u64 = 2, 0, 300;
+    /// Longest reply line from the next hop, CRLF included. RFC 5321 §4.5.3.1.5 says 512;
+    /// real servers send longer, so four times that before the connection is dropped.
+    relay_reply_line_max: usize = 2048, 512, 65536;
+    /// Lines of one multi-line reply (an EHLO reply has one per extension) before the
+    /// connection is dropped: an endless reply cannot grow memory.
+    relay_reply_lines_max: usize = 128, 8, 4096;
+    /// Octets of the original message's header attached to a delivery status notification
+    /// (RFC 3464 §2 `text/rfc822-headers`; Postfix's `bounce_size_limit`, 50,000).
+    bounce_size_limit: usize = 50_000, 1024, 1 << 20;
+    /// Messages of the queue runner's in-memory schedule; more stay on disk, untouched until
+    /// the queue shrinks, so a huge queue cannot grow memory (Postfix's `qmgr_message_active_limit`).
+    delivery_active_limit: usize = 20_000, 16, 1_000_000;
+    }
 }
 
 /// Everything the protocol engine needs to know about the operator's choices.
@@ -323,6 +362,8 @@ pub struct ServerConfig {
     pub spool_sync: SpoolSync,
     /// The server's limits (connections, buffers, queues, backends).
     pub limits: ServerLimits,
+    /// Where committed messages are delivered (none: the spool keeps them), and how.
+    pub delivery: DeliveryConfig,
     /// The protocol settings and its limits.
     pub proto: ProtoConfig,
 }
@@ -346,6 +387,50 @@ struct ServerKeys {
     sink: Option<bool>,
     spool_sync: Option<SpoolSync>,
     spool_format: Option<SpoolFormat>,
+    relay_to: Option<String>,
+    routes: Option<std::collections::BTreeMap<String, String>>,
+    relay_tls: Option<RelayTls>,
+    relay_tls_ca_file: Option<PathBuf>,
+}
+
+/// Whether delivery to the next hop uses STARTTLS (Postfix's `smtp_tls_security_level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayTls {
+    /// Never, even when offered.
+    None,
+    /// When the next hop offers it, without checking its certificate (opportunistic, RFC 7435):
+    /// the default, as Postfix's `may`.
+    May,
+    /// Always, with the certificate verified against `relay_tls_ca_file` (or the system's
+    /// roots) for the destination's host name; a next hop without STARTTLS is deferred.
+    Require,
+}
+
+/// Delivery's part of the configuration: the routes, TLS, and the limits.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// The default route, `relay_to`: `smtp:HOST:PORT`, `lmtp:HOST:PORT` or `lmtp:unix:PATH`.
+    pub relay_to: Option<String>,
+    /// Per-domain routes (`[routes] "example.com" = "lmtp:10.0.0.5:24"`); a key starting with
+    /// `.` matches every subdomain.
+    pub routes: Vec<(String, String)>,
+    pub relay_tls: RelayTls,
+    /// PEM roots for `relay_tls = "require"`; without, `/etc/ssl/certs/ca-certificates.crt`.
+    pub relay_tls_ca_file: Option<PathBuf>,
+    pub limits: DeliveryLimits,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            relay_to: None,
+            routes: Vec::new(),
+            relay_tls: RelayTls::May,
+            relay_tls_ca_file: None,
+            limits: DeliveryLimits::default(),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -367,6 +452,7 @@ impl Default for ServerConfig {
             spool_sync: SpoolSync::File,
             spool_format: SpoolFormat::Log,
             limits: ServerLimits::default(),
+            delivery: DeliveryConfig::default(),
             proto: ProtoConfig::default(),
         }
     }
@@ -430,7 +516,11 @@ impl ServerConfig {
     /// `flatten`, so the server keys are split off first and each part is strict on its own:
     /// a misspelt key is an error, never silently ignored.
     pub fn from_toml(text: &str) -> Result<ServerConfig, String> {
-        const SERVER_KEYS: [&str; 15] = [
+        const SERVER_KEYS: [&str; 19] = [
+            "relay_to",
+            "routes",
+            "relay_tls",
+            "relay_tls_ca_file",
             "listen",
             "listen_tls",
             "proxy_trusted",
@@ -454,14 +544,32 @@ impl ServerConfig {
                 server.insert(key.to_string(), value);
             }
         }
-        let mut limits = toml::Table::new();
-        for spec in ServerLimits::TABLE {
-            if let Some(value) = table.remove(spec.name) {
-                limits.insert(spec.name.to_string(), value);
+        // The names the delivery issue and Postfix's users know, beside the table's own.
+        for (alias, name) in [
+            ("min_backoff", "min_backoff_secs"),
+            ("max_backoff", "max_backoff_secs"),
+            ("max_queue_lifetime", "max_queue_lifetime_secs"),
+        ] {
+            if let Some(value) = table.remove(alias) {
+                table.insert(name.to_string(), value);
             }
         }
+        let take = |table: &mut toml::Table, specs: &[LimitSpec]| {
+            let mut part = toml::Table::new();
+            for spec in specs {
+                if let Some(value) = table.remove(spec.name) {
+                    part.insert(spec.name.to_string(), value);
+                }
+            }
+            part
+        };
+        let limits = take(&mut table, ServerLimits::TABLE);
+        let delivery_limits = take(&mut table, DeliveryLimits::TABLE);
         let keys: ServerKeys = server.try_into().map_err(|e: toml::de::Error| e.to_string())?;
         let limits: ServerLimits = limits.try_into().map_err(|e: toml::de::Error| e.to_string())?;
+        let delivery_limits: DeliveryLimits = delivery_limits
+            .try_into()
+            .map_err(|e: toml::de::Error| e.to_string())?;
         let proto: ProtoConfig = table.try_into().map_err(|e: toml::de::Error| e.to_string())?;
         let default = ServerConfig::default();
         Ok(ServerConfig {
@@ -481,6 +589,13 @@ impl ServerConfig {
             spool_sync: keys.spool_sync.unwrap_or(default.spool_sync),
             spool_format: keys.spool_format.unwrap_or(default.spool_format),
             limits,
+            delivery: DeliveryConfig {
+                relay_to: keys.relay_to,
+                routes: keys.routes.unwrap_or_default().into_iter().collect(),
+                relay_tls: keys.relay_tls.unwrap_or(RelayTls::May),
+                relay_tls_ca_file: keys.relay_tls_ca_file,
+                limits: delivery_limits,
+            },
             proto,
         })
     }
@@ -505,6 +620,32 @@ impl ServerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.proto.validate()?;
         self.limits.validate()?;
+        self.delivery.limits.validate()?;
+        if self.delivery.limits.min_backoff_secs > self.delivery.limits.max_backoff_secs {
+            return Err(ConfigError::Requires {
+                key: "min_backoff_secs",
+                needs: "a value no greater than `max_backoff_secs`",
+            });
+        }
+        if let Some(dest) = &self.delivery.relay_to {
+            if let Err(why) = dest.parse::<crate::delivery::Dest>() {
+                return Err(ConfigError::Invalid {
+                    key: "relay_to",
+                    value: dest.clone(),
+                    why,
+                });
+            }
+        }
+        for (domain, dest) in &self.delivery.routes {
+            let domain_ok = is_domain_or_literal(domain.strip_prefix('.').unwrap_or(domain));
+            if !domain_ok || dest.parse::<crate::delivery::Dest>().is_err() {
+                return Err(ConfigError::Invalid {
+                    key: "routes",
+                    value: format!("{domain} = {dest}"),
+                    why: "a domain (or .domain) and smtp:HOST:PORT, lmtp:HOST:PORT or lmtp:unix:PATH",
+                });
+            }
+        }
         if self.workers > MAX_WORKERS {
             return Err(ConfigError::Range(RangeError {
                 key: "workers",
@@ -801,7 +942,10 @@ mod tests {
     #[test]
     fn the_operator_table_holds_every_group_once() {
         let names: Vec<_> = limits_table().map(|s| s.name).collect();
-        assert_eq!(names.len(), ProtoLimits::TABLE.len() + ServerLimits::TABLE.len());
+        assert_eq!(
+            names.len(),
+            ProtoLimits::TABLE.len() + ServerLimits::TABLE.len() + DeliveryLimits::TABLE.len()
+        );
         assert_eq!(names.first(), Some(&"max_command_line"));
         assert!(names.contains(&"max_connections") && names.contains(&"uring_min_wait_us"));
     }

@@ -10,6 +10,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod delivery;
 pub mod policy;
 pub mod proto;
 pub mod proxy;

@@ -2,6 +2,7 @@
 
 use crate::backend::{self, Backend, BackendConfig, WithBackend};
 use crate::config::{ServerConfig, SpoolFormat};
+use crate::delivery::{self, Delivery};
 use crate::policy::clients::{ClientLimits, ClientTable};
 use crate::policy::recipients::Recipients;
 use crate::proto::Settings;
@@ -34,6 +35,8 @@ struct WorkerContext<'a> {
     clients: Option<Arc<ClientTable>>,
     /// Where committers write; `None` in sink mode.
     backing: Option<Backing>,
+    /// Where committers report committed ids, when delivery runs.
+    feed: Option<Sender<String>>,
 }
 
 /// A started worker: its thread, how to reach it, and the name of its backend.
@@ -68,6 +71,7 @@ impl WorkerContext<'_> {
                     self.config.proto.hostname.clone(),
                     self.config.limits.spool_queue_bytes,
                     waker.clone(),
+                    self.feed.clone(),
                 )
                 .map_err(|e| format!("cannot start spool writer: {e}"))?,
             ),
@@ -148,6 +152,13 @@ pub fn serve(mut config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Re
     let backend_config = BackendConfig::from(&config.limits);
     // Held until this function returns, after every committer has finished.
     let (_spool_lock, backing) = claim_spool(&config)?;
+    let delivery = match &backing {
+        Some(b) => Delivery::start(&config, b, workers)?,
+        None => None,
+    };
+    if delivery.is_none() && !config.sink {
+        tracing::info!("no relay_to or routes: messages stay in the spool (store-only)");
+    }
     let (per_worker, bound) = bind_all(&listen, workers)?;
     let recipients =
         Recipients::new(&config.domains, config.recipients.as_deref()).map_err(|e| e.to_string())?;
@@ -182,6 +193,7 @@ pub fn serve(mut config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Re
             tls: tls.as_ref().map(TlsContext::server_config),
             clients: clients.clone(),
             backing: backing.clone(),
+            feed: delivery.as_ref().map(Delivery::feed),
         };
         let started = backend::open(backend, listeners, &backend_config, &ctx)??;
         backend_name = started.backend;
@@ -205,6 +217,8 @@ pub fn serve(mut config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Re
         starttls = config.proto.starttls,
         backend = backend_name,
         workers,
+        relay_to = config.delivery.relay_to.as_deref().unwrap_or("-"),
+        routes = config.delivery.routes.len(),
         spool = %if config.sink {
             "sink".to_string()
         } else {
@@ -233,6 +247,20 @@ pub fn serve(mut config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Re
             Err(_) => return Err("a worker panicked".into()),
         }
     }
+    // The workers are gone, so nothing new is committed: delivery stops after them.
+    let delivered =
+        delivery.map(|d| d.stop(std::time::Duration::from_secs(config.limits.shutdown_grace_secs)));
+    if let Some(d) = &delivered {
+        tracing::info!(
+            queued = d.queued,
+            delivered = d.delivered(),
+            deferred = d.deferred,
+            bounced = d.bounced,
+            dsn_sent = d.dsn_sent,
+            queue_size = d.queue_size,
+            "delivery stopped"
+        );
+    }
     let line = stats_line(&report);
     tracing::info!("stopped: {line}");
     tracing::info!(
@@ -245,7 +273,7 @@ pub fn serve(mut config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Re
         "counters"
     );
     if let Some(path) = stats_file {
-        std::fs::write(&path, stats_json(&report) + "\n")
+        std::fs::write(&path, stats_json(&report, delivered.as_ref()) + "\n")
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     Ok(report)
@@ -317,13 +345,13 @@ fn nonzero(pairs: impl Iterator<Item = (&'static str, u64)>) -> String {
 /// The counters as one JSON object, for `--stats-file`: the summary at the top, then every
 /// group by name (connections refused by reason, sessions ended by reason, replies by kind,
 /// non-SMTP sessions by class) and the backend's own figures under `io`.
-fn stats_json(r: &Report) -> String {
+fn stats_json(r: &Report, delivery: Option<&delivery::Stats>) -> String {
     let named = |pairs: &mut dyn Iterator<Item = (&'static str, u64)>| {
         pairs
             .map(|(k, v)| (k.to_string(), serde_json::Value::from(v)))
             .collect::<serde_json::Map<_, _>>()
     };
-    serde_json::json!({
+    let mut all = serde_json::json!({
         "accepted": r.accepted,
         "rejected": r.rejected(),
         "commands": r.stats.commands,
@@ -346,8 +374,11 @@ fn stats_json(r: &Report) -> String {
         },
         "io": r.io,
         "spool": r.spool,
-    })
-    .to_string()
+    });
+    if let Some(d) = delivery {
+        all["delivery"] = d.json();
+    }
+    all.to_string()
 }
 
 /// Binds every listen address once per worker, after checking that no other process has any

@@ -41,6 +41,7 @@ pub(super) struct Committer {
     ended: Batch,
     backlog: Arc<Backlog>,
     done: Sender<Done>,
+    feed: Option<Sender<String>>,
     waker: Arc<dyn Wake>,
     stats: SpoolStats,
 }
@@ -53,6 +54,7 @@ impl Committer {
         sync: SpoolSync,
         backlog: Arc<Backlog>,
         done: Sender<Done>,
+        feed: Option<Sender<String>>,
         waker: Arc<dyn Wake>,
     ) -> io::Result<Committer> {
         Ok(Committer {
@@ -64,6 +66,7 @@ impl Committer {
             ended: Vec::new(),
             backlog,
             done,
+            feed,
             waker,
             stats: SpoolStats::default(),
         })
@@ -173,6 +176,9 @@ impl Committer {
             let ok = dir_ok && files[i].is_some();
             if ok {
                 self.stats.committed += 1;
+                if let Some(feed) = &self.feed {
+                    let _ = feed.send(pending.meta.id.clone());
+                }
             } else {
                 self.stats.failed += 1;
             }

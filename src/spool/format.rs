@@ -43,7 +43,7 @@ fn civil(t: SystemTime) -> Civil {
 }
 
 /// A date in RFC 5322 §3.3 form, in UTC: `Sun, 29 Nov 2026 02:25:04 +0000`.
-fn rfc5322_date(t: SystemTime) -> String {
+pub(crate) fn rfc5322_date(t: SystemTime) -> String {
     const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",

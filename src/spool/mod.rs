@@ -31,7 +31,7 @@
 //! first one's messages in flight.
 
 mod committer;
-mod format;
+pub(crate) mod format;
 mod id;
 mod lock;
 pub mod log;
@@ -191,13 +191,15 @@ pub struct Spool {
 }
 
 impl Spool {
-    /// Starts the committer thread of worker `worker` for the (recovered) spool `backing`.
+    /// Starts the committer thread of worker `worker` for the (recovered) spool `backing`;
+    /// with a `feed`, the id of every message committed is sent there too (for delivery).
     pub fn start(
         worker: usize,
         backing: Backing,
         hostname: String,
         limit: usize,
         waker: Arc<dyn Wake>,
+        feed: Option<Sender<String>>,
     ) -> io::Result<Spool> {
         let (jobs, job_rx) = crossbeam_channel::unbounded();
         let (done_tx, results) = crossbeam_channel::unbounded();
@@ -209,13 +211,13 @@ impl Spool {
         let name = format!("ringmx-spool-{worker}");
         let thread = match backing {
             Backing::Files { dir, sync } => {
-                let committer = Committer::new(dir, hostname, sync, backlog.clone(), done_tx, waker)?;
+                let committer = Committer::new(dir, hostname, sync, backlog.clone(), done_tx, feed, waker)?;
                 std::thread::Builder::new()
                     .name(name)
                     .spawn(move || committer.run(job_rx))?
             }
             Backing::Log(spool) => {
-                let committer = log::Committer::new(spool, hostname, backlog.clone(), done_tx, waker);
+                let committer = log::Committer::new(spool, hostname, backlog.clone(), done_tx, feed, waker);
                 std::thread::Builder::new()
                     .name(name)
                     .spawn(move || committer.run(job_rx))?

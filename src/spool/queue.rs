@@ -39,6 +39,17 @@ pub trait Queue: Send + Sync {
     fn mark_done(&self, id: &str, recipient: usize) -> io::Result<()>;
     /// The message goes, whatever its recipients' state.
     fn delete(&self, id: &str) -> io::Result<()>;
+    /// Many recipients done at once (delivery's results, as they come in): a format may
+    /// make them durable together. A message no longer in the spool is skipped.
+    fn mark_done_many(&self, marks: &[(String, usize)]) -> io::Result<()> {
+        for (id, r) in marks {
+            match self.mark_done(id, *r) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                other => other?,
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The `files` format read back: `<id>.json` and `<id>.eml`, and `<id>.done` listing the

@@ -58,6 +58,7 @@ pub(in crate::spool) struct Committer {
     record: Vec<u8>,
     backlog: Arc<Backlog>,
     done: Sender<Done>,
+    feed: Option<Sender<String>>,
     waker: Arc<dyn Wake>,
     stats: SpoolStats,
 }
@@ -68,6 +69,7 @@ impl Committer {
         hostname: String,
         backlog: Arc<Backlog>,
         done: Sender<Done>,
+        feed: Option<Sender<String>>,
         waker: Arc<dyn Wake>,
     ) -> Committer {
         Committer {
@@ -84,6 +86,7 @@ impl Committer {
             record: Vec::with_capacity(512),
             backlog,
             done,
+            feed,
             waker,
             stats: SpoolStats::default(),
         }
@@ -338,6 +341,9 @@ impl Batching for Committer {
             "log batch committed"
         );
         for done in results {
+            if let (true, Some(feed)) = (done.ok, &self.feed) {
+                let _ = feed.send(done.id.clone());
+            }
             let _ = self.done.send(done);
         }
     }

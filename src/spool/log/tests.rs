@@ -102,6 +102,7 @@ fn start(log: &Arc<LogSpool>) -> Spool {
         HOST.into(),
         1 << 20,
         Arc::new(NoWake),
+        None,
     )
     .unwrap()
 }

@@ -1,0 +1,248 @@
+//! One destination's delivery threads: up to `destination_concurrency` of them, each holding one pooled connection that it reuses for message after message, started when work waits and ended after `relay_idle_secs` without any.
+//!
+//! The queue runner hands each [`Work`] (one message, up to `destination_recipients` of its
+//! recipients) to the destination's channel; whichever thread is free takes it. The outcome
+//! goes back to the runner as an [`Outcome`]. A destination whose connection just failed is
+//! *dead* for a moment: work that was already waiting then is deferred with the same reason at
+//! once instead of every message waiting for its own connect timeout (Postfix's
+//! dead-destination marking); work handed over later (a flush, a release) tries again.
+
+use super::client::{ClientSettings, Conn, Failure};
+use super::reply::Reply;
+use super::route::Dest;
+use super::transfer::{self, Message};
+use crate::spool::Queue;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a destination stays dead after a connection to it failed.
+const DEAD_FOR: Duration = Duration::from_secs(1);
+
+/// A message's recipients for one destination.
+#[derive(Debug)]
+pub struct Work {
+    pub id: String,
+    pub from: Arc<[u8]>,
+    pub size: u64,
+    pub eight_bit: bool,
+    pub smtputf8: bool,
+    /// Recipient indices in the envelope, and their addresses.
+    pub rcpts: Vec<(usize, Vec<u8>)>,
+    /// When it was handed over.
+    pub queued: Instant,
+}
+
+/// What became of a [`Work`]: each recipient's reply.
+#[derive(Debug)]
+pub struct Outcome {
+    pub id: String,
+    pub dest: Arc<Dest>,
+    pub replies: Vec<(usize, Reply)>,
+    /// The connection failed (rather than the destination answering): counted apart.
+    pub connection_failed: bool,
+}
+
+/// What every thread of a destination shares.
+struct Shared {
+    dest: Arc<Dest>,
+    settings: Arc<ClientSettings>,
+    queue: Arc<dyn Queue>,
+    work: Receiver<Work>,
+    outcomes: Sender<Outcome>,
+    threads: AtomicUsize,
+    limit: usize,
+    idle: Duration,
+    stop: Arc<AtomicBool>,
+    /// Since and until when the destination is dead, and why.
+    dead: Mutex<Option<(Instant, Instant, Reply)>>,
+    /// Connections opened, for the counters.
+    connections: AtomicUsize,
+}
+
+/// A destination's pool, owned by the runner.
+pub struct Pool {
+    tx: Sender<Work>,
+    shared: Arc<Shared>,
+}
+
+impl Pool {
+    pub fn new(
+        dest: Arc<Dest>,
+        settings: Arc<ClientSettings>,
+        queue: Arc<dyn Queue>,
+        outcomes: Sender<Outcome>,
+        limit: usize,
+        idle: Duration,
+        stop: Arc<AtomicBool>,
+    ) -> Pool {
+        let (tx, work) = crossbeam_channel::unbounded();
+        Pool {
+            tx,
+            shared: Arc::new(Shared {
+                dest,
+                settings,
+                queue,
+                work,
+                outcomes,
+                threads: AtomicUsize::new(0),
+                limit,
+                idle,
+                stop,
+                dead: Mutex::new(None),
+                connections: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// Hands over `work`, starting a thread for it if all are busy and the limit allows.
+    pub fn submit(&self, work: Work) {
+        let _ = self.tx.send(work);
+        let s = &self.shared;
+        // Sent first, counted after: a thread that is about to end sees the work (it looks
+        // at the channel after lowering the count), or this sees it gone.
+        let threads = s.threads.load(Ordering::SeqCst);
+        if threads < s.limit && (threads == 0 || !s.work.is_empty()) {
+            s.threads.fetch_add(1, Ordering::SeqCst);
+            let shared = self.shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name("ringmx-deliver".into())
+                .spawn(move || run(&shared));
+            if let Err(e) = spawned {
+                s.threads.fetch_sub(1, Ordering::SeqCst);
+                tracing::error!(error = %e, "cannot start a delivery thread");
+            }
+        }
+    }
+
+    /// Messages waiting for a free connection.
+    pub fn waiting(&self) -> usize {
+        self.tx.len()
+    }
+
+    pub fn threads(&self) -> usize {
+        self.shared.threads.load(Ordering::SeqCst)
+    }
+
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
+}
+
+/// A delivery thread: take work, deliver it over the connection kept from the last, until
+/// idle for `idle` (then the connection is closed and the thread ends) or told to stop.
+fn run(s: &Shared) {
+    let mut conn: Option<Conn> = None;
+    loop {
+        if s.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let wait = if conn.is_some() {
+            s.idle
+        } else {
+            s.idle.max(Duration::from_secs(1))
+        };
+        match s.work.recv_timeout(wait) {
+            Ok(work) => {
+                let outcome = deliver(s, &mut conn, work);
+                if s.outcomes.send(outcome).is_err() {
+                    break;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if let Some(c) = conn.take() {
+                    c.quit();
+                    continue;
+                }
+                s.threads.fetch_sub(1, Ordering::SeqCst);
+                // Work sent while the count was still up started no thread: take it.
+                if s.work.is_empty() {
+                    return;
+                }
+                s.threads.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    if let Some(c) = conn.take() {
+        c.quit();
+    }
+    s.threads.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// One work item: a connection (kept or new), the transaction, each recipient's reply.
+fn deliver(s: &Shared, conn: &mut Option<Conn>, work: Work) -> Outcome {
+    let defer_all = |reply: Reply| Outcome {
+        id: work.id.clone(),
+        dest: s.dest.clone(),
+        replies: work.rcpts.iter().map(|(i, _)| (*i, reply.clone())).collect(),
+        connection_failed: true,
+    };
+    let (_, mut body) = match s.queue.open(&work.id) {
+        Ok(opened) => opened,
+        Err(e) => {
+            // Deleted meanwhile (`queue delete`), or unreadable: nothing is sent.
+            return defer_all(Reply::local(451, format!("4.3.0 cannot read the message: {e}")));
+        }
+    };
+    if conn.is_none() {
+        if let Some((since, until, reply)) = s.dead.lock().map_or(None, |d| d.clone()) {
+            if work.queued <= since && Instant::now() < until {
+                return defer_all(reply);
+            }
+        }
+        match Conn::open(&s.dest, &s.settings) {
+            Ok(c) => {
+                s.connections.fetch_add(1, Ordering::Relaxed);
+                *conn = Some(c);
+            }
+            Err(f) => {
+                let reply = failure_reply(&s.dest, &f, "connect to");
+                if let Ok(mut dead) = s.dead.lock() {
+                    let now = Instant::now();
+                    *dead = Some((now, now + DEAD_FOR, reply.clone()));
+                }
+                return defer_all(reply);
+            }
+        }
+    }
+    let Some(c) = conn.as_mut() else {
+        return defer_all(Reply::local(451, "4.4.1 no connection"));
+    };
+    let msg = Message {
+        from: &work.from,
+        size: work.size,
+        eight_bit: work.eight_bit,
+        smtputf8: work.smtputf8,
+    };
+    let addrs: Vec<&[u8]> = work.rcpts.iter().map(|(_, a)| a.as_slice()).collect();
+    match transfer::send(c, &msg, &addrs, &mut body) {
+        Ok(replies) => Outcome {
+            id: work.id.clone(),
+            dest: s.dest.clone(),
+            replies: work.rcpts.iter().map(|(i, _)| *i).zip(replies).collect(),
+            connection_failed: false,
+        },
+        Err(f) => {
+            *conn = None;
+            defer_all(failure_reply(&s.dest, &f, "lost connection with"))
+        }
+    }
+}
+
+/// A connection failure as the deferred recipients' reply: the next hop's own refusal keeps
+/// its text, in class 4 (another attempt may find it willing).
+fn failure_reply(dest: &Dest, f: &Failure, what: &str) -> Reply {
+    match f {
+        Failure::Refused(r) if r.class() == 4 => r.clone(),
+        Failure::Refused(r) => Reply::local(451, format!("4.4.0 {dest} refused the session: {r}")),
+        Failure::Io(e)
+            if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut =>
+        {
+            Reply::local(451, format!("4.4.2 {what} {dest}: timed out"))
+        }
+        Failure::Io(e) => Reply::local(451, format!("4.4.1 {what} {dest}: {e}")),
+        Failure::Protocol(e) => Reply::local(451, format!("4.5.0 {what} {dest}: {e}")),
+    }
+}

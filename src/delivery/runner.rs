@@ -1,0 +1,701 @@
+//! The queue runner: one thread that owns the schedule of every queued message, hands its recipients to their destinations' pools when due, and settles the outcomes: done marks, deferrals with backoff, failures and their notification.
+//!
+//! It learns of new messages from the committers (each id after its commit) and of the queue
+//! at start from [`Queue::list`]; it is the only thread that marks recipients done and that
+//! compacts the log, so the two never race. Done marks of one turn are made durable together
+//! ([`Queue::mark_done_many`]). A message leaves the spool only once every recipient is done
+//! or failed and the notification for the failed ones is committed: at least once, never
+//! zero times.
+
+use super::control::{Listed, ListedRcpt, Request};
+use super::dsn;
+use super::pool::{Outcome, Pool, Work};
+use super::reply::Reply;
+use super::route::{Dest, Routes};
+use super::state::{backoff, unix_now, Jitter, Note, State, StateStore};
+use super::stats::Stats;
+use super::Shared;
+use crate::spool::{Job, LogSpool, MessageMeta, Queue, Queued, Spool};
+use crossbeam_channel::{Receiver, Sender};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// How often the log is compacted.
+const COMPACT_EVERY: Duration = Duration::from_secs(30);
+
+/// Where a recipient stands.
+#[derive(Debug, Clone)]
+enum Rcpt {
+    Pending,
+    InFlight,
+    Deferred(Reply),
+    Failed(Reply),
+    Done,
+}
+
+/// A message in the schedule.
+struct Msg {
+    from: Arc<[u8]>,
+    rcpts: Vec<Vec<u8>>,
+    state: Vec<Rcpt>,
+    size: u64,
+    eight_bit: bool,
+    smtputf8: bool,
+    received: SystemTime,
+    attempts: u32,
+    /// Seconds since the epoch; 0: due now.
+    next_attempt: u64,
+    held: bool,
+    /// Work items out with the pools.
+    in_flight: usize,
+    /// When it was committed, for the latency of a live message (none for one found at start).
+    since: Option<Instant>,
+}
+
+impl Msg {
+    fn from_queued(q: Queued, state: Option<State>) -> Msg {
+        let state = state.unwrap_or_default();
+        let rcpts = q.meta.recipients;
+        let states = (0..rcpts.len())
+            .map(|i| match (q.done.get(i), state.recipients.get(&i)) {
+                (Some(true), _) => Rcpt::Done,
+                (_, Some(n)) if n.failed => Rcpt::Failed(parse_note(&n.reply)),
+                (_, Some(n)) => Rcpt::Deferred(parse_note(&n.reply)),
+                _ => Rcpt::Pending,
+            })
+            .collect();
+        let params = q.meta.mail_params.to_ascii_uppercase();
+        Msg {
+            from: q.meta.mail_from.into(),
+            rcpts,
+            state: states,
+            size: q.size,
+            eight_bit: memchr::memmem::find(&params, b"BODY=8BITMIME").is_some(),
+            smtputf8: q.meta.smtputf8,
+            received: q.meta.received,
+            attempts: state.attempts,
+            next_attempt: state.next_attempt,
+            held: state.held,
+            in_flight: 0,
+            since: None,
+        }
+    }
+
+    fn state_file(&self) -> State {
+        let mut s = State {
+            attempts: self.attempts,
+            next_attempt: self.next_attempt,
+            held: self.held,
+            ..State::default()
+        };
+        for (i, r) in self.state.iter().enumerate() {
+            let note = match r {
+                Rcpt::Deferred(reply) => Note {
+                    failed: false,
+                    reply: reply.one_line(),
+                },
+                Rcpt::Failed(reply) => Note {
+                    failed: true,
+                    reply: reply.one_line(),
+                },
+                _ => continue,
+            };
+            s.recipients.insert(i, note);
+        }
+        s
+    }
+
+    fn listed(&self, id: &str, now: SystemTime) -> Listed {
+        let rcpts = self
+            .rcpts
+            .iter()
+            .zip(&self.state)
+            .map(|(a, r)| {
+                let (state, reply) = match r {
+                    _ if self.held && !matches!(r, Rcpt::Done | Rcpt::Failed(_)) => ("held", None),
+                    Rcpt::Pending | Rcpt::InFlight => ("pending", None),
+                    Rcpt::Deferred(reply) => ("deferred", Some(reply.one_line())),
+                    Rcpt::Failed(reply) => ("failed", Some(reply.one_line())),
+                    Rcpt::Done => ("done", None),
+                };
+                ListedRcpt {
+                    address: String::from_utf8_lossy(a).into_owned(),
+                    state,
+                    reply,
+                }
+            })
+            .collect();
+        Listed {
+            id: id.to_string(),
+            age_secs: now.duration_since(self.received).map_or(0, |d| d.as_secs()),
+            size: self.size,
+            sender: String::from_utf8_lossy(&self.from).into_owned(),
+            held: self.held,
+            attempts: self.attempts,
+            next_attempt: self.next_attempt,
+            recipients: rcpts,
+        }
+    }
+}
+
+/// `452 4.2.2 text` as a state file stores it, back to a reply.
+fn parse_note(s: &str) -> Reply {
+    let code = s.get(..3).and_then(|c| c.parse().ok()).unwrap_or(451);
+    Reply::local(code, s.get(4..).unwrap_or("").to_string())
+}
+
+/// What the runner is told.
+pub enum Control {
+    Request(Request, Sender<Result<String, String>>),
+    /// Stop: finish what is in flight (up to the grace), make its marks, report.
+    Stop(Duration),
+}
+
+pub struct Runner {
+    queue: Arc<dyn Queue>,
+    log: Option<Arc<LogSpool>>,
+    states: StateStore,
+    routes: Routes,
+    shared: Arc<Shared>,
+    pools: HashMap<Arc<Dest>, Pool>,
+    outcomes_tx: Sender<Outcome>,
+    outcomes: Receiver<Outcome>,
+    committed: Receiver<String>,
+    control: Receiver<Control>,
+    /// The handle notifications are committed through (its own committer).
+    dsn_spool: Spool,
+    msgs: HashMap<String, Msg>,
+    /// Committed messages beyond `delivery_active_limit`, waiting for room.
+    backlog: VecDeque<String>,
+    due: BinaryHeap<Reverse<(u64, String)>>,
+    marks: Vec<(String, usize)>,
+    jitter: Jitter,
+    stats: Stats,
+    compacted: Instant,
+}
+
+impl Runner {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        queue: Arc<dyn Queue>,
+        log: Option<Arc<LogSpool>>,
+        states: StateStore,
+        routes: Routes,
+        shared: Arc<Shared>,
+        committed: Receiver<String>,
+        control: Receiver<Control>,
+        dsn_spool: Spool,
+    ) -> Runner {
+        let (outcomes_tx, outcomes) = crossbeam_channel::unbounded();
+        Runner {
+            queue,
+            log,
+            states,
+            routes,
+            shared,
+            pools: HashMap::new(),
+            outcomes_tx,
+            outcomes,
+            committed,
+            control,
+            dsn_spool,
+            msgs: HashMap::new(),
+            backlog: VecDeque::new(),
+            due: BinaryHeap::new(),
+            marks: Vec::new(),
+            jitter: Jitter::default(),
+            stats: Stats::default(),
+            compacted: Instant::now(),
+        }
+    }
+
+    /// Runs until told to stop; returns the counters.
+    pub fn run(mut self) -> Stats {
+        self.load();
+        let grace = loop {
+            let wait = self.until_due().min(Duration::from_secs(1));
+            let stop = crossbeam_channel::select! {
+                recv(self.committed) -> id => {
+                    if let Ok(id) = id {
+                        self.committed(id);
+                    }
+                    None
+                }
+                recv(self.outcomes) -> o => {
+                    if let Ok(o) = o {
+                        self.outcome(o);
+                    }
+                    None
+                }
+                recv(self.control) -> c => match c {
+                    Ok(c) => self.control(c),
+                    Err(_) => Some(Duration::ZERO),
+                },
+                default(wait) => None,
+            };
+            if let Some(grace) = stop {
+                break grace;
+            }
+            // Everything else that is there already, then one batch of marks for it all.
+            for _ in 0..4096 {
+                match self.outcomes.try_recv() {
+                    Ok(o) => self.outcome(o),
+                    Err(_) => break,
+                }
+            }
+            for _ in 0..4096 {
+                match self.committed.try_recv() {
+                    Ok(id) => self.committed(id),
+                    Err(_) => break,
+                }
+            }
+            self.flush_marks();
+            self.run_due();
+            self.compact();
+        };
+        self.shared.stop.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + grace;
+        while self.msgs.values().any(|m| m.in_flight > 0) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.outcomes.recv_timeout(left) {
+                Ok(o) => self.outcome(o),
+                Err(_) => break,
+            }
+        }
+        self.flush_marks();
+        self.dsn_spool.finish();
+        self.stats.queue_size = (self.msgs.len() + self.backlog.len()) as u64;
+        self.stats
+    }
+
+    /// The queue as the spool has it at start, with each message's saved state.
+    fn load(&mut self) {
+        let listed = match self.queue.list() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list the spool; delivering new messages only");
+                Vec::new()
+            }
+        };
+        let ids: std::collections::HashSet<String> = listed.iter().map(|q| q.meta.id.clone()).collect();
+        if let Ok(saved) = self.states.ids() {
+            for id in saved.iter().filter(|id| !ids.contains(*id)) {
+                self.states.remove(id);
+            }
+        }
+        let n = listed.len();
+        for q in listed {
+            if self.msgs.len() >= self.shared.limits.delivery_active_limit {
+                self.backlog.push_back(q.meta.id);
+                continue;
+            }
+            let state = self.states.load(&q.meta.id);
+            self.admit(q, state, None);
+        }
+        tracing::info!(messages = n, "delivery queue loaded");
+    }
+
+    /// A message just committed.
+    fn committed(&mut self, id: String) {
+        if self.msgs.len() >= self.shared.limits.delivery_active_limit {
+            self.backlog.push_back(id);
+            return;
+        }
+        match self.queue.open(&id) {
+            Ok((q, _)) => self.admit(q, None, Some(Instant::now())),
+            Err(e) => tracing::error!(id, error = %e, "cannot read a committed message"),
+        }
+    }
+
+    fn admit(&mut self, q: Queued, state: Option<State>, since: Option<Instant>) {
+        let id = q.meta.id.clone();
+        let mut msg = Msg::from_queued(q, state);
+        msg.since = since;
+        let due = msg.next_attempt;
+        self.stats.queued += 1;
+        self.msgs.insert(id.clone(), msg);
+        if due <= unix_now() {
+            self.dispatch(&id);
+        } else {
+            self.due.push(Reverse((due, id)));
+        }
+    }
+
+    /// Hands every recipient not done, failed or in flight to its destination.
+    fn dispatch(&mut self, id: &str) {
+        let Some(msg) = self.msgs.get_mut(id) else { return };
+        if msg.held || msg.in_flight > 0 {
+            return;
+        }
+        let mut by_dest: HashMap<Arc<Dest>, Vec<(usize, Vec<u8>)>> = HashMap::new();
+        let mut unroutable = false;
+        for (i, r) in msg.state.iter_mut().enumerate() {
+            if !matches!(r, Rcpt::Pending | Rcpt::Deferred(_)) {
+                continue;
+            }
+            match self.routes.route(&msg.rcpts[i]) {
+                Some(dest) => {
+                    *r = Rcpt::InFlight;
+                    let dest = Arc::new(dest.clone());
+                    by_dest.entry(dest).or_default().push((i, msg.rcpts[i].clone()));
+                }
+                None => {
+                    *r = Rcpt::Deferred(Reply::local(451, "4.4.4 no route for the recipient's domain"));
+                    unroutable = true;
+                }
+            }
+        }
+        let per = self.shared.limits.destination_recipients;
+        for (dest, rcpts) in by_dest {
+            let pool = self.pools.entry(dest.clone()).or_insert_with(|| {
+                Pool::new(
+                    dest.clone(),
+                    self.shared.client.clone(),
+                    self.queue.clone(),
+                    self.outcomes_tx.clone(),
+                    self.shared.limits.destination_concurrency,
+                    Duration::from_secs(self.shared.limits.relay_idle_secs),
+                    self.shared.stop.clone(),
+                )
+            });
+            for chunk in rcpts.chunks(per) {
+                msg.in_flight += 1;
+                pool.submit(Work {
+                    id: id.to_string(),
+                    from: msg.from.clone(),
+                    size: msg.size,
+                    eight_bit: msg.eight_bit,
+                    smtputf8: msg.smtputf8,
+                    rcpts: chunk.to_vec(),
+                    queued: Instant::now(),
+                });
+            }
+        }
+        if unroutable && msg.in_flight == 0 {
+            self.settle(id);
+        }
+    }
+
+    /// The replies of one work item.
+    fn outcome(&mut self, o: Outcome) {
+        let dest = self.stats.dest(&o.dest);
+        let Some(msg) = self.msgs.get_mut(&o.id) else {
+            return;
+        };
+        for (i, reply) in o.replies {
+            let Some(r) = msg.state.get_mut(i) else { continue };
+            *r = match reply.class() {
+                2 => {
+                    self.marks.push((o.id.clone(), i));
+                    dest.delivered += 1;
+                    if let Some(since) = msg.since {
+                        dest.record_latency(since.elapsed());
+                    }
+                    Rcpt::Done
+                }
+                5 => {
+                    dest.failed += 1;
+                    Rcpt::Failed(reply)
+                }
+                _ => {
+                    dest.deferred += 1;
+                    Rcpt::Deferred(reply)
+                }
+            };
+        }
+        if o.connection_failed {
+            dest.connection_failures += 1;
+        }
+        msg.in_flight = msg.in_flight.saturating_sub(1);
+        if msg.in_flight == 0 {
+            let id = o.id;
+            self.settle(&id);
+        }
+    }
+
+    /// After an attempt: schedule the deferred recipients, or, with none left, notify the
+    /// sender of the failed ones and let the message go.
+    fn settle(&mut self, id: &str) {
+        let lifetime = Duration::from_secs(self.shared.limits.max_queue_lifetime_secs);
+        let Some(msg) = self.msgs.get_mut(id) else { return };
+        let expired = SystemTime::now()
+            .duration_since(msg.received)
+            .is_ok_and(|age| age >= lifetime);
+        let mut deferred = 0;
+        for r in &mut msg.state {
+            if let Rcpt::Deferred(reply) = r {
+                if expired {
+                    // RFC 3463 §3.5: X.4.7, delivery time expired; the last reply is kept.
+                    *r = Rcpt::Failed(Reply::local(
+                        reply.code.max(400),
+                        format!("4.4.7 delivery time expired; last reply: {}", reply.one_line()),
+                    ));
+                    self.stats.expired += 1;
+                } else {
+                    deferred += 1;
+                }
+            }
+        }
+        if deferred > 0 {
+            msg.attempts += 1;
+            let limits = &self.shared.limits;
+            let wait = backoff(
+                msg.attempts,
+                Duration::from_secs(limits.min_backoff_secs),
+                Duration::from_secs(limits.max_backoff_secs),
+                self.jitter.unit(),
+            );
+            msg.next_attempt = unix_now() + wait.as_secs().max(1);
+            self.stats.deferred += deferred;
+            if let Err(e) = self.states.save(id, &msg.state_file(), false) {
+                tracing::warn!(id, error = %e, "cannot save the delivery state");
+            }
+            self.due.push(Reverse((msg.next_attempt, id.to_string())));
+            return;
+        }
+        let failed: Vec<usize> = (0..msg.state.len())
+            .filter(|&i| matches!(msg.state[i], Rcpt::Failed(_)))
+            .collect();
+        if !failed.is_empty() && !msg.from.is_empty() {
+            if let Err(e) = self.notify(id, &failed) {
+                // Kept, failed recipients and all, and tried again later: never dropped
+                // without its notification.
+                tracing::error!(id, error = %e, "cannot queue the delivery status notification");
+                if let Some(msg) = self.msgs.get_mut(id) {
+                    msg.next_attempt = unix_now() + self.shared.limits.min_backoff_secs;
+                    self.due.push(Reverse((msg.next_attempt, id.to_string())));
+                }
+                return;
+            }
+        }
+        self.stats.bounced += failed.len() as u64;
+        for i in failed {
+            self.marks.push((id.to_string(), i));
+        }
+        self.msgs.remove(id);
+        self.states.remove(id);
+        self.stats.completed += 1;
+        self.refill();
+    }
+
+    /// Commits the notification for `failed` recipients of `id` and waits for its commit.
+    fn notify(&mut self, id: &str, failed: &[usize]) -> std::io::Result<()> {
+        let Some(msg) = self.msgs.get(id) else {
+            return Ok(());
+        };
+        let (_, mut original) = self.queue.open(id)?;
+        let report = dsn::Report {
+            hostname: &self.shared.hostname,
+            id,
+            sender: &msg.from,
+            arrival: msg.received,
+            failed: failed
+                .iter()
+                .filter_map(|&i| match &msg.state[i] {
+                    Rcpt::Failed(reply) => Some(dsn::Failed {
+                        address: &msg.rcpts[i],
+                        reply,
+                    }),
+                    _ => None,
+                })
+                .collect(),
+        };
+        let text = dsn::build(&report, &mut original, self.shared.limits.bounce_size_limit)?;
+        let dsn_id = self.dsn_spool.ids.next_id();
+        let meta = MessageMeta {
+            id: dsn_id.clone(),
+            helo: self.shared.hostname.as_bytes().to_vec(),
+            esmtp: true,
+            smtputf8: msg.smtputf8,
+            client: SocketAddr::from(([127, 0, 0, 1], 0)),
+            mail_from: Vec::new(),
+            mail_params: Vec::new(),
+            recipients: vec![msg.from.to_vec()],
+            received: SystemTime::now(),
+            tls: None,
+        };
+        let key = self.stats.dsn_sent;
+        self.dsn_spool.submit(Job::Start {
+            key,
+            meta: Box::new(meta),
+        });
+        self.dsn_spool.submit(Job::Chunk { key, data: text });
+        self.dsn_spool.submit(Job::End { key });
+        match self.dsn_spool.results.recv_timeout(Duration::from_secs(60)) {
+            Ok(done) if done.ok => {
+                self.stats.dsn_sent += 1;
+                tracing::info!(id, notification = %dsn_id, failed = failed.len(), "delivery status notification queued");
+                Ok(())
+            }
+            Ok(_) => Err(std::io::Error::other("the spool refused the notification")),
+            Err(_) => Err(std::io::Error::other("the spool did not commit the notification")),
+        }
+    }
+
+    /// Brings messages waiting beyond the active limit into the schedule.
+    fn refill(&mut self) {
+        while self.msgs.len() < self.shared.limits.delivery_active_limit {
+            let Some(id) = self.backlog.pop_front() else { break };
+            match self.queue.open(&id) {
+                Ok((q, _)) => {
+                    let state = self.states.load(&id);
+                    self.admit(q, state, None);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::error!(id, error = %e, "cannot read a queued message"),
+            }
+        }
+    }
+
+    fn flush_marks(&mut self) {
+        if self.marks.is_empty() {
+            return;
+        }
+        if let Err(e) = self.queue.mark_done_many(&self.marks) {
+            // Not marked, so delivered again after a restart: a duplicate, never a loss.
+            tracing::error!(error = %e, marks = self.marks.len(), "cannot mark recipients done");
+        }
+        self.stats.mark_batches += 1;
+        self.marks.clear();
+    }
+
+    fn until_due(&self) -> Duration {
+        match self.due.peek() {
+            Some(Reverse((at, _))) => Duration::from_secs(at.saturating_sub(unix_now())),
+            None => Duration::from_secs(3600),
+        }
+    }
+
+    fn run_due(&mut self) {
+        let now = unix_now();
+        while let Some(Reverse((at, _))) = self.due.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((at, id))) = self.due.pop() else {
+                break;
+            };
+            // An entry is stale if the message was rescheduled, flushed or has gone since.
+            if self.msgs.get(&id).is_some_and(|m| m.next_attempt == at) {
+                self.dispatch(&id);
+            }
+        }
+    }
+
+    fn compact(&mut self) {
+        let Some(log) = &self.log else { return };
+        if self.compacted.elapsed() < COMPACT_EVERY {
+            return;
+        }
+        self.compacted = Instant::now();
+        match log.compact() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(segments = n, "spool segments compacted"),
+            Err(e) => tracing::error!(error = %e, "spool compaction failed"),
+        }
+    }
+
+    /// A request of `ringmx queue`, or the stop.
+    fn control(&mut self, c: Control) -> Option<Duration> {
+        match c {
+            Control::Stop(grace) => Some(grace),
+            Control::Request(req, reply) => {
+                let answer = self.request(req);
+                let _ = reply.send(answer);
+                None
+            }
+        }
+    }
+
+    fn request(&mut self, req: Request) -> Result<String, String> {
+        let now = SystemTime::now();
+        match req {
+            Request::List { json } => {
+                let mut ids: Vec<&String> = self.msgs.keys().collect();
+                ids.sort();
+                let mut listed: Vec<Listed> = ids.iter().map(|id| self.msgs[*id].listed(id, now)).collect();
+                for id in &self.backlog {
+                    if let Ok((q, _)) = self.queue.open(id) {
+                        listed.push(Msg::from_queued(q, self.states.load(id)).listed(id, now));
+                    }
+                }
+                Ok(super::control::format_list(&listed, json))
+            }
+            Request::Flush(id) => {
+                let ids: Vec<String> = match id {
+                    Some(id) if self.msgs.contains_key(&id) => vec![id],
+                    Some(id) => return Err(format!("no message {id} in the queue")),
+                    None => self.msgs.keys().cloned().collect(),
+                };
+                let mut n = 0;
+                for id in ids {
+                    let Some(m) = self.msgs.get_mut(&id) else { continue };
+                    if m.held || m.in_flight > 0 {
+                        continue;
+                    }
+                    m.next_attempt = 0;
+                    n += 1;
+                    self.dispatch(&id);
+                }
+                Ok(format!("flushed {n}\n"))
+            }
+            Request::Hold(id) | Request::Release(id) if !self.msgs.contains_key(&id) => {
+                Err(format!("no message {id} in the queue"))
+            }
+            Request::Hold(id) => {
+                let m = self.msgs.get_mut(&id).ok_or("gone")?;
+                m.held = true;
+                self.states
+                    .save(&id, &m.state_file(), true)
+                    .map_err(|e| e.to_string())?;
+                Ok(format!("held {id}\n"))
+            }
+            Request::Release(id) => {
+                let m = self.msgs.get_mut(&id).ok_or("gone")?;
+                m.held = false;
+                m.next_attempt = 0;
+                self.states
+                    .save(&id, &m.state_file(), true)
+                    .map_err(|e| e.to_string())?;
+                self.dispatch(&id);
+                Ok(format!("released {id}\n"))
+            }
+            Request::Delete(id) => {
+                self.queue.delete(&id).map_err(|e| e.to_string())?;
+                self.msgs.remove(&id);
+                self.backlog.retain(|b| *b != id);
+                self.states.remove(&id);
+                self.stats.deleted += 1;
+                self.refill();
+                Ok(format!("deleted {id}\n"))
+            }
+            Request::Stats => {
+                let mut stats = self.stats.clone();
+                stats.queue_size = (self.msgs.len() + self.backlog.len()) as u64;
+                stats.oldest_age_secs = self
+                    .msgs
+                    .values()
+                    .filter_map(|m| now.duration_since(m.received).ok())
+                    .max()
+                    .map_or(0, |d| d.as_secs());
+                for (dest, pool) in &self.pools {
+                    let d = stats.dest(dest);
+                    d.connections = pool.connections() as u64;
+                    d.threads = pool.threads() as u64;
+                    d.waiting = pool.waiting() as u64;
+                }
+                Ok(stats.json().to_string() + "\n")
+            }
+        }
+    }
+}
+
+/// A message of a stopped server's spool as the listing shows it.
+pub fn listed(q: Queued, state: Option<State>, now: SystemTime) -> Listed {
+    let id = q.meta.id.clone();
+    Msg::from_queued(q, state).listed(&id, now)
+}

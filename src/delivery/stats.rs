@@ -1,0 +1,118 @@
+//! Delivery's counters: messages queued and completed, recipients delivered, deferred and bounced, notifications sent, the queue's size and oldest age, and per destination its outcomes, connections and delivery latency (end of data to the next hop's `250`).
+
+use super::route::Dest;
+use hdrhistogram::Histogram;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One destination's counters.
+#[derive(Debug, Clone)]
+pub struct DestStats {
+    pub delivered: u64,
+    pub deferred: u64,
+    pub failed: u64,
+    /// Work items whose connection failed (refused, broken, timed out).
+    pub connection_failures: u64,
+    pub connections: u64,
+    pub threads: u64,
+    pub waiting: u64,
+    /// Microseconds from the commit of a message to the reply that delivered a recipient.
+    latency: Histogram<u64>,
+}
+
+impl Default for DestStats {
+    fn default() -> Self {
+        DestStats {
+            delivered: 0,
+            deferred: 0,
+            failed: 0,
+            connection_failures: 0,
+            connections: 0,
+            threads: 0,
+            waiting: 0,
+            // 1 µs to an hour, three significant digits: a fixed few tens of kilobytes.
+            latency: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
+        }
+    }
+}
+
+impl DestStats {
+    pub fn record_latency(&mut self, d: Duration) {
+        let _ = self
+            .latency
+            .record((d.as_micros() as u64).clamp(1, 3_600_000_000));
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let q = |p: f64| self.latency.value_at_quantile(p);
+        serde_json::json!({
+            "delivered": self.delivered,
+            "deferred": self.deferred,
+            "failed": self.failed,
+            "connection_failures": self.connection_failures,
+            "connections": self.connections,
+            "threads": self.threads,
+            "waiting": self.waiting,
+            "latency_us": {
+                "count": self.latency.len(),
+                "p50": q(0.5),
+                "p90": q(0.9),
+                "p99": q(0.99),
+                "max": self.latency.max(),
+            },
+        })
+    }
+}
+
+/// The runner's counters (its thread is their only writer).
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    /// Messages taken into the schedule (new, or found at start).
+    pub queued: u64,
+    /// Messages that left the spool, every recipient done or failed.
+    pub completed: u64,
+    /// Recipients deferred (once per attempt that deferred them), and failed for good.
+    pub deferred: u64,
+    pub bounced: u64,
+    /// Deferred recipients failed because `max_queue_lifetime_secs` passed.
+    pub expired: u64,
+    pub dsn_sent: u64,
+    pub deleted: u64,
+    /// Durable batches of done marks.
+    pub mark_batches: u64,
+    pub queue_size: u64,
+    pub oldest_age_secs: u64,
+    dests: BTreeMap<String, DestStats>,
+}
+
+impl Stats {
+    /// The counters of `dest`, created at first use.
+    pub fn dest(&mut self, dest: &Arc<Dest>) -> &mut DestStats {
+        self.dests.entry(dest.to_string()).or_default()
+    }
+
+    /// Recipients delivered, over every destination.
+    pub fn delivered(&self) -> u64 {
+        self.dests.values().map(|d| d.delivered).sum()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        let dests: serde_json::Map<String, serde_json::Value> =
+            self.dests.iter().map(|(k, v)| (k.clone(), v.json())).collect();
+        serde_json::json!({
+            "queued": self.queued,
+            "completed": self.completed,
+            "delivered": self.delivered(),
+            "deferred": self.deferred,
+            "bounced": self.bounced,
+            "expired": self.expired,
+            "dsn_sent": self.dsn_sent,
+            "deleted": self.deleted,
+            "mark_batches": self.mark_batches,
+            "queue_size": self.queue_size,
+            "oldest_age_secs": self.oldest_age_secs,
+            "destinations": dests,
+        })
+    }
+}

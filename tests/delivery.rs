@@ -1,0 +1,493 @@
+//! Delivery end to end: the real `ringmx serve` relaying to a scripted next hop over SMTP and LMTP, on both spool formats: byte-exact arrival, dot-stuffing, per-recipient replies, retries with backoff, notifications, the queue tool, a restart keeping the schedule, and `kill -9` during delivery.
+
+#[macro_use]
+mod serverkit;
+mod nexthop;
+
+use nexthop::{NextHop, Script};
+use serverkit::{Client, Server, TempDir};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+on_backends_and_formats!(
+    formats: [
+        relays_byte_exact_with_bdat_and_with_dot_stuffed_data,
+        a_452_recipient_is_retried_and_a_250_one_is_not,
+        a_550_recipient_gets_one_notification_and_a_null_sender_none,
+        lmtp_replies_per_recipient_after_the_data,
+        a_close_mid_data_defers_and_the_retry_delivers,
+        down_at_start_then_up,
+        the_queue_tool_holds_lists_flushes_releases_and_deletes,
+        a_restart_keeps_the_schedule,
+        kill_during_delivery_loses_nothing,
+    ],
+    backends: [],
+);
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A config file with short backoffs for the tests, and `extra`.
+fn config(dir: &TempDir, extra: &str) -> String {
+    let path = dir.0.join("ringmx.toml");
+    std::fs::write(
+        &path,
+        format!("min_backoff = 1\nmax_backoff = 2\nrelay_idle_secs = 1\n{extra}"),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn start(relay: &str, config: &str) -> Server {
+    Server::start(&["--hostname", "mx.test", "--relay-to", relay, "--config", config])
+}
+
+/// Sends one message; returns its queue id.
+fn send(server: &Server, from: &str, rcpts: &[&str], body: &str) -> String {
+    let mut c = server.connect_greeted();
+    send_on(&mut c, from, rcpts, body)
+}
+
+fn send_on(c: &mut Client, from: &str, rcpts: &[&str], body: &str) -> String {
+    assert!(c.cmd("EHLO client.test").starts_with("250"));
+    assert!(c.cmd(&format!("MAIL FROM:<{from}>")).starts_with("250"));
+    for r in rcpts {
+        assert!(c.cmd(&format!("RCPT TO:<{r}>")).starts_with("250"));
+    }
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(body.as_bytes());
+    let reply = c.cmd(".");
+    assert!(reply.starts_with("250 2.0.0 Ok: queued as "), "{reply}");
+    reply.trim_end().rsplit(' ').next().unwrap().to_string()
+}
+
+fn queue(spool: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ringmx"))
+        .arg("queue")
+        .args(args)
+        .arg("--spool")
+        .arg(spool)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// Waits (bounded) until `ringmx queue list` of a running server is empty.
+fn wait_for_empty_queue(server: &Server) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (ok, text) = queue(&server.spool, &["list"]);
+        assert!(ok, "{text}");
+        if text.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "queue not empty: {text}\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The message as stored and relayed: the `Received:` header ringmx adds, then `body`.
+fn without_trace(data: &[u8]) -> &[u8] {
+    assert!(
+        data.starts_with(b"Received: from client.test"),
+        "{}",
+        String::from_utf8_lossy(data)
+    );
+    // The header is folded: its last line is the first that starts a new field.
+    let mut at = 0;
+    loop {
+        let end = at + data[at..].iter().position(|&b| b == b'\n').unwrap() + 1;
+        if at > 0 && !matches!(data[at], b' ' | b'\t') {
+            return &data[at..];
+        }
+        at = end;
+    }
+}
+
+const BODY: &str = "Subject: dots\r\n\r\n.leading dot\r\n..two dots\r\n.\r\nmiddle\r\nlast\r\n";
+
+fn relays_byte_exact_with_bdat_and_with_dot_stuffed_data() {
+    for caps in [
+        vec!["PIPELINING", "8BITMIME", "CHUNKING"],
+        vec!["PIPELINING", "8BITMIME"],
+        vec![],
+    ] {
+        let bdat = caps.contains(&"CHUNKING");
+        let hop = NextHop::start(Script {
+            caps,
+            ..Script::default()
+        });
+        let dir = TempDir::new("relay");
+        let server = start(&format!("smtp:{}", hop.addr), &config(&dir, ""));
+        // The client dot-stuffs; what is stored, and what arrives, is unstuffed.
+        let stuffed = BODY.replace("\r\n.", "\r\n..");
+        send(&server, "a@client.test", &["b@x.test", "c@x.test"], &stuffed);
+        let got = hop.wait_for(1, WAIT);
+        assert_eq!(got.len(), 1, "{}", server.log());
+        assert_eq!(got[0].bdat, bdat);
+        assert_eq!(got[0].from, "a@client.test");
+        assert_eq!(got[0].rcpts, ["b@x.test", "c@x.test"]);
+        assert_eq!(String::from_utf8_lossy(without_trace(&got[0].data)), BODY);
+        wait_for_empty_queue(&server);
+        let stopped = server.stop();
+        stopped.assert_clean();
+        assert_eq!(stopped.stats["delivery.delivered"], 2);
+        assert_eq!(stopped.stats["delivery.completed"], 1);
+    }
+}
+
+fn a_452_recipient_is_retried_and_a_250_one_is_not() {
+    let tries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t = tries.clone();
+    let hop = NextHop::start(Script {
+        rcpt: Some(Box::new(move |addr| {
+            if addr.starts_with("full") && t.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                "452 4.2.2 mailbox full".into()
+            } else {
+                "250 2.1.5 Ok".into()
+            }
+        })),
+        ..Script::default()
+    });
+    let dir = TempDir::new("452");
+    let server = start(&format!("smtp:{}", hop.addr), &config(&dir, ""));
+    send(
+        &server,
+        "a@client.test",
+        &["ok@x.test", "full@x.test"],
+        "Subject: x\r\n\r\nhi\r\n",
+    );
+    let got = hop.wait_for(2, WAIT);
+    assert_eq!(got.len(), 2, "{}", server.log());
+    assert_eq!(got[0].rcpts, ["ok@x.test"]);
+    assert_eq!(got[1].rcpts, ["full@x.test"]);
+    wait_for_empty_queue(&server);
+    let stopped = server.stop();
+    assert_eq!(stopped.stats["delivery.deferred"], 1);
+    assert_eq!(stopped.stats["delivery.delivered"], 2);
+    assert_eq!(hop.got().len(), 2);
+}
+
+fn a_550_recipient_gets_one_notification_and_a_null_sender_none() {
+    let hop = NextHop::start(Script {
+        rcpt: Some(Box::new(|addr| {
+            if addr.starts_with("nobody") {
+                "550 5.1.1 <nobody@x.test>: no such user".into()
+            } else {
+                "250 2.1.5 Ok".into()
+            }
+        })),
+        ..Script::default()
+    });
+    let dir = TempDir::new("550");
+    let server = start(&format!("smtp:{}", hop.addr), &config(&dir, ""));
+    send(
+        &server,
+        "sender@client.test",
+        &["ok@x.test", "nobody@x.test"],
+        "Subject: s1\r\n\r\nhi\r\n",
+    );
+    send(
+        &server,
+        "",
+        &["nobody@x.test"],
+        "Subject: from null\r\n\r\nhi\r\n",
+    );
+    // The first message to ok@, then the notification to its sender; none for the second.
+    let got = hop.wait_for(2, WAIT);
+    wait_for_empty_queue(&server);
+    let got_all = hop.got();
+    assert_eq!(got_all.len(), 2, "{got:?}\n{}", server.log());
+    let dsn = &got_all[1];
+    assert_eq!(dsn.from, "");
+    assert_eq!(dsn.rcpts, ["sender@client.test"]);
+    let text = String::from_utf8_lossy(&dsn.data);
+    assert!(
+        text.contains("multipart/report; report-type=delivery-status"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Final-Recipient: rfc822; nobody@x.test\r\nAction: failed\r\nStatus: 5.1.1\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Diagnostic-Code: smtp; 550 5.1.1 <nobody@x.test>: no such user"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Subject: s1\r\n"),
+        "the original header is attached: {text}"
+    );
+    let stopped = server.stop();
+    assert_eq!(stopped.stats["delivery.dsn_sent"], 1);
+    assert_eq!(stopped.stats["delivery.bounced"], 2);
+}
+
+fn lmtp_replies_per_recipient_after_the_data() {
+    let tries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t = tries.clone();
+    let hop = NextHop::start(Script {
+        lmtp: true,
+        caps: vec!["PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES"],
+        lmtp_final: Some(Box::new(move |addr| match addr {
+            "over@x.test" if t.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 => {
+                "452 4.2.2 over quota".into()
+            }
+            "gone@x.test" => "550 5.1.1 gone".into(),
+            _ => "250 2.0.0 saved".into(),
+        })),
+        ..Script::default()
+    });
+    let dir = TempDir::new("lmtp");
+    let server = start(&format!("lmtp:{}", hop.addr), &config(&dir, ""));
+    send(
+        &server,
+        "",
+        &["a@x.test", "over@x.test", "gone@x.test"],
+        "Subject: l\r\n\r\nhi\r\n",
+    );
+    let got = hop.wait_for(2, WAIT);
+    wait_for_empty_queue(&server);
+    assert_eq!(got.len(), 2, "{}", server.log());
+    assert_eq!(got[0].rcpts, ["a@x.test"]);
+    assert_eq!(got[1].rcpts, ["over@x.test"]);
+    let stopped = server.stop();
+    assert_eq!(stopped.stats["delivery.delivered"], 2);
+    assert_eq!(stopped.stats["delivery.bounced"], 1);
+    // From <>: no notification.
+    assert_eq!(stopped.stats["delivery.dsn_sent"], 0);
+}
+
+fn a_close_mid_data_defers_and_the_retry_delivers() {
+    let hop = NextHop::start(Script {
+        caps: vec!["PIPELINING"],
+        close_mid_data: 1,
+        ..Script::default()
+    });
+    let dir = TempDir::new("middata");
+    let server = start(&format!("smtp:{}", hop.addr), &config(&dir, ""));
+    let body = format!("Subject: long\r\n\r\n{}", "line of text\r\n".repeat(100));
+    send(&server, "a@client.test", &["b@x.test"], &body);
+    let got = hop.wait_for(1, WAIT);
+    wait_for_empty_queue(&server);
+    assert_eq!(got.len(), 1, "{}", server.log());
+    assert_eq!(String::from_utf8_lossy(without_trace(&got[0].data)), body);
+    let stopped = server.stop();
+    assert_eq!(stopped.stats["delivery.deferred"], 1);
+    assert!(hop.connections.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+}
+
+fn down_at_start_then_up() {
+    // The port is reserved and then closed, so nothing listens until the next hop starts.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dir = TempDir::new("down");
+    let server = start(&format!("smtp:{port}"), &config(&dir, ""));
+    let id = send(
+        &server,
+        "a@client.test",
+        &["b@x.test"],
+        "Subject: d\r\n\r\nhi\r\n",
+    );
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, list) = queue(&server.spool, &["list"]);
+        if list.contains("deferred") {
+            assert!(list.starts_with(&id), "{list}");
+            assert!(list.contains("4.4.1"), "{list}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never deferred: {list}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let hop = NextHop::start_on(TcpListener::bind(port).unwrap(), Script::default());
+    assert_eq!(hop.wait_for(1, WAIT).len(), 1, "{}", server.log());
+    wait_for_empty_queue(&server);
+    let stopped = server.stop();
+    assert!(stopped.stats["delivery.deferred"] >= 1);
+    assert_eq!(stopped.stats["delivery.delivered"], 1);
+}
+
+fn the_queue_tool_holds_lists_flushes_releases_and_deletes() {
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dir = TempDir::new("tool");
+    // Long backoffs: only a flush or a release brings a message back.
+    let cfg = dir.0.join("long.toml");
+    std::fs::write(&cfg, "min_backoff_secs = 3600\nmax_backoff_secs = 3600\n").unwrap();
+    let server = start(&format!("smtp:{port}"), cfg.to_str().unwrap());
+    let keep = send(
+        &server,
+        "a@client.test",
+        &["b@x.test"],
+        "Subject: keep\r\n\r\nhi\r\n",
+    );
+    let drop = send(
+        &server,
+        "a@client.test",
+        &["c@x.test"],
+        "Subject: drop\r\n\r\nhi\r\n",
+    );
+    let deadline = Instant::now() + WAIT;
+    while queue(&server.spool, &["list"]).1.matches("deferred").count() < 2 {
+        assert!(Instant::now() < deadline, "{}", queue(&server.spool, &["list"]).1);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (ok, json) = queue(&server.spool, &["list", "--json"]);
+    assert!(ok, "{json}");
+    let first: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+    assert_eq!(first["recipients"][0]["state"], "deferred");
+    assert!(first["next_attempt"].as_u64().unwrap() > 0);
+    assert!(queue(&server.spool, &["hold", &keep]).0);
+    let (_, list) = queue(&server.spool, &["list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(&keep) && l.contains("<b@x.test> held")),
+        "{list}"
+    );
+    assert!(queue(&server.spool, &["delete", &drop]).0);
+    let (ok, text) = queue(&server.spool, &["delete", "NOSUCHID"]);
+    assert!(!ok, "{text}");
+    let hop = NextHop::start_on(TcpListener::bind(port).unwrap(), Script::default());
+    // A flush does not touch a held message.
+    assert!(queue(&server.spool, &["flush"]).0);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(hop.got().is_empty());
+    assert!(queue(&server.spool, &["release", &keep]).0);
+    let got = hop.wait_for(1, WAIT);
+    assert_eq!(got.len(), 1, "{}", server.log());
+    assert_eq!(got[0].rcpts, ["b@x.test"]);
+    wait_for_empty_queue(&server);
+    server.stop().assert_clean();
+}
+
+fn a_restart_keeps_the_schedule() {
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dir = TempDir::new("restart");
+    let spool = dir.0.join("spool");
+    let cfg = dir.0.join("long.toml");
+    std::fs::write(&cfg, "min_backoff_secs = 3600\nmax_backoff_secs = 3600\n").unwrap();
+    let spool_arg = spool.to_str().unwrap();
+    let args = [
+        "--hostname",
+        "mx.test",
+        "--relay-to",
+        &format!("smtp:{port}"),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--spool",
+        spool_arg,
+    ];
+    let server = Server::start(&args);
+    let id = send(
+        &server,
+        "a@client.test",
+        &["b@x.test"],
+        "Subject: r\r\n\r\nhi\r\n",
+    );
+    let deadline = Instant::now() + WAIT;
+    let before = loop {
+        let (_, json) = queue(&spool, &["list", "--json"]);
+        if json.contains("deferred") {
+            break serde_json::from_str::<serde_json::Value>(json.lines().next().unwrap()).unwrap();
+        }
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    server.stop().assert_clean();
+    // Stopped: the tool reads the spool itself.
+    let (ok, offline) = queue(&spool, &["list", "--json"]);
+    assert!(ok, "{offline}");
+    let off: serde_json::Value = serde_json::from_str(offline.lines().next().unwrap()).unwrap();
+    assert_eq!(off["next_attempt"], before["next_attempt"]);
+    let hop = NextHop::start_on(TcpListener::bind(port).unwrap(), Script::default());
+    let server = Server::start(&args);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(hop.got().is_empty(), "retried before its time");
+    let (_, json) = queue(&spool, &["list", "--json"]);
+    let after: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+    assert_eq!(after["id"], id.as_str());
+    assert_eq!(after["next_attempt"], before["next_attempt"]);
+    assert_eq!(after["attempts"], 1);
+    assert!(queue(&spool, &["flush", &id]).0);
+    assert_eq!(hop.wait_for(1, WAIT).len(), 1, "{}", server.log());
+    wait_for_empty_queue(&server);
+    server.stop().assert_clean();
+}
+
+fn kill_during_delivery_loses_nothing() {
+    let dir = TempDir::new("kill");
+    let spool = dir.0.join("spool");
+    let cfg = config(&dir, "");
+    let hop = NextHop::start(Script::default());
+    let relay = format!("smtp:{}", hop.addr);
+    let args = [
+        "--hostname",
+        "mx.test",
+        "--relay-to",
+        &relay,
+        "--config",
+        &cfg,
+        "--spool",
+        spool.to_str().unwrap(),
+    ];
+    let server = Server::start(&args);
+    let total = 200;
+    let mut c = server.connect_greeted();
+    for i in 0..total {
+        send_on(
+            &mut c,
+            "a@client.test",
+            &["b@x.test"],
+            &format!("Subject: n\r\nX-Seq: {i}\r\n\r\nhi\r\n"),
+        );
+        if i == total / 2 {
+            // SAFETY: kill(2) on the server's pid, a child of this process.
+            unsafe { libc::kill(server.pid(), libc::SIGKILL) };
+            break;
+        }
+    }
+    drop(c);
+    drop(server);
+    let acknowledged = total / 2 + 1;
+    let server = Server::start(&args);
+    let deadline = Instant::now() + WAIT;
+    let seqs = loop {
+        let mut seqs: Vec<usize> = hop
+            .got()
+            .iter()
+            .filter_map(|g| {
+                let t = String::from_utf8_lossy(&g.data).into_owned();
+                t.split("X-Seq: ").nth(1)?.split("\r\n").next()?.parse().ok()
+            })
+            .collect();
+        seqs.sort_unstable();
+        let mut distinct = seqs.clone();
+        distinct.dedup();
+        if distinct.len() >= acknowledged {
+            break seqs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {acknowledged} arrived\n{}",
+            distinct.len(),
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    wait_for_empty_queue(&server);
+    let mut distinct = seqs.clone();
+    distinct.dedup();
+    assert_eq!(distinct, (0..acknowledged).collect::<Vec<_>>());
+    eprintln!(
+        "kill -9 during delivery: {} duplicates of {acknowledged}",
+        seqs.len() - distinct.len()
+    );
+    server.stop().assert_clean();
+}
