@@ -179,8 +179,8 @@ fn deliver(s: &Shared, conn: &mut Option<Conn>, work: Work) -> Outcome {
         replies: work.rcpts.iter().map(|(i, _)| (*i, reply.clone())).collect(),
         connection_failed: true,
     };
-    let (_, mut body) = match s.queue.open(&work.id) {
-        Ok(opened) => opened,
+    let mut body = match s.queue.content(&work.id) {
+        Ok(body) => body,
         Err(e) => {
             // Deleted meanwhile (`queue delete`), or unreadable: nothing is sent.
             return defer_all(Reply::local(451, format!("4.3.0 cannot read the message: {e}")));

@@ -305,8 +305,12 @@ impl Runner {
             self.backlog.push_back(id);
             return;
         }
-        match self.queue.open(&id) {
-            Ok((q, _)) => self.admit(q, None, Some(Instant::now())),
+        if self.msgs.contains_key(&id) {
+            // Listed at start and reported by its committer too.
+            return;
+        }
+        match self.queue.get(&id) {
+            Ok(q) => self.admit(q, None, Some(Instant::now())),
             Err(e) => tracing::error!(id, error = %e, "cannot read a committed message"),
         }
     }
@@ -540,8 +544,8 @@ impl Runner {
     fn refill(&mut self) {
         while self.msgs.len() < self.shared.limits.delivery_active_limit {
             let Some(id) = self.backlog.pop_front() else { break };
-            match self.queue.open(&id) {
-                Ok((q, _)) => {
+            match self.queue.get(&id) {
+                Ok(q) => {
                     let state = self.states.load(&id);
                     self.admit(q, state, None);
                 }
@@ -619,7 +623,7 @@ impl Runner {
                 ids.sort();
                 let mut listed: Vec<Listed> = ids.iter().map(|id| self.msgs[*id].listed(id, now)).collect();
                 for id in &self.backlog {
-                    if let Ok((q, _)) = self.queue.open(id) {
+                    if let Ok(q) = self.queue.get(id) {
                         listed.push(Msg::from_queued(q, self.states.load(id)).listed(id, now));
                     }
                 }

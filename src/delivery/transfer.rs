@@ -266,15 +266,10 @@ fn push_chunk(conn: &mut Conn, chunk: &[u8], last: bool) {
 /// Fills `chunk` with up to [`CHUNK`] octets; true when the message ended.
 fn fill(body: &mut dyn Read, chunk: &mut Vec<u8>) -> io::Result<bool> {
     chunk.clear();
-    chunk.resize(CHUNK, 0);
-    let mut len = 0;
-    while len < CHUNK {
-        let n = read_some(body, &mut chunk[len..])?;
-        if n == 0 {
-            chunk.truncate(len);
-            return Ok(true);
-        }
-        len += n;
+    // Grows with what is read, so a 1 KiB message costs no 256 KiB buffer.
+    body.take(CHUNK as u64).read_to_end(chunk)?;
+    if chunk.len() < CHUNK {
+        return Ok(true);
     }
     // Exactly full: the end is known only by reading on, so this chunk is not the last (a
     // `BDAT 0 LAST` closes the message then).

@@ -34,6 +34,14 @@ pub trait Queue: Send + Sync {
     fn list(&self) -> io::Result<Vec<Queued>>;
     /// A committed message: its envelope and its stored octets.
     fn open(&self, id: &str) -> io::Result<(Queued, Box<dyn Read + Send>)>;
+    /// Its envelope only.
+    fn get(&self, id: &str) -> io::Result<Queued> {
+        self.open(id).map(|(q, _)| q)
+    }
+    /// Its stored octets only.
+    fn content(&self, id: &str) -> io::Result<Box<dyn Read + Send>> {
+        self.open(id).map(|(_, r)| r)
+    }
     /// Recipient `recipient` (its index in the envelope) is done, durably; the message goes
     /// once all are.
     fn mark_done(&self, id: &str, recipient: usize) -> io::Result<()>;

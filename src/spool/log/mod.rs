@@ -739,6 +739,7 @@ impl LogSpool {
             msg: e.msg,
             payload: Vec::new(),
             at: 0,
+            record: Vec::new(),
         })
     }
 
@@ -760,12 +761,15 @@ fn not_found(id: &str) -> io::Error {
 }
 
 /// A message's octets from its `Data` records, skipping the records of other messages
-/// interleaved with them; every record's CRC is checked again as it is read.
+/// interleaved with them unread (their framing was checked at commit or recovery); every
+/// record of its own has its CRC checked again as it is read.
 struct MessageReader {
     file: BufReader<io::Take<File>>,
     msg: u64,
     payload: Vec<u8>,
     at: usize,
+    /// The record being read, kept for the next.
+    record: Vec<u8>,
 }
 
 impl Read for MessageReader {
@@ -777,13 +781,16 @@ impl Read for MessageReader {
                 r => r?,
             }
             let len = record::payload_len(&header).map_err(|_| damaged())?;
-            let mut buf = header.to_vec();
+            if record::header_msg(&header) != self.msg {
+                self.file.seek_relative(len as i64)?;
+                continue;
+            }
+            let mut buf = std::mem::take(&mut self.record);
+            buf.clear();
+            buf.extend_from_slice(&header);
             buf.resize(record::HEADER + len, 0);
             self.file.read_exact(&mut buf[record::HEADER..])?;
             let (rec, _) = record::decode(&buf).map_err(|_| damaged())?;
-            if rec.msg != self.msg {
-                continue;
-            }
             match rec.kind {
                 Kind::Data => {
                     self.payload.clear();
@@ -793,6 +800,7 @@ impl Read for MessageReader {
                 Kind::End => return Ok(0),
                 _ => {}
             }
+            self.record = buf;
         }
         let n = out.len().min(self.payload.len() - self.at);
         out[..n].copy_from_slice(&self.payload[self.at..self.at + n]);
@@ -822,6 +830,16 @@ impl Queue for LogSpool {
         let (_, e) = self.entry(id)?;
         let reader = self.reader(&e)?;
         Ok((self.queued(&e)?, Box::new(reader)))
+    }
+
+    fn get(&self, id: &str) -> io::Result<Queued> {
+        let (_, e) = self.entry(id)?;
+        self.queued(&e)
+    }
+
+    fn content(&self, id: &str) -> io::Result<Box<dyn Read + Send>> {
+        let (_, e) = self.entry(id)?;
+        Ok(Box::new(self.reader(&e)?))
     }
 
     fn mark_done(&self, id: &str, recipient: usize) -> io::Result<()> {

@@ -115,6 +115,11 @@ pub fn payload_len(buf: &[u8]) -> Result<usize, Stop> {
     Ok(len)
 }
 
+/// The message number in a record's header (checked by [`decode`] with the rest).
+pub fn header_msg(header: &[u8; HEADER]) -> u64 {
+    u64::from_le_bytes(header[12..20].try_into().expect("8 octets"))
+}
+
 /// Decodes the record at the start of `buf`, which must hold all of it.
 pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), Stop> {
     let len = payload_len(buf)?;
