@@ -79,8 +79,10 @@ pub struct ListedRcpt {
     pub address: String,
     /// `pending`, `deferred`, `held`, `failed` (waiting for its notification) or `done`.
     pub state: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The last reply, when there was one (`null` in JSON otherwise).
     pub reply: Option<String>,
+    /// Seconds since the epoch of its next attempt when deferred; 0 otherwise.
+    pub next_attempt: u64,
 }
 
 /// A message as the listing shows it.

@@ -115,17 +115,20 @@ impl Msg {
             .iter()
             .zip(&self.state)
             .map(|(a, r)| {
-                let (state, reply) = match r {
-                    _ if self.held && !matches!(r, Rcpt::Done | Rcpt::Failed(_)) => ("held", None),
+                let (mut state, reply) = match r {
                     Rcpt::Pending | Rcpt::InFlight => ("pending", None),
                     Rcpt::Deferred(reply) => ("deferred", Some(reply.one_line())),
                     Rcpt::Failed(reply) => ("failed", Some(reply.one_line())),
                     Rcpt::Done => ("done", None),
                 };
+                if self.held && matches!(r, Rcpt::Pending | Rcpt::InFlight | Rcpt::Deferred(_)) {
+                    state = "held";
+                }
                 ListedRcpt {
                     address: String::from_utf8_lossy(a).into_owned(),
                     state,
                     reply,
+                    next_attempt: if state == "deferred" { self.next_attempt } else { 0 },
                 }
             })
             .collect();
