@@ -75,3 +75,54 @@ if [ -z "$RATE" ]; then
 fi
 # Open loop at half the store-only rate: sessions/s of 100 messages each.
 run relay-half "smtp:127.0.0.1:$SINK_PORT" --rate "$RATE" --messages-per-session 100
+
+# The anchor: Postfix as the frontend in the same setup (smtpd -> cleanup -> qmgr -> smtp to the
+# same sink), a private instance under $TMP (needs root, as Postfix's master does).
+[ "$(id -u)" = 0 ] || exit 0
+PF=$TMP/postfix
+chmod 0755 "$TMP"
+PF_PORT=$(free_port)
+mkdir -p "$PF/etc" "$PF/queue" "$PF/data"
+chmod 0755 "$PF" "$PF/etc" "$PF/queue"
+chown postfix "$PF/data"
+: >"$PF/etc/main.cf"
+cat >"$PF/etc/master.cf" <<MASTER
+127.0.0.1:$PF_PORT inet n - n - - smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+proxymap  unix  -       -       n       -       -       proxymap
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+smtp      unix  -       -       n       -       -       smtp
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+MASTER
+postconf -c "$PF/etc" -e "compatibility_level = 3.6" "queue_directory = $PF/queue" \
+    "data_directory = $PF/data" "maillog_file = $PF/maillog" "maillog_file_prefixes = $PF" \
+    "inet_interfaces = loopback-only" "inet_protocols = ipv4" "myhostname = postfix.test" \
+    "mydestination =" "mynetworks = 127.0.0.0/8" "relayhost = [127.0.0.1]:$SINK_PORT" \
+    "smtp_dns_support_level = disabled" "smtpd_peername_lookup = no" "alias_maps =" \
+    "alias_database =" "local_transport = error:none" "smtpd_client_connection_count_limit = 0"
+postfix -c "$PF/etc" start >"$TMP/postfix-start.log" 2>&1 || { cat "$TMP/postfix-start.log" >&2; exit 1; }
+trap 'postfix -c "$PF/etc" abort >/dev/null 2>&1 || true; cleanup' EXIT
+sleep 2
+"$LOADGEN" --target "127.0.0.1:$PF_PORT" --mix valid=100 --msg-size 1k --duration "${SECS}s" \
+    --quiet --json --connections 200 --messages-per-session 100 >"$TMP/load-postfix.json" || true
+left=$( (find "$PF/queue/incoming" "$PF/queue/active" "$PF/queue/deferred" -type f 2>/dev/null || true) | wc -l)
+sent=$(grep -c 'status=sent' "$PF/maillog" || true)
+python3 - "$SECS" "$TMP/load-postfix.json" "$left" "$sent" <<'PY'
+import json, sys
+secs, load, left, sent = sys.argv[1:5]
+l = json.load(open(load))
+acc = l["throughput"]["messages_per_s"]
+sent = l["throughput"].get("messages", acc * float(secs))
+print(f"| postfix frontend | {acc:,.0f} | {l['errors']['total']} | {int(sent) / float(secs):,.0f} | {int(left):,} | - | - | - | - |")
+PY

@@ -145,6 +145,9 @@ pub struct Conn {
     pub tls: bool,
     bounds: Bounds,
     reply_timeout: Duration,
+    /// Buffers a transaction reads the message into and stuffs it into, kept for the next,
+    /// so a message costs no fresh 64 KiB.
+    pub scratch: (Vec<u8>, Vec<u8>),
 }
 
 impl Conn {
@@ -169,6 +172,7 @@ impl Conn {
             tls: false,
             bounds: settings.bounds,
             reply_timeout: settings.reply_timeout,
+            scratch: (Vec::new(), Vec::new()),
         };
         let greeting = conn.reply()?;
         if greeting.code != 220 {

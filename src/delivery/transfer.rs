@@ -195,29 +195,42 @@ fn data(
         return Ok(None);
     }
     let mut stuffer = Stuffer::default();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut out = Vec::with_capacity(buf.len() + 1024);
-    loop {
-        let n = read_some(body, &mut buf)?;
-        if n == 0 {
-            break;
-        }
-        out.clear();
-        stuffer.stuff(&buf[..n], &mut out);
-        conn.push_bytes(&out);
-        if conn.queued() >= 64 * 1024 {
-            conn.flush()?;
-        }
-    }
-    out.clear();
-    stuffer.finish(&mut out);
-    conn.push_bytes(&out);
-    conn.flush()?;
+    let (mut buf, mut out) = std::mem::take(&mut conn.scratch);
+    buf.resize(64 * 1024, 0);
+    let sent = stream_stuffed(conn, body, &mut stuffer, &mut buf, &mut out);
+    conn.scratch = (buf, out);
+    sent?;
     let mut replies = Vec::new();
     for _ in 0..finals(conn, accepted) {
         replies.push(conn.final_reply()?);
     }
     Ok(Some(replies))
+}
+
+/// The message through `stuffer` onto the connection, then the end of data.
+fn stream_stuffed(
+    conn: &mut Conn,
+    body: &mut dyn Read,
+    stuffer: &mut Stuffer,
+    buf: &mut [u8],
+    out: &mut Vec<u8>,
+) -> Result<(), Failure> {
+    loop {
+        let n = read_some(body, buf)?;
+        if n == 0 {
+            break;
+        }
+        out.clear();
+        stuffer.stuff(&buf[..n], out);
+        conn.push_bytes(out);
+        if conn.queued() >= 64 * 1024 {
+            conn.flush()?;
+        }
+    }
+    out.clear();
+    stuffer.finish(out);
+    conn.push_bytes(out);
+    conn.flush()
 }
 
 /// The message as BDAT chunks (no stuffing, RFC 3030 §2); the first may have left with the
