@@ -244,7 +244,7 @@ fn offline(spool: &Path, req: &Request) -> Result<String, String> {
                 .into_iter()
                 .map(|q| {
                     let state = states.load(&q.meta.id);
-                    super::runner::listed(q, state, now)
+                    super::message::listed(q, state, now)
                 })
                 .collect();
             Ok(format_list(&listed, *json))

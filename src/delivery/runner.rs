@@ -7,12 +7,13 @@
 //! or failed and the notification for the failed ones is committed: at least once, never
 //! zero times.
 
-use super::control::{Listed, ListedRcpt, Request};
+use super::control::{Listed, Request};
 use super::dsn;
+use super::message::{Msg, Rcpt};
 use super::pool::{Outcome, Pool, Work};
 use super::reply::Reply;
 use super::route::{Dest, Routes};
-use super::state::{backoff, unix_now, Jitter, Note, State, StateStore};
+use super::state::{backoff, unix_now, Jitter, State, StateStore};
 use super::stats::Stats;
 use super::Shared;
 use crate::spool::{Job, LogSpool, MessageMeta, Queue, Queued, Spool};
@@ -26,130 +27,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// How often the log is compacted.
 const COMPACT_EVERY: Duration = Duration::from_secs(30);
-
-/// Where a recipient stands.
-#[derive(Debug, Clone)]
-enum Rcpt {
-    Pending,
-    InFlight,
-    Deferred(Reply),
-    Failed(Reply),
-    Done,
-}
-
-/// A message in the schedule.
-struct Msg {
-    from: Arc<[u8]>,
-    rcpts: Vec<Vec<u8>>,
-    state: Vec<Rcpt>,
-    size: u64,
-    eight_bit: bool,
-    smtputf8: bool,
-    received: SystemTime,
-    attempts: u32,
-    /// Seconds since the epoch; 0: due now.
-    next_attempt: u64,
-    held: bool,
-    /// Work items out with the pools.
-    in_flight: usize,
-    /// When it was committed, for the latency of a live message (none for one found at start).
-    since: Option<Instant>,
-}
-
-impl Msg {
-    fn from_queued(q: Queued, state: Option<State>) -> Msg {
-        let state = state.unwrap_or_default();
-        let rcpts = q.meta.recipients;
-        let states = (0..rcpts.len())
-            .map(|i| match (q.done.get(i), state.recipients.get(&i)) {
-                (Some(true), _) => Rcpt::Done,
-                (_, Some(n)) if n.failed => Rcpt::Failed(parse_note(&n.reply)),
-                (_, Some(n)) => Rcpt::Deferred(parse_note(&n.reply)),
-                _ => Rcpt::Pending,
-            })
-            .collect();
-        let params = q.meta.mail_params.to_ascii_uppercase();
-        Msg {
-            from: q.meta.mail_from.into(),
-            rcpts,
-            state: states,
-            size: q.size,
-            eight_bit: memchr::memmem::find(&params, b"BODY=8BITMIME").is_some(),
-            smtputf8: q.meta.smtputf8,
-            received: q.meta.received,
-            attempts: state.attempts,
-            next_attempt: state.next_attempt,
-            held: state.held,
-            in_flight: 0,
-            since: None,
-        }
-    }
-
-    fn state_file(&self) -> State {
-        let mut s = State {
-            attempts: self.attempts,
-            next_attempt: self.next_attempt,
-            held: self.held,
-            ..State::default()
-        };
-        for (i, r) in self.state.iter().enumerate() {
-            let note = match r {
-                Rcpt::Deferred(reply) => Note {
-                    failed: false,
-                    reply: reply.one_line(),
-                },
-                Rcpt::Failed(reply) => Note {
-                    failed: true,
-                    reply: reply.one_line(),
-                },
-                _ => continue,
-            };
-            s.recipients.insert(i, note);
-        }
-        s
-    }
-
-    fn listed(&self, id: &str, now: SystemTime) -> Listed {
-        let rcpts = self
-            .rcpts
-            .iter()
-            .zip(&self.state)
-            .map(|(a, r)| {
-                let (mut state, reply) = match r {
-                    Rcpt::Pending | Rcpt::InFlight => ("pending", None),
-                    Rcpt::Deferred(reply) => ("deferred", Some(reply.one_line())),
-                    Rcpt::Failed(reply) => ("failed", Some(reply.one_line())),
-                    Rcpt::Done => ("done", None),
-                };
-                if self.held && matches!(r, Rcpt::Pending | Rcpt::InFlight | Rcpt::Deferred(_)) {
-                    state = "held";
-                }
-                ListedRcpt {
-                    address: String::from_utf8_lossy(a).into_owned(),
-                    state,
-                    reply,
-                    next_attempt: if state == "deferred" { self.next_attempt } else { 0 },
-                }
-            })
-            .collect();
-        Listed {
-            id: id.to_string(),
-            age_secs: now.duration_since(self.received).map_or(0, |d| d.as_secs()),
-            size: self.size,
-            sender: String::from_utf8_lossy(&self.from).into_owned(),
-            held: self.held,
-            attempts: self.attempts,
-            next_attempt: self.next_attempt,
-            recipients: rcpts,
-        }
-    }
-}
-
-/// `452 4.2.2 text` as a state file stores it, back to a reply.
-fn parse_note(s: &str) -> Reply {
-    let code = s.get(..3).and_then(|c| c.parse().ok()).unwrap_or(451);
-    Reply::local(code, s.get(4..).unwrap_or("").to_string())
-}
 
 /// What the runner is told.
 pub enum Control {
@@ -699,10 +576,4 @@ impl Runner {
             }
         }
     }
-}
-
-/// A message of a stopped server's spool as the listing shows it.
-pub fn listed(q: Queued, state: Option<State>, now: SystemTime) -> Listed {
-    let id = q.meta.id.clone();
-    Msg::from_queued(q, state).listed(&id, now)
 }
