@@ -214,7 +214,13 @@ virtual   unix  -       n       n       -       -       virtual
 anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
 EOF
+# A self-signed certificate, so Postfix offers STARTTLS and ringmx's default relay_tls = "may"
+# takes it (any certificate, the handshake still checked); the Received header Postfix adds
+# then names the TLS version, which scenario a asserts.
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=postfix.test \
+    -keyout "$PF/etc/key.pem" -out "$PF/etc/cert.pem" >/dev/null 2>&1
 # The users of pf.test, each with its own Maildir (the trailing slash) named after it.
 for u in check rcpt-a sender-b late smuggle-1 smuggle-2 smuggle-3 smuggle-4 victim crash; do
     echo "$u@pf.test $u/"
@@ -247,7 +253,11 @@ postconf -c "$PF/etc" -e \
     "smtpd_forbid_bare_newline = yes" \
     "smtpd_forbid_bare_newline_exclusions =" \
     "smtp_dns_support_level = disabled" \
-    "smtpd_banner = \$myhostname ESMTP Postfix"
+    "smtpd_banner = \$myhostname ESMTP Postfix" \
+    "smtpd_tls_cert_file = $PF/etc/cert.pem" \
+    "smtpd_tls_key_file = $PF/etc/key.pem" \
+    "smtpd_tls_security_level = may" \
+    "smtpd_tls_received_header = yes"
 CLIENT_LOG=$TMP/postfix-check.log
 postfix -c "$PF/etc" check >"$CLIENT_LOG" 2>&1 || fail "postfix check failed"
 PF_STARTED=1
@@ -517,12 +527,13 @@ PY
     CLIENT_LOG=
 }
 
-# One server for a, b and d: relay_to Postfix, lmtp.test routed to Dovecot, short backoff.
+# One server for a, b and d: relay_to Postfix (over STARTTLS, relay_tls = "may"), lmtp.test
+# routed to Dovecot, short backoff.
 cat >"$TMP/main.toml" <<EOF
 relay_to = "smtp:127.0.0.1:$PF_PORT"
 min_backoff_secs = 1
 max_backoff_secs = 2
-relay_tls = "none"
+relay_tls = "may"
 
 [routes]
 "lmtp.test" = "lmtp:127.0.0.1:$DV_PORT"
@@ -544,6 +555,10 @@ sleep 0.5
 CLIENT_LOG=$TMP/a.check
 python3 "$TMP/check.py" same "$PF/mail/rcpt-a" "$TMP/a.sent" >"$CLIENT_LOG" 2>&1 || fail "a: not delivered byte-exact"
 sed 's/^/delivery: a: /' "$CLIENT_LOG"
+# Relayed over STARTTLS (RFC 3207): Postfix's own Received header says with which version.
+grep -q 'using TLSv1\.[23]' "$PF"/mail/rcpt-a/new/* \
+    || fail "a: not relayed over TLS (no 'using TLS' in Postfix's Received header)"
+echo "delivery: a: relayed over STARTTLS ($(grep -o 'using TLSv1\.[23][^)]*' "$PF"/mail/rcpt-a/new/* | head -n1))"
 CLIENT_LOG=
 step_done a "$T0"
 
