@@ -235,7 +235,7 @@ fn offline(spool: &Path, req: &Request) -> Result<String, String> {
     let queue = super::open_queue(spool).map_err(|e| e.to_string())?;
     let states = StateStore::open(spool).map_err(|e| e.to_string())?;
     let now = SystemTime::now();
-    let exists = |id: &str| -> Result<(), String> { queue.open(id).map(|_| ()).map_err(|e| e.to_string()) };
+    let exists = |id: &str| -> Result<(), String> { queue.get(id).map(|_| ()).map_err(|e| e.to_string()) };
     match req {
         Request::List { json } => {
             let listed: Vec<Listed> = queue

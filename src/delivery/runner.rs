@@ -371,7 +371,7 @@ impl Runner {
         let Some(msg) = self.msgs.get(id) else {
             return Ok(());
         };
-        let (_, mut original) = self.queue.open(id)?;
+        let mut original = self.queue.content(id)?;
         let report = dsn::Report {
             hostname: &self.shared.hostname,
             id,
