@@ -209,6 +209,10 @@ limits! {
     client_table_size: usize = 100_000, 64, 10_000_000;
     /// Apply the per-client limits to `relay_networks` too (off: they are exempt).
     client_limits_for_relay_networks: bool = false, 0, 1;
+    /// Log lines queued for the log writer thread; when stderr (the journal) falls this far
+    /// behind, new lines are dropped and counted (`ringmx_log_lines_dropped_total`) rather
+    /// than a worker waiting for the write: about 16 MiB of lines at most.
+    log_buffer_lines: usize = 65_536, 1024, 1 << 22;
     }
 
     /// The limits of delivery to the next hop (`relay_to`, `[routes]`).
@@ -366,6 +370,16 @@ pub struct ServerConfig {
     pub delivery: DeliveryConfig,
     /// The protocol settings and its limits.
     pub proto: ProtoConfig,
+    /// The user to run as once the listeners are bound (its primary group too); without it
+    /// the server stays who it was started as.
+    pub user: Option<String>,
+    /// Where `/metrics` is served (Prometheus text format); off without it.
+    pub metrics_listen: Option<SocketAddr>,
+    /// What is logged, as `RUST_LOG` directives (`info`, `warn,ringmx::delivery=debug`);
+    /// `RUST_LOG`, when set, wins. Reloaded on SIGHUP.
+    pub log_level: String,
+    /// How log lines are written.
+    pub log_format: LogFormat,
 }
 
 /// The server's own keys; the rest of the file is [`ProtoConfig`]'s.
@@ -391,6 +405,20 @@ struct ServerKeys {
     routes: Option<std::collections::BTreeMap<String, String>>,
     relay_tls: Option<RelayTls>,
     relay_tls_ca_file: Option<PathBuf>,
+    user: Option<String>,
+    metrics_listen: Option<SocketAddr>,
+    log_level: Option<String>,
+    log_format: Option<LogFormat>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `key=value` fields after the message, one line per event: for people and grep.
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields): for log pipelines.
+    Json,
 }
 
 /// Whether delivery to the next hop uses STARTTLS (Postfix's `smtp_tls_security_level`).
@@ -454,6 +482,10 @@ impl Default for ServerConfig {
             limits: ServerLimits::default(),
             delivery: DeliveryConfig::default(),
             proto: ProtoConfig::default(),
+            user: None,
+            metrics_listen: None,
+            log_level: "info".to_string(),
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -516,7 +548,11 @@ impl ServerConfig {
     /// `flatten`, so the server keys are split off first and each part is strict on its own:
     /// a misspelt key is an error, never silently ignored.
     pub fn from_toml(text: &str) -> Result<ServerConfig, String> {
-        const SERVER_KEYS: [&str; 19] = [
+        const SERVER_KEYS: [&str; 23] = [
+            "user",
+            "metrics_listen",
+            "log_level",
+            "log_format",
             "relay_to",
             "routes",
             "relay_tls",
@@ -597,6 +633,10 @@ impl ServerConfig {
                 limits: delivery_limits,
             },
             proto,
+            user: keys.user,
+            metrics_listen: keys.metrics_listen,
+            log_level: keys.log_level.unwrap_or(default.log_level),
+            log_format: keys.log_format.unwrap_or(default.log_format),
         })
     }
 
@@ -645,6 +685,25 @@ impl ServerConfig {
                     why: "a domain (or .domain) and smtp:HOST:PORT, lmtp:HOST:PORT or lmtp:unix:PATH",
                 });
             }
+        }
+        if let Some(user) = &self.user {
+            if !is_user_name(user) {
+                return Err(ConfigError::Invalid {
+                    key: "user",
+                    value: user.clone(),
+                    why: "a user name (letters, digits, `_`, `-`, at most 32, not starting with a digit or `-`)",
+                });
+            }
+        }
+        if tracing_subscriber::EnvFilter::builder()
+            .parse(&self.log_level)
+            .is_err()
+        {
+            return Err(ConfigError::Invalid {
+                key: "log_level",
+                value: self.log_level.clone(),
+                why: "a log filter (`info`, `warn,ringmx::delivery=debug`)",
+            });
         }
         if self.workers > MAX_WORKERS {
             return Err(ConfigError::Range(RangeError {
@@ -792,6 +851,17 @@ impl ProtoConfig {
         }
         Ok(())
     }
+}
+
+/// A portable user name (POSIX's portable filename characters, as `useradd` takes them):
+/// it goes to `getpwnam`, never to a shell, but a typo should fail as a typo.
+fn is_user_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 32
+        && !b[0].is_ascii_digit()
+        && b[0] != b'-'
+        && b.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-' || c == b'.')
 }
 
 /// RFC 5321 §4.1.2: `Domain = sub-domain *("." sub-domain)`, `sub-domain = Let-dig [Ldh-str]`,

@@ -11,6 +11,7 @@
 pub mod backend;
 pub mod config;
 pub mod delivery;
+pub mod logging;
 pub mod policy;
 pub mod proto;
 pub mod proxy;

@@ -155,6 +155,18 @@ fn spool_command(cmd: SpoolCommand) -> ExitCode {
     }
 }
 
+/// The tools log to stderr directly: they are short-lived and have no event loop to protect.
+fn init_plain_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 #[derive(Args)]
 struct Serve {
     /// TOML file with any of the server keys (listen, listen_tls, tls_cert, tls_key,
@@ -226,6 +238,16 @@ struct Serve {
     /// Recipients per message (at least 100, RFC 5321 §4.5.3.1.8). [default: 100]
     #[arg(long, value_name = "N")]
     max_recipients: Option<usize>,
+    /// Run as this user (and its group) once the listeners are bound: start as root to listen
+    /// on port 25 without keeping root.
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (its own thread, never a worker's).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Log lines as text (key=value) or one JSON object per line. [default: text]
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    log_format: Option<ringmx::config::LogFormat>,
     /// Write the counters to FILE at exit, as one JSON object (accepted, commands, messages,
     /// errors, and the backend's figures under "io").
     #[arg(long, value_name = "FILE")]
@@ -291,6 +313,15 @@ impl Serve {
         if let Some(n) = self.max_connections {
             config.limits.max_connections = n;
         }
+        if let Some(user) = &self.user {
+            config.user = Some(user.clone());
+        }
+        if let Some(addr) = self.metrics_listen {
+            config.metrics_listen = Some(addr);
+        }
+        if let Some(format) = self.log_format {
+            config.log_format = format;
+        }
         let limits = &mut config.proto.limits;
         if let Some(n) = self.max_message_size {
             limits.max_message_size = n;
@@ -304,22 +335,26 @@ impl Serve {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
     let serve = match cli.command {
         Command::Serve(serve) => serve,
-        Command::Spool(cmd) => return spool_command(cmd),
-        Command::Queue(cmd) => return queue_command(cmd),
+        Command::Spool(cmd) => {
+            init_plain_logging();
+            return spool_command(cmd);
+        }
+        Command::Queue(cmd) => {
+            init_plain_logging();
+            return queue_command(cmd);
+        }
     };
-    let result = serve
-        .config()
-        .and_then(|config| ringmx::server::serve(config, serve.stats_file.clone()));
+    let result = serve.config().and_then(|config| {
+        ringmx::logging::init(
+            config.log_format,
+            &config.log_level,
+            config.limits.log_buffer_lines,
+        )?;
+        ringmx::server::serve(config, serve.stats_file.clone())
+    });
+    ringmx::logging::finish();
     match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(msg) => {
