@@ -9,13 +9,15 @@
 //! configuration; `wake` the one cross-thread wake-up; `server` starts it all. See ARCHITECTURE.md.
 
 pub mod backend;
+pub mod check;
 pub mod config;
 pub mod delivery;
 pub mod logging;
 pub mod policy;
+pub mod privileges;
 pub mod proto;
 pub mod proxy;
-mod reload;
+pub mod reload;
 pub mod server;
 pub mod spool;
 pub mod tls;

@@ -28,6 +28,16 @@ enum Command {
     /// Look at a spool (either format), read-only: safe beside a running server.
     #[command(subcommand)]
     Spool(SpoolCommand),
+    /// Check a configuration file as a start would (the file, its certificates, recipients
+    /// table, user and spool directory) and print the effective configuration; exit status 1
+    /// if anything would stop a start.
+    Check {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Print only the problems, not the configuration.
+        #[arg(long, short)]
+        quiet: bool,
+    },
     /// The delivery queue: list, flush, delete, hold, release (through the running server's
     /// control socket DIR/control.sock, or on the spool of a stopped one).
     #[command(subcommand)]
@@ -74,6 +84,26 @@ enum QueueCommand {
         #[arg(long, value_name = "DIR")]
         spool: PathBuf,
     },
+}
+
+/// Runs `ringmx check`: the configuration on stdout, problems and notes on stderr.
+fn check_command(path: &std::path::Path, quiet: bool) -> ExitCode {
+    let checked = ringmx::check::check(path);
+    if let (Some(text), false) = (&checked.effective, quiet) {
+        print!("{text}");
+    }
+    for note in &checked.notes {
+        eprintln!("ringmx check: note: {note}");
+    }
+    for problem in &checked.problems {
+        eprintln!("ringmx check: {problem}");
+    }
+    if checked.problems.is_empty() {
+        eprintln!("ringmx check: {}: ok", path.display());
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 /// Runs `ringmx queue ...`.
@@ -345,14 +375,18 @@ fn main() -> ExitCode {
             init_plain_logging();
             return queue_command(cmd);
         }
+        Command::Check { config, quiet } => return check_command(&config, quiet),
     };
+    let stats_file = serve.stats_file.clone();
     let result = serve.config().and_then(|config| {
         ringmx::logging::init(
             config.log_format,
             &config.log_level,
             config.limits.log_buffer_lines,
         )?;
-        ringmx::server::serve(config, serve.stats_file.clone())
+        // SIGHUP reads the file again, with the same flags over it.
+        let source: ringmx::reload::Source = Box::new(move || serve.config());
+        ringmx::server::serve(config, source, stats_file)
     });
     ringmx::logging::finish();
     match result {

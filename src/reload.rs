@@ -1,67 +1,246 @@
-//! What SIGHUP re-reads: the TLS certificates and the recipients table, handed to every worker for the sessions that start after it.
+//! SIGHUP: re-reads the configuration file, loads everything it names, and puts it in force for new sessions, or refuses it whole and keeps the running one.
 //!
-//! Each part reloads on its own: a file that does not load is logged with its reason (the
-//! recipients file with its line number) and leaves that part as it was, so one broken file
-//! never takes the other's update with it, nor the running configuration. Sessions already
-//! open keep what they started with (their `Arc<Settings>`, their TLS session); the rest of
-//! the configuration is not re-read.
+//! A reload is all or nothing. The file is read and checked as at start (the same messages),
+//! then every file it names is loaded: the certificates, the recipients table, delivery's CA
+//! file. Only when all of that succeeded is anything sent to the workers and the queue runner,
+//! so a broken file never leaves half a configuration in force. Sessions already open keep
+//! what they started with (their `Arc<Settings>`, their TLS session); connections accepted
+//! after the workers take the update get the new values.
+//!
+//! Some keys cannot change in a running process: the listeners, the workers and their
+//! backend, the spool, the user, the metrics listener, the buffers sized at start. A change to
+//! one of them is logged as needing a restart and the running value stays; the rest of the
+//! file is still applied. The certificates and the recipients table are re-read on every
+//! reload even when their paths did not change: a renewed certificate (`certbot` deploy hook,
+//! `systemctl reload`) is the common case.
 
-use crate::config::ProtoConfig;
+use crate::config::{changed_keys, ServerConfig};
+use crate::delivery::Delivery;
+use crate::policy::clients::ClientTable;
 use crate::policy::recipients::Recipients;
 use crate::proto::Settings;
-use crate::tls::{CertEntry, TlsContext};
+use crate::tls::TlsContext;
 use crate::wake::Wake;
-use crate::worker::Control;
+use crate::worker::{Control, Live};
 use crossbeam_channel::Sender;
-use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-/// The parts of the configuration SIGHUP reloads, and the files they come from.
-pub(crate) struct Reloadable {
-    pub(crate) tls: Option<TlsContext>,
-    pub(crate) cert_entries: Vec<CertEntry>,
-    pub(crate) proto: ProtoConfig,
-    pub(crate) domains: Vec<String>,
-    pub(crate) recipients: Option<PathBuf>,
+/// Reloads put in force, for the metrics (`ringmx_config_reloads_total{result="applied"}`).
+pub static APPLIED: AtomicU64 = AtomicU64::new(0);
+/// Reloads refused, the running configuration kept.
+pub static REFUSED: AtomicU64 = AtomicU64::new(0);
+/// When the last reload was put in force (or the server started), in seconds since the epoch.
+pub static LAST_APPLIED: AtomicU64 = AtomicU64::new(0);
+
+/// Keys a running server cannot change: they size or own what was set up at start.
+const RESTART_KEYS: &[&str] = &[
+    "listen",
+    "listen_tls",
+    "workers",
+    "backend",
+    "spool",
+    "sink",
+    "spool_format",
+    "spool_sync",
+    "user",
+    "metrics_listen",
+    "log_format",
+    "max_connections",
+    "read_budget",
+    "input_buffer",
+    "spool_queue_bytes",
+    "spool_segment_size",
+    "uring_entries",
+    "uring_sqpoll",
+    "uring_buffers",
+    "uring_buffer_size",
+    "uring_min_wait_us",
+    "tls_session_cache",
+    "client_ipv6_prefix",
+    "client_table_size",
+    "log_buffer_lines",
+];
+
+/// The worker settings of a configuration that a reload may change.
+pub(crate) fn live(config: &ServerConfig) -> Live {
+    let limits = &config.limits;
+    Live {
+        shutdown_grace: Duration::from_secs(limits.shutdown_grace_secs),
+        handshake_timeout: Duration::from_secs(limits.tls_handshake_timeout_secs),
+        relay_networks: config.relay_networks.clone().into(),
+        proxy_trusted: config.proxy_trusted.clone().into(),
+        proxy_timeout: Duration::from_secs(limits.proxy_header_timeout_secs),
+        proxy_header_max: limits.proxy_header_max,
+        limit_relay_networks: limits.client_limits_for_relay_networks,
+    }
 }
 
-impl Reloadable {
-    /// Re-reads every file and sends what loaded to each worker; what reloaded is logged once
-    /// it is sent, so a client that saw the line finds it in force.
-    pub(crate) fn reload(&mut self, workers: &[(Sender<Control>, Arc<dyn Wake>)]) {
-        let mut updates = Vec::new();
-        let mut reloaded = Vec::new();
-        if let Some(tls) = self.tls.as_mut() {
-            match tls.reload(&self.cert_entries) {
-                Ok(()) => {
-                    reloaded.push("certificates reloaded".to_string());
-                    updates.push(Control::Tls(tls.server_config()));
-                }
-                Err(e) => tracing::error!(
-                    signal = "SIGHUP",
-                    error = %e,
-                    "reload refused, the old certificates stay"
-                ),
+/// Reads the configuration again: the file and the command line's flags over it, as at start.
+pub type Source = Box<dyn FnMut() -> Result<ServerConfig, String> + Send>;
+
+/// What SIGHUP needs: where the configuration comes from, what is in force, and whom to tell.
+pub(crate) struct Reloader {
+    pub(crate) source: Source,
+    /// The configuration in force, as configured (before `max_connections` was fitted to the
+    /// descriptor limit), with the keys that need a restart at their start values.
+    pub(crate) running: ServerConfig,
+    pub(crate) tls: Option<TlsContext>,
+    pub(crate) clients: Arc<ClientTable>,
+    pub(crate) delivery: Option<crate::delivery::ReloadHandle>,
+    pub(crate) workers: Vec<(Sender<Control>, Arc<dyn Wake>)>,
+}
+
+/// Everything a new configuration needs, loaded and checked, not yet in force.
+struct Loaded {
+    config: ServerConfig,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    new_tls: Option<TlsContext>,
+    settings: Arc<Settings>,
+    delivery: Option<crate::delivery::Reload>,
+    restart: Vec<String>,
+    changed: Vec<String>,
+}
+
+impl Reloader {
+    /// Reloads, logging what changed, what needs a restart, or why the file was refused.
+    pub(crate) fn reload(&mut self) {
+        match self.load() {
+            Ok(loaded) => self.install(loaded),
+            Err(e) => {
+                REFUSED.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(signal = "SIGHUP", error = %e, "reload refused, the running configuration stays");
             }
         }
-        if let Some(path) = &self.recipients {
-            match Recipients::new(&self.domains, Some(path)) {
-                Ok(table) => {
-                    reloaded.push(format!("recipients reloaded addresses={}", table.len()));
-                    let settings = Settings::with_recipients(self.proto.clone(), Arc::new(table));
-                    updates.push(Control::Settings(settings));
-                }
-                Err(e) => tracing::error!(
-                    signal = "SIGHUP",
-                    error = %e,
-                    "recipients reload refused, the old table stays"
-                ),
+    }
+
+    fn load(&mut self) -> Result<Loaded, String> {
+        let mut config = (self.source)()?;
+        config.validate().map_err(|e| e.to_string())?;
+        let changed = changed_keys(&self.running, &config);
+        let mut restart: Vec<String> = changed
+            .iter()
+            .filter(|k| RESTART_KEYS.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        self.keep_restart_keys(&mut config);
+        let limits = &config.limits;
+        let rate_switch =
+            (limits.connection_rate_per_client == 0) != (self.running.limits.connection_rate_per_client == 0);
+        if rate_switch {
+            // The table keeps its eviction order only with a rate (see `set_limits`).
+            restart.push("connection_rate_per_client".into());
+            config.limits.connection_rate_per_client = self.running.limits.connection_rate_per_client;
+        }
+        let entries = config.cert_entries();
+        let (tls, new_tls) = match (&self.tls, entries.is_empty()) {
+            (_, true) => (None, None),
+            (Some(ctx), false) => (Some(ctx.prepare(&entries)?), None),
+            (None, false) => {
+                let ctx = TlsContext::new(&entries, config.limits.tls_session_cache)?;
+                (Some(ctx.server_config()), Some(ctx))
             }
+        };
+        let recipients =
+            Recipients::new(&config.domains, config.recipients.as_deref()).map_err(|e| e.to_string())?;
+        let mut proto = config.proto.clone();
+        proto.starttls = tls.is_some();
+        let settings = Settings::with_recipients(proto, Arc::new(recipients));
+        let routed = config.delivery.relay_to.is_some() || !config.delivery.routes.is_empty();
+        let delivery = match (&self.delivery, routed) {
+            (Some(_), _) => Some(Delivery::prepare(&config)?),
+            (None, true) => {
+                // Committers were started without a feed to a runner.
+                restart.push("relay_to".into());
+                restart.push("routes".into());
+                config.delivery.relay_to = None;
+                config.delivery.routes.clear();
+                None
+            }
+            (None, false) => None,
+        };
+        restart.sort();
+        restart.dedup();
+        Ok(Loaded {
+            config,
+            tls,
+            new_tls,
+            settings,
+            delivery,
+            restart,
+            changed,
+        })
+    }
+
+    /// Sets every key that needs a restart back to its running value.
+    fn keep_restart_keys(&self, c: &mut ServerConfig) {
+        let r = &self.running;
+        c.listen.clone_from(&r.listen);
+        c.listen_tls.clone_from(&r.listen_tls);
+        c.workers = r.workers;
+        c.backend = r.backend;
+        c.spool.clone_from(&r.spool);
+        c.sink = r.sink;
+        c.spool_format = r.spool_format;
+        c.spool_sync = r.spool_sync;
+        c.user.clone_from(&r.user);
+        c.metrics_listen = r.metrics_listen;
+        c.log_format = r.log_format;
+        let (l, rl) = (&mut c.limits, &r.limits);
+        l.max_connections = rl.max_connections;
+        l.read_budget = rl.read_budget;
+        l.input_buffer = rl.input_buffer;
+        l.spool_queue_bytes = rl.spool_queue_bytes;
+        l.spool_segment_size = rl.spool_segment_size;
+        l.uring_entries = rl.uring_entries;
+        l.uring_sqpoll = rl.uring_sqpoll;
+        l.uring_buffers = rl.uring_buffers;
+        l.uring_buffer_size = rl.uring_buffer_size;
+        l.uring_min_wait_us = rl.uring_min_wait_us;
+        l.tls_session_cache = rl.tls_session_cache;
+        l.client_ipv6_prefix = rl.client_ipv6_prefix;
+        l.client_table_size = rl.client_table_size;
+        l.log_buffer_lines = rl.log_buffer_lines;
+    }
+
+    fn install(&mut self, loaded: Loaded) {
+        let Loaded {
+            config,
+            tls,
+            new_tls,
+            settings,
+            delivery,
+            restart,
+            changed,
+        } = loaded;
+        if let Some(ctx) = new_tls {
+            self.tls = Some(ctx);
+        } else if let (Some(ctx), Some(tls)) = (self.tls.as_mut(), &tls) {
+            ctx.install(tls.clone());
         }
-        if updates.is_empty() && self.tls.is_none() && self.recipients.is_none() {
-            tracing::info!(signal = "SIGHUP", "nothing to reload");
+        let limits = &config.limits;
+        // Refused only for a switch of the rate on or off, which `load` kept out.
+        let _ = (self.clients).set_limits(
+            limits.max_connections_per_client,
+            limits.connection_rate_per_client,
+        );
+        if let (Some(d), Some(reload)) = (&self.delivery, delivery) {
+            d.reload(reload);
         }
-        for (tx, waker) in workers {
+        let level = match crate::logging::set_level(&config.log_level) {
+            Ok(change) => change,
+            Err(e) => {
+                tracing::warn!(error = %e, "log_level not changed");
+                crate::logging::LevelChange::NotInstalled
+            }
+        };
+        let live = Arc::new(live(&config));
+        let mut updates = vec![Control::Settings(settings), Control::Live(live)];
+        if let Some(tls) = tls {
+            updates.push(Control::Tls(tls));
+        }
+        for (tx, waker) in &self.workers {
             for update in &updates {
                 if tx.try_send(update.clone()).is_err() {
                     tracing::warn!("a worker did not take the reload yet");
@@ -69,8 +248,41 @@ impl Reloadable {
             }
             waker.wake();
         }
-        for line in reloaded {
-            tracing::info!(signal = "SIGHUP", "{line}");
+        let applied: Vec<&String> = changed.iter().filter(|k| !restart.contains(k)).collect();
+        for key in &restart {
+            tracing::warn!(signal = "SIGHUP", key = %key, "changed, takes effect after a restart");
         }
+        if level == crate::logging::LevelChange::KeptFromEnv && applied.iter().any(|k| *k == "log_level") {
+            tracing::warn!(
+                signal = "SIGHUP",
+                "log_level changed but RUST_LOG is set and wins"
+            );
+        }
+        self.running = config;
+        APPLIED.fetch_add(1, Ordering::Relaxed);
+        LAST_APPLIED.store(unix_now(), Ordering::Relaxed);
+        tracing::info!(
+            signal = "SIGHUP",
+            changed = %list(applied.iter().map(|k| k.as_str())),
+            restart_needed = %list(restart.iter().map(String::as_str)),
+            certificates = self.tls.is_some(),
+            "configuration reloaded"
+        );
+    }
+}
+
+/// Seconds since the epoch.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn list<'a>(keys: impl Iterator<Item = &'a str>) -> String {
+    let keys: Vec<&str> = keys.collect();
+    if keys.is_empty() {
+        "-".into()
+    } else {
+        keys.join(",")
     }
 }

@@ -5,8 +5,9 @@ use crate::config::{ServerConfig, SpoolFormat};
 use crate::delivery::{self, Delivery};
 use crate::policy::clients::{ClientLimits, ClientTable};
 use crate::policy::recipients::Recipients;
+use crate::privileges;
 use crate::proto::Settings;
-use crate::reload::Reloadable;
+use crate::reload::{self, Reloader, Source};
 use crate::spool::{self, Backing, IdGen, LogSpool, Spool, SpoolLock};
 use crate::tls::TlsContext;
 use crate::wake::Wake;
@@ -117,8 +118,15 @@ impl WorkerContext<'_> {
 
 /// Runs the server until SIGTERM or SIGINT has shut it down cleanly; returns the merged
 /// counters of all workers. An error is a message for the operator.
-pub fn serve(mut config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Report, String> {
+///
+/// `source` reads the configuration again for SIGHUP (the file, then the flags over it).
+pub fn serve(
+    mut config: ServerConfig,
+    source: Source,
+    stats_file: Option<PathBuf>,
+) -> Result<Report, String> {
     config.validate().map_err(|e| e.to_string())?;
+    let configured = config.clone();
     let cert_entries = config.cert_entries();
     let tls = if cert_entries.is_empty() {
         None
@@ -150,6 +158,28 @@ pub fn serve(mut config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Re
         config.sink,
     )?;
     let backend_config = BackendConfig::from(&config.limits);
+    // Everything that may need root comes first: the listeners (ports 25 and 465), the
+    // certificates above and the recipients table (files an operator may keep root's).
+    let (per_worker, bound) = bind_all(&listen, workers)?;
+    let recipients =
+        Recipients::new(&config.domains, config.recipients.as_deref()).map_err(|e| e.to_string())?;
+    tracing::info!(
+        domains = config.domains.len(),
+        addresses = recipients.len(),
+        "recipients loaded"
+    );
+    // Opened before the switch, as root would: it is written at exit, by the user.
+    let stats_file = match stats_file {
+        Some(path) => Some(
+            std::fs::File::create(&path)
+                .map(|f| (path.clone(), f))
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    if let Some(name) = &config.user {
+        become_user(name, &config)?;
+    }
     // Held until this function returns, after every committer has finished.
     let (_spool_lock, backing) = claim_spool(&config)?;
     let delivery = match &backing {
@@ -159,26 +189,16 @@ pub fn serve(mut config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Re
     if delivery.is_none() && !config.sink {
         tracing::info!("no relay_to or routes: messages stay in the spool (store-only)");
     }
-    let (per_worker, bound) = bind_all(&listen, workers)?;
-    let recipients =
-        Recipients::new(&config.domains, config.recipients.as_deref()).map_err(|e| e.to_string())?;
-    tracing::info!(
-        domains = config.domains.len(),
-        addresses = recipients.len(),
-        "recipients loaded"
-    );
     let settings = Settings::with_recipients(config.proto.clone(), Arc::new(recipients));
     let active = Arc::new(AtomicUsize::new(0));
     let limits = &config.limits;
-    let clients =
-        (limits.max_connections_per_client > 0 || limits.connection_rate_per_client > 0).then(|| {
-            Arc::new(ClientTable::new(ClientLimits {
-                max_connections: limits.max_connections_per_client,
-                rate_per_minute: limits.connection_rate_per_client,
-                ipv6_prefix: limits.client_ipv6_prefix,
-                max_tracked: limits.client_table_size,
-            }))
-        });
+    // Always there, even with both limits off, so a reload can turn them on.
+    let clients = Arc::new(ClientTable::new(ClientLimits {
+        max_connections: limits.max_connections_per_client,
+        rate_per_minute: limits.connection_rate_per_client,
+        ipv6_prefix: limits.client_ipv6_prefix,
+        max_tracked: limits.client_table_size,
+    }));
     let mut controls: Vec<(Sender<Control>, Arc<dyn Wake>)> = Vec::new();
     let mut threads = Vec::new();
     let mut backend_name = "";
@@ -191,7 +211,7 @@ pub fn serve(mut config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Re
             settings: &settings,
             active: &active,
             tls: tls.as_ref().map(TlsContext::server_config),
-            clients: clients.clone(),
+            clients: Some(clients.clone()),
             backing: backing.clone(),
             feed: delivery.as_ref().map(Delivery::feed),
         };
@@ -229,16 +249,18 @@ pub fn serve(mut config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Re
         },
         "ringmx started"
     );
-    let reloadable = Reloadable {
+    reload::LAST_APPLIED.store(reload::unix_now(), std::sync::atomic::Ordering::Relaxed);
+    let reloader = Reloader {
+        source,
+        running: configured,
         tls,
-        cert_entries,
-        proto: config.proto.clone(),
-        domains: config.domains.clone(),
-        recipients: config.recipients.clone(),
+        clients,
+        delivery: delivery.as_ref().map(Delivery::reload_handle),
+        workers: controls.clone(),
     };
     std::thread::Builder::new()
         .name("ringmx-signals".into())
-        .spawn(move || wait_for_signals(signals, controls, reloadable))
+        .spawn(move || wait_for_signals(signals, controls, reloader))
         .map_err(|e| format!("cannot start signal thread: {e}"))?;
     let mut report = Report::default();
     for thread in threads {
@@ -272,11 +294,34 @@ pub fn serve(mut config: ServerConfig, stats_file: Option<PathBuf>) -> Result<Re
         client_limits = report.admit.client_connections + report.admit.client_rate,
         "counters"
     );
-    if let Some(path) = stats_file {
-        std::fs::write(&path, stats_json(&report, delivered.as_ref()) + "\n")
+    if let Some((path, mut file)) = stats_file {
+        use std::io::Write as _;
+        file.write_all((stats_json(&report, delivered.as_ref()) + "\n").as_bytes())
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     Ok(report)
+}
+
+/// Becomes `user` (see [`crate::privileges`]): as root, after giving it the spool (created if
+/// missing, refused if anyone else may write there); as that user already, nothing to do;
+/// as anyone else, an error, since only root can switch.
+fn become_user(name: &str, config: &ServerConfig) -> Result<(), String> {
+    let account = privileges::lookup(name)?;
+    let me = privileges::current_uid();
+    if me == account.uid {
+        return Ok(());
+    }
+    if me != 0 {
+        return Err(format!(
+            "cannot switch to user {name}: running as uid {me}, not root"
+        ));
+    }
+    if !config.sink {
+        privileges::prepare_spool(&config.spool, &account)?;
+    }
+    privileges::drop_to(&account)?;
+    tracing::info!(user = %account.name, uid = account.uid, gid = account.gid, "running as");
+    Ok(())
 }
 
 /// Takes the spool for this process, then removes what a crash left in it: in this order, so
@@ -458,8 +503,8 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 
 /// The signals taken by `sigwait` in the signal thread. The default action of each is to end
 /// the process at once (with no `421` to anyone): SIGTERM and SIGINT stop the server
-/// gracefully instead; SIGHUP (`systemctl reload`, logrotate's `postrotate`) reloads the TLS
-/// certificates; SIGUSR1/2 are logged and ignored until they are given a meaning.
+/// gracefully instead; SIGHUP (`systemctl reload`, a certificate renewal hook) reloads the
+/// configuration; SIGUSR1/2 are logged and ignored until they are given a meaning.
 const SIGNALS: [libc::c_int; 5] = [
     libc::SIGTERM,
     libc::SIGINT,
@@ -490,12 +535,12 @@ fn block_signals() -> io::Result<libc::sigset_t> {
 }
 
 /// The first SIGTERM or SIGINT starts a graceful shutdown; a second one exits at once.
-/// SIGHUP re-reads the certificate files and the recipients table (see [`Reloadable`]). The
+/// SIGHUP reloads the configuration (see [`Reloader`]). The
 /// other signals of [`SIGNALS`] are ignored and do not count.
 fn wait_for_signals(
     set: libc::sigset_t,
     controls: Vec<(Sender<Control>, Arc<dyn Wake>)>,
-    mut reloadable: Reloadable,
+    mut reloader: Reloader,
 ) {
     let mut first = true;
     loop {
@@ -506,7 +551,7 @@ fn wait_for_signals(
             continue;
         }
         if sig == libc::SIGHUP {
-            reloadable.reload(&controls);
+            reloader.reload();
             continue;
         }
         if sig == libc::SIGUSR1 || sig == libc::SIGUSR2 {

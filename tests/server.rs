@@ -812,7 +812,7 @@ fn sighup_and_sigusr1_leave_the_server_serving() {
     // it arrives, before SIGHUP's line could be logged.
     server.signal(libc::SIGUSR1);
     server.signal(libc::SIGHUP);
-    server.wait_for_log("nothing to reload");
+    server.wait_for_log("configuration reloaded");
     busy.send(b"second half\r\n.\r\n");
     assert!(busy.reply().starts_with("250 2.0.0 Ok: queued as "));
     assert_eq!(busy.cmd("NOOP"), "250 2.0.0 Ok\r\n");

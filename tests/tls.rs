@@ -450,7 +450,7 @@ fn sighup_reloads_certificates() {
     open.send(b"Subject: across a reload\r\n\r\nfirst half\r\n");
     install(&second);
     server.signal(libc::SIGHUP);
-    server.wait_for_log("certificates reloaded");
+    server.wait_for_log("configuration reloaded");
     let fresh = TlsClient::starttls(server.connect_greeted(), pki.client(), "mx.test");
     assert_eq!(fresh.peer_certificate(), second.der);
     std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();

@@ -126,7 +126,7 @@ pub fn format_list(listed: &[Listed], json: bool) -> String {
 
 /// Answers the control socket of `spool` on its own thread, forwarding each request to the
 /// runner. Returns the socket's path (removed at shutdown by [`remove`]).
-pub fn serve(spool: &Path, runner: Sender<Control>) -> io::Result<PathBuf> {
+pub(crate) fn serve(spool: &Path, runner: Sender<Control>) -> io::Result<PathBuf> {
     let path = spool.join(SOCKET);
     // A socket left by a server that was killed: the spool lock says nobody else has it.
     match std::fs::remove_file(&path) {

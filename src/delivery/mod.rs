@@ -49,6 +49,48 @@ pub(crate) struct Shared {
     stop: Arc<AtomicBool>,
 }
 
+impl Shared {
+    /// From the configuration: the hostname for EHLO, the limits, the client's TLS.
+    fn new(config: &ServerConfig, stop: Arc<AtomicBool>) -> Result<Shared, String> {
+        let d = &config.delivery;
+        let limits = d.limits.clone();
+        let client = Arc::new(ClientSettings {
+            hostname: config.proto.hostname.clone(),
+            tls: d.relay_tls,
+            tls_config: tls_config(d.relay_tls, d.relay_tls_ca_file.as_deref())?,
+            connect_timeout: Duration::from_secs(limits.relay_connect_timeout_secs),
+            reply_timeout: Duration::from_secs(limits.relay_reply_timeout_secs),
+            bounds: reply::Bounds {
+                line_max: limits.relay_reply_line_max,
+                lines_max: limits.relay_reply_lines_max,
+            },
+        });
+        Ok(Shared {
+            hostname: config.proto.hostname.clone(),
+            limits,
+            client,
+            stop,
+        })
+    }
+}
+
+/// What a reload gives delivery, loaded and checked before anything is put in force.
+pub struct Reload {
+    routes: Routes,
+    shared: Shared,
+}
+
+/// Sends a reload to the queue runner.
+pub struct ReloadHandle(Sender<Control>);
+
+impl ReloadHandle {
+    /// Puts `reload` in force: work handed to a destination from now on uses the new routes,
+    /// limits and TLS settings; connections at work finish their transaction first.
+    pub fn reload(&self, reload: Reload) {
+        let _ = self.0.send(Control::Reload(reload.routes, reload.shared));
+    }
+}
+
 /// The running delivery side of a server.
 pub struct Delivery {
     feed: Sender<String>,
@@ -82,24 +124,7 @@ impl Delivery {
             Backing::Log(log) => (log.clone(), Some(log.clone())),
             Backing::Files { dir, .. } => (Arc::new(FilesQueue::new(dir)), None),
         };
-        let limits = d.limits.clone();
-        let client = Arc::new(ClientSettings {
-            hostname: config.proto.hostname.clone(),
-            tls: d.relay_tls,
-            tls_config: tls_config(d.relay_tls, d.relay_tls_ca_file.as_deref())?,
-            connect_timeout: Duration::from_secs(limits.relay_connect_timeout_secs),
-            reply_timeout: Duration::from_secs(limits.relay_reply_timeout_secs),
-            bounds: reply::Bounds {
-                line_max: limits.relay_reply_line_max,
-                lines_max: limits.relay_reply_lines_max,
-            },
-        });
-        let shared = Arc::new(Shared {
-            hostname: config.proto.hostname.clone(),
-            limits,
-            client,
-            stop: Arc::new(AtomicBool::new(false)),
-        });
+        let shared = Arc::new(Shared::new(config, Arc::new(AtomicBool::new(false)))?);
         let (feed, committed) = crossbeam_channel::unbounded();
         let (control, control_rx) = crossbeam_channel::unbounded();
         let dsn_spool = Spool::start(
@@ -132,6 +157,25 @@ impl Delivery {
             thread: Some(thread),
             socket,
         }))
+    }
+
+    /// Loads the routes and the client settings of `config` for [`Delivery::reload`]: the
+    /// files it names (`relay_tls_ca_file`) are read here, so a bad one refuses the reload.
+    /// A configuration without routes is refused too: delivery cannot stop without a restart.
+    pub fn prepare(config: &ServerConfig) -> Result<Reload, String> {
+        let d = &config.delivery;
+        let routes = Routes::new(d.relay_to.as_deref(), &d.routes)?;
+        if routes.is_empty() {
+            return Err("relay_to and routes cannot both be removed without a restart".into());
+        }
+        // The runner keeps its own stop flag; this one is never looked at.
+        let shared = Shared::new(config, Arc::new(AtomicBool::new(false)))?;
+        Ok(Reload { routes, shared })
+    }
+
+    /// How a reload reaches the runner, from another thread.
+    pub fn reload_handle(&self) -> ReloadHandle {
+        ReloadHandle(self.control.clone())
     }
 
     /// Where committers send the id of each message they commit.

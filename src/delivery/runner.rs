@@ -29,10 +29,12 @@ use std::time::{Duration, Instant, SystemTime};
 const COMPACT_EVERY: Duration = Duration::from_secs(30);
 
 /// What the runner is told.
-pub enum Control {
+pub(crate) enum Control {
     Request(Request, Sender<Result<String, String>>),
     /// Stop: finish what is in flight (up to the grace), make its marks, report.
     Stop(Duration),
+    /// A reload: the routes and settings for work dispatched from now on.
+    Reload(Routes, Shared),
 }
 
 pub struct Runner {
@@ -487,6 +489,18 @@ impl Runner {
     fn control(&mut self, c: Control) -> Option<Duration> {
         match c {
             Control::Stop(grace) => Some(grace),
+            Control::Reload(routes, shared) => {
+                self.routes = routes;
+                self.shared = Arc::new(Shared {
+                    stop: self.shared.stop.clone(),
+                    ..shared
+                });
+                // Each pool's threads keep the settings they were started with: the pools
+                // are let go (their threads finish the work already handed to them, then
+                // end) and new ones start with the new settings on the next dispatch.
+                self.pools.clear();
+                None
+            }
             Control::Request(req, reply) => {
                 let answer = self.request(req);
                 let _ = reply.send(answer);

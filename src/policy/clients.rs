@@ -31,7 +31,7 @@ use std::collections::hash_map::{Entry as Slot, HashMap, RandomState};
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -99,7 +99,11 @@ pub struct Admitted {
 
 /// The connection counts of every client, shared by all workers.
 pub struct ClientTable {
+    /// The limits at creation; the two counts below replace its `max_connections` and
+    /// `rate_per_minute`, which a reload may change ([`ClientTable::set_limits`]).
     limits: ClientLimits,
+    max_connections: AtomicU32,
+    rate_per_minute: AtomicU32,
     /// Keeps an IPv6 address's first `ipv6_prefix` bits.
     ipv6_mask: u128,
     /// Clients one shard may hold: `max_tracked / SHARDS`, so all together hold no more.
@@ -203,7 +207,7 @@ impl std::fmt::Debug for ClientTable {
     /// The limits and the size, not the clients (which would mean taking every lock).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientTable")
-            .field("limits", &self.limits)
+            .field("limits", &self.current())
             .field("tracked", &self.tracked())
             .finish()
     }
@@ -227,6 +231,8 @@ impl ClientTable {
         );
         ClientTable {
             limits,
+            max_connections: AtomicU32::new(limits.max_connections),
+            rate_per_minute: AtomicU32::new(limits.rate_per_minute),
             ipv6_mask: u128::MAX << (128 - u32::from(limits.ipv6_prefix)),
             per_shard: limits.max_tracked / SHARDS,
             hasher: RandomState::new(),
@@ -238,7 +244,7 @@ impl ClientTable {
     /// At accept: counts the connection of `ip` at `now` if the limits allow it. The caller
     /// passes its cached clock (the table reads none, so tests control time).
     pub fn admit(&self, ip: IpAddr, now: Instant) -> Result<Admitted, Refusal> {
-        let limits = &self.limits;
+        let limits = &self.current();
         if limits.max_connections == 0 && limits.rate_per_minute == 0 {
             // Nothing to enforce, so nothing to count or lock.
             return Ok(Admitted { counted: None });
@@ -283,9 +289,31 @@ impl ClientTable {
         client.live -= 1;
         // Without a rate to remember, a client with no connection is worth nothing: dropping it
         // now keeps the table to the clients connected.
-        if client.live == 0 && self.limits.rate_per_minute == 0 {
+        if client.live == 0 && self.rate_per_minute.load(Ordering::Relaxed) == 0 {
             slot.remove();
         }
+    }
+
+    /// The limits in force now.
+    pub fn current(&self) -> ClientLimits {
+        ClientLimits {
+            max_connections: self.max_connections.load(Ordering::Relaxed),
+            rate_per_minute: self.rate_per_minute.load(Ordering::Relaxed),
+            ..self.limits
+        }
+    }
+
+    /// A reload's new limits, for the connections admitted from now on. The rate may change
+    /// but not be turned on or off: the eviction order exists only with a rate, and clients
+    /// tracked without it are not in it (so that switch waits for a restart).
+    pub fn set_limits(&self, max_connections: u32, rate_per_minute: u32) -> Result<(), &'static str> {
+        let rate = self.rate_per_minute.load(Ordering::Relaxed);
+        if (rate == 0) != (rate_per_minute == 0) {
+            return Err("connection_rate_per_client cannot be turned on or off without a restart");
+        }
+        self.max_connections.store(max_connections, Ordering::Relaxed);
+        self.rate_per_minute.store(rate_per_minute, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Clients tracked now, over all shards (locks each in turn: for metrics and tests).
@@ -310,7 +338,7 @@ impl ClientTable {
 
     /// Puts a client just tracked at the back of the eviction order, if there is one.
     fn queue(&self, clients: &mut Clients, key: Key, now: Instant) {
-        if self.limits.rate_per_minute != 0 {
+        if self.rate_per_minute.load(Ordering::Relaxed) != 0 {
             clients.by_age.push_back((key, now));
         }
     }

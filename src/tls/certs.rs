@@ -11,7 +11,7 @@ use rustls::{Error, InconsistentKeys};
 
 /// One certificate the operator configured: the names it serves (SNI), PEM chain (leaf first),
 /// PEM key (PKCS#8, SEC1 or PKCS#1).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertEntry {
     /// Host names (`mx.example.com`) or one-label wildcards (`*.example.com`) this

@@ -57,8 +57,19 @@ impl TlsContext {
     /// certificates. On success, new handshakes get the new ones. The session cache and the
     /// ticketer are kept across reloads (resumption survives a reload).
     pub fn reload(&mut self, entries: &[CertEntry]) -> Result<(), String> {
-        self.config = build(&self.provider, &self.ticketer, &self.sessions, entries)?;
+        self.config = self.prepare(entries)?;
         Ok(())
+    }
+
+    /// Loads `entries` into a configuration sharing this context's resumption state, without
+    /// putting it in force: a reload loads every part first and installs all or nothing.
+    pub fn prepare(&self, entries: &[CertEntry]) -> Result<Arc<ServerConfig>, String> {
+        build(&self.provider, &self.ticketer, &self.sessions, entries)
+    }
+
+    /// Puts a configuration from [`TlsContext::prepare`] in force for new handshakes.
+    pub fn install(&mut self, config: Arc<ServerConfig>) {
+        self.config = config;
     }
 
     /// The config for new handshakes (cheap clone of an Arc).

@@ -48,9 +48,23 @@ pub enum Control {
     /// Certificates were reloaded: new handshakes use this configuration; sessions already in
     /// TLS keep theirs.
     Tls(Arc<rustls::ServerConfig>),
-    /// The recipients table was reloaded: sessions that start from now on use these
-    /// settings; open ones keep theirs.
+    /// The configuration was reloaded: sessions that start from now on use these settings
+    /// (limits, hostname, recipients table); open ones keep theirs.
     Settings(Arc<Settings>),
+    /// The configuration was reloaded: connections accepted from now on are admitted by these.
+    Live(Arc<Live>),
+}
+
+/// The part of [`WorkerConfig`] a reload may change; the rest needs a restart.
+#[derive(Debug, Clone)]
+pub struct Live {
+    pub shutdown_grace: Duration,
+    pub handshake_timeout: Duration,
+    pub relay_networks: Arc<[ipnet::IpNet]>,
+    pub proxy_trusted: Arc<[ipnet::IpNet]>,
+    pub proxy_timeout: Duration,
+    pub proxy_header_max: usize,
+    pub limit_relay_networks: bool,
 }
 
 /// The worker's own settings, from the server's limits table.
@@ -228,6 +242,7 @@ impl<B: Backend> Worker<B> {
                     Control::Shutdown => {}
                     Control::Tls(config) => self.shared.tls_config = Some(config),
                     Control::Settings(settings) => self.shared.settings = settings,
+                    Control::Live(live) => self.apply(&live),
                 }
             }
             for completion in completions.drain(..) {
@@ -250,6 +265,24 @@ impl<B: Backend> Worker<B> {
             accepted: self.accepted,
             refused: self.refused,
         }
+    }
+
+    /// A reload's settings, for what is accepted from now on. A connection waiting for its
+    /// PROXY header keeps the deadline it was given.
+    fn apply(&mut self, live: &Live) {
+        let (c, sh) = (&mut self.config, &mut self.shared);
+        c.shutdown_grace = live.shutdown_grace;
+        c.handshake_timeout = live.handshake_timeout;
+        c.proxy_trusted = live.proxy_trusted.clone();
+        c.proxy_timeout = live.proxy_timeout;
+        c.proxy_header_max = live.proxy_header_max;
+        c.limit_relay_networks = live.limit_relay_networks;
+        c.relay_networks = live.relay_networks.clone();
+        sh.handshake_timeout = live.handshake_timeout;
+        sh.relay_networks = live.relay_networks.clone();
+        sh.proxy_timeout = live.proxy_timeout;
+        sh.proxy_header_max = live.proxy_header_max;
+        sh.limit_relay_networks = live.limit_relay_networks;
     }
 
     fn next_deadline(&mut self) -> Option<Instant> {

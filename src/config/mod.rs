@@ -8,14 +8,17 @@
 //! buffers, queues, backends); [`limits_table`] is the one table of both for the operator. A
 //! value that reaches the wire is checked for its kind too (the hostname, RFC 5321 §4.1.2).
 
+mod effective;
+
 pub use crate::tls::CertEntry;
-use serde::Deserialize;
+pub use effective::{all_keys, changed_keys, to_toml, unset};
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// How the DATA receiver treats a line feed that is not preceded by a carriage return.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BareLf {
     /// Store a bare LF as CRLF and treat it as a line end (Postfix ≥ 3.9 `normalize`). The end
@@ -57,6 +60,19 @@ macro_rules! limits {
 
                 fn values(&self) -> Vec<(&'static str, u64)> {
                     vec![ $( (stringify!($name), self.$name as u64), )* ]
+                }
+
+                /// Every key with its value as TOML writes it (a `bool` as `true`/`false`).
+                pub fn toml_values(&self) -> Vec<(&'static str, toml::Value)> {
+                    vec![ $( (stringify!($name), toml::Value::try_from(self.$name)
+                        .expect("a limit is a number or a bool")), )* ]
+                }
+
+                /// The keys whose values differ between `self` and `other`.
+                pub fn changed(&self, other: &Self) -> Vec<&'static str> {
+                    let mut keys = Vec::new();
+                    $( if self.$name != other.$name { keys.push(stringify!($name)); } )*
+                    keys
                 }
 
                 /// Checks every value against its range; the first one outside is reported.
@@ -288,7 +304,7 @@ impl Default for ProtoConfig {
 }
 
 /// Which I/O backend drives the workers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     /// io_uring when the kernel has everything it uses, else epoll (the log says why).
@@ -300,7 +316,7 @@ pub enum BackendKind {
 }
 
 /// How the spool makes a batch of messages durable before acknowledging them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SpoolSync {
     /// Start writeback of every file of the batch, then `fdatasync` each: only the spool's own
@@ -314,7 +330,7 @@ pub enum SpoolSync {
 }
 
 /// How the spool stores messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum SpoolFormat {
     /// Per worker, preallocated append-only segments of framed records, one `fdatasync` per
@@ -412,7 +428,7 @@ struct ServerKeys {
 }
 
 /// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// `key=value` fields after the message, one line per event: for people and grep.
@@ -422,7 +438,7 @@ pub enum LogFormat {
 }
 
 /// Whether delivery to the next hop uses STARTTLS (Postfix's `smtp_tls_security_level`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum RelayTls {
     /// Never, even when offered.
@@ -496,6 +512,19 @@ fn loopback() -> Vec<ipnet::IpNet> {
         .iter()
         .map(|net| net.parse().expect("a valid network"))
         .collect()
+}
+
+impl Serialize for Listen {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        if !self.proxy {
+            return self.addr.serialize(s);
+        }
+        let mut t = s.serialize_struct("Listen", 2)?;
+        t.serialize_field("address", &self.addr)?;
+        t.serialize_field("proxy", &true)?;
+        t.end()
+    }
 }
 
 /// One listen address, and whether each connection on it starts with a PROXY header from a
@@ -861,7 +890,8 @@ fn is_user_name(name: &str) -> bool {
         && b.len() <= 32
         && !b[0].is_ascii_digit()
         && b[0] != b'-'
-        && b.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-' || c == b'.')
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-' || c == b'.')
 }
 
 /// RFC 5321 §4.1.2: `Domain = sub-domain *("." sub-domain)`, `sub-domain = Let-dig [Ldh-str]`,
