@@ -23,7 +23,7 @@ on_backends_and_formats!(
         a_restart_keeps_the_schedule,
         kill_during_delivery_loses_nothing,
     ],
-    backends: [],
+    backends: [a_reload_sends_new_deliveries_by_the_new_route],
 );
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -488,6 +488,46 @@ fn kill_during_delivery_loses_nothing() {
     eprintln!(
         "kill -9 during delivery: {} duplicates of {acknowledged}",
         seqs.len() - distinct.len()
+    );
+    server.stop().assert_clean();
+}
+
+/// SIGHUP with `relay_to` changed: what is delivered after the reload goes to the new next
+/// hop, what was delivered before went to the old one, and nothing goes to both.
+fn a_reload_sends_new_deliveries_by_the_new_route() {
+    let (old, new) = (
+        NextHop::start(Script::default()),
+        NextHop::start(Script::default()),
+    );
+    let dir = TempDir::new("reroute");
+    let conf = config(&dir, &format!("relay_to = \"smtp:{}\"\n", old.addr));
+    let server = Server::start(&["--hostname", "mx.test", "--config", &conf]);
+    send(
+        &server,
+        "a@client.test",
+        &["b@x.test"],
+        "Subject: before\r\n\r\nbody\r\n",
+    );
+    assert_eq!(old.wait_for(1, WAIT).len(), 1, "{}", server.log());
+    wait_for_empty_queue(&server);
+    config(&dir, &format!("relay_to = \"smtp:{}\"\n", new.addr));
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("configuration reloaded");
+    assert!(server.log().contains("changed=relay_to"), "{}", server.log());
+    send(
+        &server,
+        "a@client.test",
+        &["b@x.test"],
+        "Subject: after\r\n\r\nbody\r\n",
+    );
+    let got = new.wait_for(1, WAIT);
+    assert_eq!(got.len(), 1, "{}", server.log());
+    assert!(String::from_utf8_lossy(&got[0].data).contains("Subject: after"));
+    wait_for_empty_queue(&server);
+    assert_eq!(
+        old.wait_for(1, Duration::ZERO).len(),
+        1,
+        "the old next hop got only the first"
     );
     server.stop().assert_clean();
 }
