@@ -214,10 +214,16 @@ impl Reloader {
             restart,
             changed,
         } = loaded;
-        if let Some(ctx) = new_tls {
-            self.tls = Some(ctx);
-        } else if let (Some(ctx), Some(tls)) = (self.tls.as_mut(), &tls) {
-            ctx.install(tls.clone());
+        match (new_tls, &tls) {
+            (Some(ctx), _) => self.tls = Some(ctx),
+            (None, Some(tls)) => {
+                if let Some(ctx) = self.tls.as_mut() {
+                    ctx.install(tls.clone());
+                }
+            }
+            // Every certificate removed (possible without implicit TLS listeners): STARTTLS
+            // is no longer offered to new sessions.
+            (None, None) => self.tls = None,
         }
         let limits = &config.limits;
         // Refused only for a switch of the rate on or off, which `load` kept out.
