@@ -13,6 +13,7 @@ pub mod check;
 pub mod config;
 pub mod delivery;
 pub mod logging;
+pub mod notify;
 pub mod policy;
 pub mod privileges;
 pub mod proto;

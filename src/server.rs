@@ -262,6 +262,8 @@ pub fn serve(
         .name("ringmx-signals".into())
         .spawn(move || wait_for_signals(signals, controls, reloader))
         .map_err(|e| format!("cannot start signal thread: {e}"))?;
+    // After the start line: listening, the spool recovered, the workers running.
+    crate::notify::notify(&format!("READY=1\nSTATUS=listening on {}", list(&bound)));
     let mut report = Report::default();
     for thread in threads {
         match thread.join() {
@@ -551,7 +553,9 @@ fn wait_for_signals(
             continue;
         }
         if sig == libc::SIGHUP {
+            crate::notify::reloading();
             reloader.reload();
+            crate::notify::notify("READY=1");
             continue;
         }
         if sig == libc::SIGUSR1 || sig == libc::SIGUSR2 {
@@ -563,6 +567,7 @@ fn wait_for_signals(
             std::process::exit(1);
         }
         first = false;
+        crate::notify::notify("STOPPING=1");
         tracing::info!(signal = sig, "shutting down");
         for (tx, waker) in &controls {
             let _ = tx.try_send(Control::Shutdown);

@@ -306,6 +306,43 @@ fn check_validates_and_prints_the_effective_configuration() {
     }
 }
 
+/// Under systemd (`Type=notify`): `READY=1` once listening, `RELOADING=1` with a monotonic
+/// timestamp then `READY=1` around a SIGHUP, `STOPPING=1` at SIGTERM, on `$NOTIFY_SOCKET`.
+#[test]
+fn the_service_manager_hears_ready_reloading_and_stopping() {
+    let dir = TempDir::new("notify");
+    let path = dir.0.join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    socket.set_read_timeout(Some(serverkit::LIMIT)).unwrap();
+    let mut buf = [0u8; 512];
+    let mut next = || {
+        let n = socket.recv(&mut buf).expect("a notification");
+        String::from_utf8(buf[..n].to_vec()).unwrap()
+    };
+    let server = Server::start_with(serverkit::Options {
+        args: &["--sink"],
+        env: &[("NOTIFY_SOCKET", path.to_str().unwrap())],
+        ..Default::default()
+    });
+    let ready = next();
+    assert!(
+        ready.starts_with("READY=1\nSTATUS=listening on 127.0.0.1:"),
+        "{ready}"
+    );
+    server.signal(libc::SIGHUP);
+    let reloading = next();
+    let usec: u64 = reloading
+        .strip_prefix("RELOADING=1\nMONOTONIC_USEC=")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{reloading}"));
+    assert!(usec > 0);
+    assert_eq!(next(), "READY=1");
+    server.wait_for_log("configuration reloaded");
+    server.terminate();
+    assert_eq!(next(), "STOPPING=1");
+    server.stop().assert_clean();
+}
+
 on_backends_and_formats!(
     formats: [],
     backends: [sighup_reloads_the_configuration_for_new_sessions, user_drops_root_after_binding],

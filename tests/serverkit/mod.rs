@@ -194,6 +194,8 @@ pub struct Options<'a> {
     pub file_size_limit: Option<u64>,
     /// RLIMIT_NOFILE (soft and hard) for the server process.
     pub open_files_limit: Option<u64>,
+    /// Environment variables set for the server process.
+    pub env: &'a [(&'a str, &'a str)],
 }
 
 impl Server {
@@ -230,6 +232,7 @@ impl Server {
             cmd.args(["--spool-format", format]);
         }
         cmd.env("RUST_LOG", "info");
+        cmd.envs(options.env.iter().copied());
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
