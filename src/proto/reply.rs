@@ -203,6 +203,34 @@ impl Reply {
         )
     }
 
+    /// The reply code and the enhanced status code (RFC 3463; empty when the reply has
+    /// none), for metrics: `(550, "5.1.1")`.
+    pub fn status(self) -> (u16, &'static str) {
+        match self {
+            Reply::Greeting => (220, ""),
+            Reply::Helo | Reply::Ehlo => (250, ""),
+            Reply::Queued | Reply::ChunkOk => (250, "2.0.0"),
+            Reply::Unrecognized => (500, "5.5.1"),
+            Reply::Syntax => (501, "5.5.4"),
+            Reply::NonSmtp => (554, "5.5.0"),
+            Reply::RelayDenied => (554, "5.7.1"),
+            Reply::UnknownUser => (550, "5.1.1"),
+            fixed => {
+                let line = fixed.fixed();
+                let code = line[..3].iter().fold(0u16, |n, &d| n * 10 + u16::from(d - b'0'));
+                let word = &line[4..];
+                let word = &word[..word.iter().position(|&b| b == b' ').unwrap_or(0)];
+                let enhanced = word.first().is_some_and(u8::is_ascii_digit) && word.contains(&b'.');
+                let text = if enhanced {
+                    std::str::from_utf8(word).unwrap_or("")
+                } else {
+                    ""
+                };
+                (code, text)
+            }
+        }
+    }
+
     /// The complete reply line for kinds whose text never varies.
     pub fn fixed(self) -> &'static [u8] {
         match self {
@@ -330,5 +358,19 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), Reply::COUNT);
         assert_eq!(Reply::TooManyConnections.name(), "too_many_connections");
+    }
+
+    #[test]
+    fn status_is_the_code_and_enhanced_code_of_the_text() {
+        assert_eq!(Reply::UnknownUser.status(), (550, "5.1.1"));
+        assert_eq!(Reply::StartData.status(), (354, ""));
+        assert_eq!(Reply::TooManyConnections.status(), (421, "4.3.2"));
+        for r in Reply::ALL {
+            let (code, enhanced) = r.status();
+            assert!((200..600).contains(&code), "{r:?}");
+            if let Some(class) = enhanced.bytes().next() {
+                assert_eq!(u16::from(class - b'0'), code / 100, "{r:?}");
+            }
+        }
     }
 }
