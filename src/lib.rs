@@ -6,7 +6,8 @@
 //! spool), `proto` (the sans-IO session: replies and events out) answers them, and `spool`
 //! (a committer thread per worker, grouped fsync) makes messages durable before their `250`.
 //! `config` is the table of every limit; `tls` turns the certificate files into the rustls
-//! configuration; `wake` the one cross-thread wake-up; `server` starts it all. See ARCHITECTURE.md.
+//! configuration; `wake` the one cross-thread wake-up; `metrics` the Prometheus endpoint; `server` starts it
+//! all. See ARCHITECTURE.md.
 
 pub mod backend;
 pub mod check;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod delivery;
 pub mod logging;
 pub mod notify;
+pub mod metrics;
 pub mod policy;
 pub mod privileges;
 pub mod proto;

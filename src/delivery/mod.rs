@@ -22,7 +22,7 @@ mod stats;
 mod transfer;
 
 pub use route::{Dest, Protocol, Routes};
-pub use stats::Stats;
+pub use stats::{DestStats, Stats};
 
 use crate::config::{DeliveryLimits, RelayTls, ServerConfig};
 use crate::spool::{Backing, FilesQueue, LogSpool, Queue, Spool};
@@ -183,6 +183,11 @@ impl Delivery {
         self.feed.clone()
     }
 
+    /// A handle the metrics thread asks the runner's counters with.
+    pub fn stats_source(&self) -> StatsSource {
+        StatsSource(self.control.clone())
+    }
+
     /// Stops the runner: deliveries in flight get up to `grace` to finish and be marked;
     /// what is cut off is delivered again at the next start (a duplicate, never a loss).
     pub fn stop(mut self, grace: Duration) -> Stats {
@@ -195,6 +200,20 @@ impl Delivery {
                 Stats::default()
             }
         }
+    }
+}
+
+/// Asks the running queue runner for its counters, from another thread.
+#[derive(Clone)]
+pub struct StatsSource(Sender<Control>);
+
+impl StatsSource {
+    /// The runner's counters, or none if it did not answer within `timeout` (busy, or
+    /// stopped).
+    pub fn get(&self, timeout: Duration) -> Option<Stats> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.0.send(Control::Snapshot(tx)).ok()?;
+        rx.recv_timeout(timeout).ok()
     }
 }
 

@@ -35,6 +35,8 @@ pub(crate) enum Control {
     Stop(Duration),
     /// A reload: the routes and settings for work dispatched from now on.
     Reload(Routes, Shared),
+    /// A scrape asks for the counters now, with the queue's size and age and the pools'.
+    Snapshot(Sender<Stats>),
 }
 
 pub struct Runner {
@@ -410,7 +412,10 @@ impl Runner {
             meta: Box::new(meta),
         });
         self.dsn_spool.submit(Job::Chunk { key, data: text });
-        self.dsn_spool.submit(Job::End { key });
+        self.dsn_spool.submit(Job::End {
+            key,
+            at: std::time::Instant::now(),
+        });
         match self.dsn_spool.results.recv_timeout(Duration::from_secs(60)) {
             Ok(done) if done.ok => {
                 self.stats.dsn_sent += 1;
@@ -506,7 +511,30 @@ impl Runner {
                 let _ = reply.send(answer);
                 None
             }
+            Control::Snapshot(reply) => {
+                let _ = reply.send(self.snapshot(SystemTime::now()));
+                None
+            }
         }
+    }
+
+    /// The counters with the queue's size, its oldest message's age and each pool's state.
+    fn snapshot(&mut self, now: SystemTime) -> Stats {
+        let mut stats = self.stats.clone();
+        stats.queue_size = (self.msgs.len() + self.backlog.len()) as u64;
+        stats.oldest_age_secs = self
+            .msgs
+            .values()
+            .filter_map(|m| now.duration_since(m.received).ok())
+            .max()
+            .map_or(0, |d| d.as_secs());
+        for (dest, pool) in &self.pools {
+            let d = stats.dest(dest);
+            d.connections = pool.connections() as u64;
+            d.threads = pool.threads() as u64;
+            d.waiting = pool.waiting() as u64;
+        }
+        stats
     }
 
     fn request(&mut self, req: Request) -> Result<String, String> {
@@ -571,23 +599,7 @@ impl Runner {
                 self.refill();
                 Ok(format!("deleted {id}\n"))
             }
-            Request::Stats => {
-                let mut stats = self.stats.clone();
-                stats.queue_size = (self.msgs.len() + self.backlog.len()) as u64;
-                stats.oldest_age_secs = self
-                    .msgs
-                    .values()
-                    .filter_map(|m| now.duration_since(m.received).ok())
-                    .max()
-                    .map_or(0, |d| d.as_secs());
-                for (dest, pool) in &self.pools {
-                    let d = stats.dest(dest);
-                    d.connections = pool.connections() as u64;
-                    d.threads = pool.threads() as u64;
-                    d.waiting = pool.waiting() as u64;
-                }
-                Ok(stats.json().to_string() + "\n")
-            }
+            Request::Stats => Ok(self.snapshot(now).json().to_string() + "\n"),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Delivery's counters: messages queued and completed, recipients delivered, deferred and bounced, notifications sent, the queue's size and oldest age, and per destination its outcomes, connections and delivery latency (end of data to the next hop's `250`).
 
 use super::route::Dest;
-use hdrhistogram::Histogram;
+use crate::metrics::histogram::Histogram;
+use hdrhistogram::Histogram as Hdr;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,7 @@ pub struct DestStats {
     pub threads: u64,
     pub waiting: u64,
     /// Microseconds from the commit of a message to the reply that delivered a recipient.
-    latency: Histogram<u64>,
+    latency: Hdr<u64>,
 }
 
 impl Default for DestStats {
@@ -32,7 +33,7 @@ impl Default for DestStats {
             threads: 0,
             waiting: 0,
             // 1 µs to an hour, three significant digits: a fixed few tens of kilobytes.
-            latency: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
+            latency: Hdr::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
         }
     }
 }
@@ -42,6 +43,21 @@ impl DestStats {
         let _ = self
             .latency
             .record((d.as_micros() as u64).clamp(1, 3_600_000_000));
+    }
+
+    /// The delivery latency as cumulative buckets at `bounds` (seconds), with its count and
+    /// sum, converted from the HdrHistogram at each call (a scrape).
+    pub fn latency_buckets(&self, bounds: &[f64]) -> Histogram {
+        let to_micros = |secs: f64| (secs * 1e6) as u64;
+        Histogram {
+            bounds: bounds.to_vec(),
+            cumulative: bounds
+                .iter()
+                .map(|&b| self.latency.count_between(0, to_micros(b)))
+                .collect(),
+            count: self.latency.len(),
+            sum: self.latency.mean() * self.latency.len() as f64 * 1e-6,
+        }
     }
 
     fn json(&self) -> serde_json::Value {
@@ -90,6 +106,11 @@ impl Stats {
     /// The counters of `dest`, created at first use.
     pub fn dest(&mut self, dest: &Arc<Dest>) -> &mut DestStats {
         self.dests.entry(dest.to_string()).or_default()
+    }
+
+    /// Every destination with its counters, by name.
+    pub fn dests(&self) -> impl Iterator<Item = (&str, &DestStats)> {
+        self.dests.iter().map(|(k, v)| (k.as_str(), v))
     }
 
     /// Recipients delivered, over every destination.

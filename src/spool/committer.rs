@@ -1,7 +1,7 @@
 //! A worker's committer thread: writes body bytes as they come and commits ended messages in batches, with shared fsyncs.
 
 use super::format::{envelope_json, received_header};
-use super::{Backlog, Batching, Done, Job, MessageMeta, SpoolStats, TMP};
+use super::{Backlog, Batching, CommitClock, Done, Job, MessageMeta, SpoolStats, TMP};
 use crate::config::SpoolSync;
 use crate::wake::Wake;
 use crossbeam_channel::{Receiver, Sender};
@@ -44,10 +44,12 @@ pub(super) struct Committer {
     feed: Option<Sender<String>>,
     waker: Arc<dyn Wake>,
     stats: SpoolStats,
+    clock: CommitClock,
 }
 
 impl Committer {
     /// A committer for the (recovered) directory `dir`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         dir: PathBuf,
         hostname: String,
@@ -56,6 +58,7 @@ impl Committer {
         done: Sender<Done>,
         feed: Option<Sender<String>>,
         waker: Arc<dyn Wake>,
+        clock: CommitClock,
     ) -> io::Result<Committer> {
         Ok(Committer {
             dir_file: File::open(&dir)?,
@@ -69,6 +72,7 @@ impl Committer {
             feed,
             waker,
             stats: SpoolStats::default(),
+            clock,
         })
     }
 
@@ -261,12 +265,14 @@ impl Batching for Committer {
                 }
                 self.open.insert(key, pending);
             }
-            Job::End { key } => {
+            Job::End { key, at } => {
                 if let Some(pending) = self.open.remove(&key) {
+                    self.clock.ended(key, at);
                     self.ended.push((key, pending));
                 }
             }
             Job::Abort { key } => {
+                self.clock.aborted(key);
                 let pending = self.open.remove(&key).or_else(|| {
                     let i = self.ended.iter().position(|(k, _)| *k == key)?;
                     Some(self.ended.swap_remove(i).1)
@@ -309,6 +315,8 @@ impl Batching for Committer {
             micros = started.elapsed().as_micros() as u64,
             "spool batch committed"
         );
+        self.clock.batch_done(batch.iter().map(|(key, _)| *key));
         self.report(batch, &files, dir_ok);
+        self.clock.metrics.publish(&self.stats);
     }
 }

@@ -27,6 +27,7 @@ pub use store::Store;
 pub use tls::{Failure as TlsFailure, Tls, TlsStats};
 
 use crate::backend::{Backend, Completion, IoStats, Token, RESERVED_GENERATION};
+use crate::metrics::histogram::Histogram;
 use crate::proto::{CloseReason, Reply, Session, Settings, Stats};
 use crate::spool::SpoolStats;
 use admit::ProxyWait;
@@ -51,6 +52,10 @@ pub enum Control {
     /// The configuration was reloaded: sessions that start from now on use these settings
     /// (limits, hostname, recipients table); open ones keep theirs.
     Settings(Arc<Settings>),
+    /// A scrape asks for the worker's counters now ([`Worker::snapshot`]): answered at the
+    /// start of its next turn. The metrics side keeps at most one of these outstanding per
+    /// worker, so the channel keeps room for a shutdown.
+    Snapshot(crossbeam_channel::Sender<Report>),
     /// The configuration was reloaded: connections accepted from now on are admitted by these.
     Live(Arc<Live>),
 }
@@ -130,6 +135,13 @@ pub struct Report {
     pub spool: SpoolStats,
     pub accepted: u64,
     pub refused: Refused,
+    /// Octets read from clients' sockets, counted as the backend delivers them: before TLS
+    /// decryption (so record overhead included) and before the session consumes them.
+    pub received_octets: u64,
+    /// Per message, seconds from its hand-over to the committer to its batch's durable end.
+    pub commit_seconds: Histogram,
+    /// Per commit batch, its messages.
+    pub commit_batch: Histogram,
 }
 
 impl Report {
@@ -144,6 +156,9 @@ impl Report {
         self.refused.shutting_down += other.refused.shutting_down;
         self.refused.attach_failed += other.refused.attach_failed;
         self.refused.out_of_descriptors += other.refused.out_of_descriptors;
+        self.received_octets += other.received_octets;
+        self.commit_seconds.merge(&other.commit_seconds);
+        self.commit_batch.merge(&other.commit_batch);
     }
 
     /// Connections refused for any reason.
@@ -174,6 +189,7 @@ pub struct Worker<B: Backend> {
     grace_until: Option<Instant>,
     accepted: u64,
     refused: Refused,
+    received_octets: u64,
 }
 
 impl<B: Backend> Worker<B> {
@@ -219,6 +235,7 @@ impl<B: Backend> Worker<B> {
             grace_until: None,
             accepted: 0,
             refused: Refused::default(),
+            received_octets: 0,
         }
     }
 
@@ -243,6 +260,9 @@ impl<B: Backend> Worker<B> {
                     Control::Tls(config) => self.shared.tls_config = Some(config),
                     Control::Settings(settings) => self.shared.settings = settings,
                     Control::Live(live) => self.apply(&live),
+                    Control::Snapshot(reply) => {
+                        let _ = reply.try_send(self.snapshot());
+                    }
                 }
             }
             for completion in completions.drain(..) {
@@ -255,15 +275,32 @@ impl<B: Backend> Worker<B> {
                 break;
             }
         }
-        let spool = self.shared.store.finish();
+        let mut report = self.snapshot();
+        report.spool = self.shared.store.finish();
+        report
+    }
+
+    /// The worker's counters now: its totals plus the counters its live sessions have not
+    /// folded yet (a copy: nothing is reset), so every counter only grows from one snapshot
+    /// to the next. Costs a pass over the connections, once per scrape, not per command.
+    fn snapshot(&self) -> Report {
+        let mut stats = self.shared.stats.clone();
+        for (_, conn) in &self.conns {
+            stats.add(conn.session.stats());
+        }
+        let commit = self.shared.store.commit_metrics();
+        let (commit_seconds, commit_batch) = commit.map(|m| m.histograms()).unwrap_or_default();
         Report {
-            spool,
-            stats: self.shared.stats,
+            spool: commit.map(|m| m.stats()).unwrap_or_default(),
+            stats,
             io: self.backend.io_stats(),
             tls: self.shared.tls_stats,
             admit: self.shared.admit_stats,
             accepted: self.accepted,
             refused: self.refused,
+            received_octets: self.received_octets,
+            commit_seconds,
+            commit_batch,
         }
     }
 
@@ -303,7 +340,12 @@ impl<B: Backend> Worker<B> {
                 self.refused.out_of_descriptors += 1;
                 self.refuse(socket, Reply::TooManyConnections);
             }
-            Completion::Received { token, result } => self.received(token, result),
+            Completion::Received { token, result } => {
+                if let Ok(buf) = &result {
+                    self.received_octets += buf.len() as u64;
+                }
+                self.received(token, result)
+            }
             Completion::Sent { token, buf, result } => self.sent(token, buf, result),
             Completion::Closed { token } => self.closed(token),
             Completion::Woken => {}

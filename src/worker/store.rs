@@ -99,7 +99,10 @@ impl Store {
                 Ended::Queued(ids.next_id())
             }
             Store::Spool(spool) => {
-                spool.submit(Job::End { key: token.to_u64() });
+                spool.submit(Job::End {
+                    key: token.to_u64(),
+                    at: std::time::Instant::now(),
+                });
                 *message = match std::mem::replace(message, Message::None) {
                     Message::Streaming(id) | Message::Committing(id) => Message::Committing(id),
                     Message::None => Message::Committing(String::new()),
@@ -124,6 +127,14 @@ impl Store {
         match self {
             Store::Spool(spool) => spool.results.try_iter().collect(),
             Store::Sink(_) => Vec::new(),
+        }
+    }
+
+    /// What the committer has published so far, for a snapshot; none in sink mode.
+    pub(crate) fn commit_metrics(&self) -> Option<&crate::spool::CommitMetrics> {
+        match self {
+            Store::Spool(spool) => Some(spool.metrics()),
+            Store::Sink(_) => None,
         }
     }
 

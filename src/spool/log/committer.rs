@@ -4,7 +4,7 @@ use super::record::Kind;
 use super::segment::Segment;
 use super::{Committed, LogSpool};
 use crate::spool::format::received_header;
-use crate::spool::{Backlog, Batching, Done, Job, MessageMeta, SpoolStats};
+use crate::spool::{Backlog, Batching, CommitClock, Done, Job, MessageMeta, SpoolStats};
 use crate::wake::Wake;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
@@ -61,6 +61,7 @@ pub(in crate::spool) struct Committer {
     feed: Option<Sender<String>>,
     waker: Arc<dyn Wake>,
     stats: SpoolStats,
+    clock: CommitClock,
 }
 
 impl Committer {
@@ -71,6 +72,7 @@ impl Committer {
         done: Sender<Done>,
         feed: Option<Sender<String>>,
         waker: Arc<dyn Wake>,
+        clock: CommitClock,
     ) -> Committer {
         Committer {
             log,
@@ -89,6 +91,7 @@ impl Committer {
             feed,
             waker,
             stats: SpoolStats::default(),
+            clock,
         }
     }
 
@@ -240,12 +243,14 @@ impl Batching for Committer {
                     Err(e) => self.retire(seq, &e),
                 }
             }
-            Job::End { key } => {
+            Job::End { key, at } => {
                 if let Some(open) = self.open.remove(&key) {
+                    self.clock.ended(key, at);
                     self.ended.push((key, open));
                 }
             }
             Job::Abort { key } => {
+                self.clock.aborted(key);
                 let open = self.open.remove(&key).or_else(|| {
                     let i = self.ended.iter().position(|(k, _)| *k == key)?;
                     Some(self.ended.swap_remove(i).1)
@@ -340,6 +345,8 @@ impl Batching for Committer {
             micros = started.elapsed().as_micros() as u64,
             "log batch committed"
         );
+        self.clock.batch_done(results.iter().map(|done| done.key));
+        self.clock.metrics.publish(&self.stats);
         for done in results {
             if let (true, Some(feed)) = (done.ok, &self.feed) {
                 let _ = feed.send(done.id.clone());

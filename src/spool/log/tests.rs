@@ -143,7 +143,10 @@ fn submit(spool: &mut Spool, plans: &[Plan], picks: &[usize]) -> Written {
         }]);
         jobs.extend(plan.chunks.iter().map(|c| Job::Chunk { key, data: c.clone() }));
         match plan.fate {
-            Fate::Commit => jobs.push_back(Job::End { key }),
+            Fate::Commit => jobs.push_back(Job::End {
+                key,
+                at: std::time::Instant::now(),
+            }),
             Fate::Abort => jobs.push_back(Job::Abort { key }),
             Fate::Unfinished => {}
         }

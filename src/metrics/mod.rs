@@ -1,0 +1,3 @@
+//! What a scrape of `/metrics` collects and from where.
+
+pub mod histogram;
