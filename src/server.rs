@@ -161,6 +161,7 @@ pub fn serve(
     // Everything that may need root comes first: the listeners (ports 25 and 465), the
     // certificates above and the recipients table (files an operator may keep root's).
     let (per_worker, bound) = bind_all(&listen, workers)?;
+    let metrics = crate::metrics::bind(&config)?;
     let recipients =
         Recipients::new(&config.domains, config.recipients.as_deref()).map_err(|e| e.to_string())?;
     tracing::info!(
@@ -220,6 +221,14 @@ pub fn serve(
         threads.push(started.thread);
         controls.push((started.control, started.waker));
     }
+    crate::metrics::start(
+        metrics,
+        &config,
+        &controls,
+        &active,
+        delivery.as_ref(),
+        backend_name,
+    )?;
     let list = |addrs: &[SocketAddr]| {
         let mut s = String::new();
         for (i, addr) in addrs.iter().enumerate() {
