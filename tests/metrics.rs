@@ -2,13 +2,18 @@
 
 #[macro_use]
 mod serverkit;
+mod nexthop;
 
+use nexthop::{NextHop, Script};
 use serverkit::{Client, Server};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-on_backends_and_formats!(formats: [], backends: [counters_match_the_clients_mix, hostile_clients_stay_bounded]);
+on_backends_and_formats!(
+    formats: [counters_match_the_clients_mix, delivery_counters_follow_the_next_hop],
+    backends: [hostile_clients_stay_bounded],
+);
 
 /// The metrics endpoint's address, from its start line (logged before `ringmx started`).
 fn metrics_addr(server: &Server) -> SocketAddr {
@@ -146,6 +151,31 @@ fn load(addr: SocketAddr, threads: usize, rounds: usize) -> [u64; 5] {
     [(threads * rounds) as u64; 5]
 }
 
+/// Waits (bounded) until the server has logged the end of `n` sessions: a session's close
+/// is counted when the worker sees its socket closed, a moment after the client's last reply.
+fn wait_for_sessions_ended(server: &Server, n: usize) {
+    let deadline = Instant::now() + serverkit::LIMIT;
+    while server.log().matches("session ended").count() < n {
+        assert!(
+            Instant::now() < deadline,
+            "not {n} sessions ended: {}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The spool format named on the start line (`log` or `files`).
+fn spool_format(server: &Server) -> &'static str {
+    let log = server.log();
+    let started = log.lines().find(|l| l.contains("ringmx started")).unwrap();
+    if started.contains(" (files") {
+        "files"
+    } else {
+        "log"
+    }
+}
+
 fn counters_match_the_clients_mix() {
     let server = Server::start(&["--workers", "2", "--metrics-listen", "127.0.0.1:0"]);
     let metrics = metrics_addr(&server);
@@ -157,6 +187,8 @@ fn counters_match_the_clients_mix() {
     let counts = during.join().unwrap();
     let [valid, typo, badseq, web, ssh] = counts.map(|n| n as f64);
     assert!(value(&mid, "ringmx_messages_accepted_total", &[]) <= valid);
+    let sessions = valid + typo + badseq + web + ssh;
+    wait_for_sessions_ended(&server, sessions as usize);
 
     let s = scrape(metrics);
     assert_eq!(value(&s, "ringmx_messages_accepted_total", &[]), valid);
@@ -223,7 +255,16 @@ fn counters_match_the_clients_mix() {
     };
     let inf = buckets.iter().find(|b| b.less_than.is_infinite()).unwrap();
     assert_eq!(inf.count, valid, "every accepted message was measured once");
-    assert_eq!(value(&s, "ringmx_build_info", &[("spool_format", "log")]), 1.0);
+    assert_eq!(
+        value(
+            &s,
+            "ringmx_build_info",
+            &[("spool_format", spool_format(&server))]
+        ),
+        1.0
+    );
+    // No delivery configured: no queue or delivery families.
+    assert!(!s.samples.iter().any(|m| m.metric.starts_with("ringmx_queue_")));
     assert!(value(&s, "process_resident_memory_bytes", &[]) > 0.0);
     assert!(value(&s, "process_open_fds", &[]) > 0.0);
     // The other pages of the endpoint.
@@ -364,4 +405,80 @@ fn a_taken_metrics_address_fails_the_start() {
         err.contains(&format!("cannot listen for metrics on {addr}")),
         "{err}"
     );
+}
+
+fn delivery_counters_follow_the_next_hop() {
+    let hop = NextHop::start(Script::default());
+    let relay = format!("smtp:{}", hop.addr);
+    let server = Server::start(&["--relay-to", &relay, "--metrics-listen", "127.0.0.1:0"]);
+    let metrics = metrics_addr(&server);
+    const MESSAGES: usize = 3;
+    for _ in 0..MESSAGES {
+        let mut c = server.connect_greeted();
+        assert!(c.cmd("EHLO c.example").starts_with("250"));
+        assert!(c.cmd("MAIL FROM:<a@b.example>").starts_with("250"));
+        assert!(c.cmd("RCPT TO:<c@d.example>").starts_with("250"));
+        assert!(c.cmd("RCPT TO:<e@d.example>").starts_with("250"));
+        assert!(c.cmd("DATA").starts_with("354"));
+        assert!(c.cmd("Subject: x\r\n\r\nbody\r\n.").starts_with("250 2.0.0"));
+        assert!(c.cmd("QUIT").starts_with("221"));
+    }
+    assert_eq!(hop.wait_for(MESSAGES, serverkit::LIMIT).len(), MESSAGES);
+    // The next hop has them; the runner marks them done when their outcomes arrive.
+    let deadline = Instant::now() + serverkit::LIMIT;
+    let s = loop {
+        let s = scrape(metrics);
+        if value(&s, "ringmx_queue_messages", &[]) == 0.0 {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the queue did not empty: {}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let delivered: Vec<_> = s
+        .samples
+        .iter()
+        .filter(|m| {
+            m.metric == "ringmx_delivery_recipients_total" && m.labels.get("result") == Some("delivered")
+        })
+        .collect();
+    assert_eq!(delivered.len(), 1, "one destination");
+    let dest = delivered[0].labels.get("destination").unwrap().to_string();
+    let recipients = (2 * MESSAGES) as f64;
+    let d = [("destination", dest.as_str())];
+    assert_eq!(
+        value(
+            &s,
+            "ringmx_delivery_recipients_total",
+            &[d[0], ("result", "delivered")]
+        ),
+        recipients
+    );
+    assert_eq!(
+        value(
+            &s,
+            "ringmx_delivery_recipients_total",
+            &[d[0], ("result", "failed")]
+        ),
+        0.0
+    );
+    assert!(value(&s, "ringmx_delivery_connections_total", &d) >= 1.0);
+    assert_eq!(value(&s, "ringmx_delivery_connection_failures_total", &d), 0.0);
+    assert_eq!(value(&s, "ringmx_queue_oldest_age_seconds", &[]), 0.0);
+    let latency = s
+        .samples
+        .iter()
+        .find(|m| m.metric == "ringmx_delivery_seconds")
+        .expect("the delivery latency histogram");
+    let prometheus_parse::Value::Histogram(buckets) = &latency.value else {
+        panic!("{:?}", latency.value)
+    };
+    assert_eq!(latency.labels.get("destination"), Some(dest.as_str()));
+    let inf = buckets.iter().find(|b| b.less_than.is_infinite()).unwrap();
+    assert_eq!(inf.count, recipients, "one measurement per delivered recipient");
+    assert!(buckets.windows(2).all(|w| w[0].count <= w[1].count), "cumulative");
+    server.stop().assert_clean();
 }
