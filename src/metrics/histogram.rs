@@ -61,8 +61,12 @@ pub struct Histogram {
 }
 
 impl Histogram {
-    /// Adds another histogram with the same bounds (or any, into an empty one).
+    /// Adds another histogram with the same bounds. An empty one (the default: a worker not
+    /// heard from yet, or one in sink mode) takes the other's bounds, or adds nothing.
     pub fn merge(&mut self, other: &Histogram) {
+        if other.bounds.is_empty() && other.count == 0 {
+            return;
+        }
         if self.bounds.is_empty() && self.count == 0 {
             *self = other.clone();
             return;
@@ -93,6 +97,7 @@ mod tests {
         assert_eq!(s.sum, 115.0);
         let mut merged = Histogram::default();
         merged.merge(&s);
+        merged.merge(&Histogram::default());
         merged.merge(&s);
         assert_eq!(merged.cumulative, [2, 4, 8]);
         assert_eq!(merged.count, 12);

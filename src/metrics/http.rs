@@ -61,7 +61,14 @@ impl Endpoint {
                 .name(format!("ringmx-metrics-{i}"))
                 .spawn(move || {
                     for stream in rx {
-                        handle(stream, &*render);
+                        // A bug in one scrape must not cost a handler for good: with none
+                        // left, the acceptor would wait forever.
+                        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            handle(stream, &*render)
+                        }));
+                        if served.is_err() {
+                            tracing::error!("a metrics request panicked");
+                        }
                     }
                 })
                 .map_err(|e| format!("cannot start metrics thread: {e}"))?;
