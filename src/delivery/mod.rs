@@ -208,12 +208,12 @@ impl Delivery {
 pub struct StatsSource(Sender<Control>);
 
 impl StatsSource {
-    /// The runner's counters, or none if it did not answer within `timeout` (busy, or
-    /// stopped).
-    pub fn get(&self, timeout: Duration) -> Option<Stats> {
+    /// Asks the runner for its counters; the answer arrives on the returned channel between
+    /// the runner's other work. None once the runner has stopped.
+    pub fn ask(&self) -> Option<crossbeam_channel::Receiver<Stats>> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.0.send(Control::Snapshot(tx)).ok()?;
-        rx.recv_timeout(timeout).ok()
+        Some(rx)
     }
 }
 

@@ -77,7 +77,9 @@ struct Known {
 /// The scrapes' state, behind one lock.
 struct Collected {
     workers: Vec<Known>,
+    /// The runner's last answer, and its request not answered yet.
     delivery: Option<delivery::Stats>,
+    delivery_pending: Option<Receiver<delivery::Stats>>,
 }
 
 /// Builds the page for each scrape.
@@ -94,6 +96,7 @@ impl Collector {
             state: Mutex::new(Collected {
                 workers,
                 delivery: None,
+                delivery_pending: None,
             }),
         }
     }
@@ -126,8 +129,19 @@ impl Collector {
             report.merge(&known.last);
         }
         if let Some(source) = &self.sources.delivery {
-            if let Some(stats) = source.get(DELIVERY_WAIT) {
-                state.delivery = Some(stats);
+            // As with the workers: one request outstanding at most, the last answer kept.
+            if state.delivery_pending.is_none() {
+                state.delivery_pending = source.ask();
+            }
+            if let Some(answer) = &state.delivery_pending {
+                match answer.recv_timeout(DELIVERY_WAIT) {
+                    Ok(stats) => {
+                        state.delivery = Some(stats);
+                        state.delivery_pending = None;
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => state.delivery_pending = None,
+                }
             }
         }
         let mut e = Exposition::default();
