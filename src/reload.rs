@@ -21,7 +21,7 @@ use crate::policy::recipients::Recipients;
 use crate::proto::Settings;
 use crate::tls::TlsContext;
 use crate::wake::Wake;
-use crate::worker::{Control, Live};
+use crate::worker::{Control, Live, Reload};
 use crossbeam_channel::Sender;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -241,16 +241,14 @@ impl Reloader {
                 crate::logging::LevelChange::NotInstalled
             }
         };
-        let live = Arc::new(live(&config));
-        let mut updates = vec![Control::Settings(settings), Control::Live(live)];
-        if let Some(tls) = tls {
-            updates.push(Control::Tls(tls));
-        }
+        let reload = Arc::new(Reload {
+            settings,
+            live: live(&config),
+            tls,
+        });
         for (tx, waker) in &self.workers {
-            for update in &updates {
-                if tx.try_send(update.clone()).is_err() {
-                    tracing::warn!("a worker did not take the reload yet");
-                }
+            if tx.try_send(Control::Reload(reload.clone())).is_err() {
+                tracing::warn!("a worker did not take the reload: its control queue is full");
             }
             waker.wake();
         }

@@ -64,7 +64,12 @@ fn sighup_reloads_the_configuration_for_new_sessions() {
     let conf = dir.0.join("ringmx.toml");
     let base = format!("domains = [\"example.org\"]\nrecipients = {users:?}\nrelay_networks = []\n");
     install(&conf, &format!("{base}max_message_size = 1000000\n"));
-    let server = Server::start(&["--config", conf.to_str().unwrap()]);
+    let server = Server::start(&[
+        "--config",
+        conf.to_str().unwrap(),
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
     let (mut open, reply) = ehlo(&server);
     assert!(
         reply.contains("250-SIZE 1000000\r\n") && !reply.contains("STARTTLS"),
@@ -146,8 +151,33 @@ fn sighup_reloads_the_configuration_for_new_sessions() {
     wait_for_nth(&server, "configuration reloaded", 2);
     let (_, reply) = ehlo(&server);
     assert!(reply.contains("250-SIZE 3000000\r\n"), "{reply}");
+    let page = metrics_page(&server);
+    for line in [
+        "ringmx_config_reloads_total{result=\"applied\"} 2\n",
+        "ringmx_config_reloads_total{result=\"refused\"} 1\n",
+    ] {
+        assert!(page.contains(line), "{line}: {page}");
+    }
     let stopped = server.stop();
     stopped.assert_clean();
+}
+
+/// The server's `/metrics` page (its address from the log's `metrics listening` line).
+fn metrics_page(server: &Server) -> String {
+    use std::io::{Read, Write};
+    let log = server.log();
+    let addr = log
+        .split("metrics listening addr=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("a metrics address in the log");
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(serverkit::LIMIT)).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut page = String::new();
+    c.read_to_string(&mut page).unwrap();
+    assert!(page.starts_with("HTTP/1.1 200 "), "{page}");
+    page
 }
 
 /// The uid, gid and supplementary groups of a process, from /proc.

@@ -198,6 +198,20 @@ impl Collector {
             "Log lines dropped because the log writer fell behind.",
             crate::logging::dropped_lines(),
         );
+        use std::sync::atomic::Ordering::Relaxed;
+        e.family(
+            "ringmx_config_reloads_total",
+            Kind::Counter,
+            "SIGHUP reloads put in force (applied) or refused with the running configuration kept.",
+        )
+        .sample(&[("result", "applied")], crate::reload::APPLIED.load(Relaxed))
+        .sample(&[("result", "refused")], crate::reload::REFUSED.load(Relaxed));
+        e.single(
+            "ringmx_config_last_reload_success_timestamp_seconds",
+            Kind::Gauge,
+            "When the configuration in force was put in force (the start, or the last reload applied).",
+            crate::reload::LAST_APPLIED.load(Relaxed),
+        );
         if let Some(d) = delivery {
             deliveries(e, d);
         }

@@ -46,18 +46,26 @@ use timer::{Tick, Wheel};
 pub enum Control {
     /// Stop accepting, say goodbye to idle sessions, let transactions finish within the grace.
     Shutdown,
-    /// Certificates were reloaded: new handshakes use this configuration; sessions already in
-    /// TLS keep theirs.
-    Tls(Arc<rustls::ServerConfig>),
-    /// The configuration was reloaded: sessions that start from now on use these settings
-    /// (limits, hostname, recipients table); open ones keep theirs.
-    Settings(Arc<Settings>),
+    /// The configuration was reloaded: what is accepted from now on uses it.
+    Reload(Arc<Reload>),
     /// A scrape asks for the worker's counters now ([`Worker::snapshot`]): answered at the
     /// start of its next turn. The metrics side keeps at most one of these outstanding per
     /// worker, so the channel keeps room for a shutdown.
     Snapshot(crossbeam_channel::Sender<Report>),
-    /// The configuration was reloaded: connections accepted from now on are admitted by these.
-    Live(Arc<Live>),
+}
+
+/// A reload, in one message so that the bounded control channel always has room for a
+/// shutdown behind a few of them.
+#[derive(Debug)]
+pub struct Reload {
+    /// For the sessions that start from now on (limits, hostname, recipients table); open
+    /// ones keep theirs.
+    pub settings: Arc<Settings>,
+    /// For the connections accepted from now on.
+    pub live: Live,
+    /// For new TLS handshakes, if there are certificates; sessions already in TLS keep
+    /// theirs. Without, STARTTLS is no longer offered (the settings say so).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// The part of [`WorkerConfig`] a reload may change; the rest needs a restart.
@@ -257,9 +265,13 @@ impl<B: Backend> Worker<B> {
                 match control {
                     Control::Shutdown if self.grace_until.is_none() => self.shutdown(),
                     Control::Shutdown => {}
-                    Control::Tls(config) => self.shared.tls_config = Some(config),
-                    Control::Settings(settings) => self.shared.settings = settings,
-                    Control::Live(live) => self.apply(&live),
+                    Control::Reload(reload) => {
+                        self.shared.settings = reload.settings.clone();
+                        if let Some(tls) = &reload.tls {
+                            self.shared.tls_config = Some(tls.clone());
+                        }
+                        self.apply(&reload.live);
+                    }
                     Control::Snapshot(reply) => {
                         let _ = reply.try_send(self.snapshot());
                     }
