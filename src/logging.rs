@@ -6,8 +6,12 @@
 //! formatted line and a channel send, and under overload the line is dropped instead
 //! (counted, exported as `ringmx_log_lines_dropped_total`). The filter sits behind a reload
 //! handle so SIGHUP can change `log_level` for the running process.
+//!
+//! [`Escaped`] is how text from the network (a HELO name, an address) appears in a field,
+//! so that it can never forge a line or a field of one.
 
 use crate::config::LogFormat;
+use std::fmt::{self, Write};
 use std::sync::{Mutex, OnceLock};
 use tracing_appender::non_blocking::{ErrorCounter, WorkerGuard};
 use tracing_subscriber::layer::SubscriberExt;
@@ -136,5 +140,42 @@ pub fn finish() {
     if let Some(logging) = LOGGING.get() {
         let guard = logging.guard.lock().map(|mut g| g.take());
         drop(guard);
+    }
+}
+
+/// Text from a client or a next hop for a `key=value` field: UTF-8 as it is, anything that
+/// could break the line, fake a field or end a list item (controls, spaces, quotes,
+/// backslashes, commas, angle brackets, invalid UTF-8) as `\xNN`.
+pub struct Escaped<'a>(pub &'a [u8]);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for chunk in self.0.utf8_chunks() {
+            for c in chunk.valid().chars() {
+                if c.is_control() || c.is_whitespace() || matches!(c, '"' | '\\' | ',' | '<' | '>') {
+                    let mut buf = [0u8; 4];
+                    for b in c.encode_utf8(&mut buf).bytes() {
+                        write!(f, "\\x{b:02X}")?;
+                    }
+                } else {
+                    f.write_char(c)?;
+                }
+            }
+            for b in chunk.invalid() {
+                write!(f, "\\x{b:02X}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Escaped;
+
+    #[test]
+    fn client_text_cannot_fake_a_field_or_break_the_line() {
+        let s = Escaped(b"a b\"c\\d,e\r\n\xff\xc3\xa9<>").to_string();
+        assert_eq!(s, "a\\x20b\\x22c\\x5Cd\\x2Ce\\x0D\\x0A\\xFF\u{e9}\\x3C\\x3E");
     }
 }

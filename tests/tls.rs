@@ -232,6 +232,74 @@ fn starttls_then_a_transaction_is_stored_byte_exact() {
     assert_eq!(stopped.stats["sessions_ended.quit"], 1);
 }
 
+/// The session line an operator greps for, after STARTTLS: the client, the HELO name given
+/// inside TLS, the TLS version and cipher, both accepted messages' queue ids (the spool's),
+/// senders, recipient counts and sizes, the refused recipient's code, and why it ended.
+fn the_session_line_carries_what_an_operator_greps_for() {
+    let pki = Pki::new();
+    let leaf = pki.leaf("mx", &["mx.test"]);
+    let table = pki.config("recipients", "b@mx.test\nc@mx.test\n");
+    let config = pki.config(
+        "ringmx.toml",
+        &format!("domains = [\"mx.test\"]\nrecipients = {table:?}\n"),
+    );
+    let mut args = cert_args(&leaf);
+    args.extend(["--config".into(), config.display().to_string()]);
+    let server = start(&args);
+    let mut plain = server.connect_greeted();
+    let client = plain.stream.local_addr().unwrap();
+    ehlo(&plain.cmd("EHLO before-tls.example"), true);
+    let mut c = TlsClient::starttls(plain, pki.client(), "mx.test");
+    ehlo(&c.cmd("EHLO client.example"), false);
+    let first = c.message("Subject: one\r\n\r\nbody\r\n");
+    c.send(b"MAIL FROM:<>\r\nRCPT TO:<b@mx.test>\r\nRCPT TO:<nobody@mx.test>\r\n");
+    c.send(b"RCPT TO:<c@mx.test>\r\nDATA\r\n");
+    assert_eq!(c.reply(), "250 2.1.0 Ok\r\n");
+    assert_eq!(c.reply(), "250 2.1.5 Ok\r\n");
+    assert_eq!(
+        c.reply(),
+        "550 5.1.1 <nobody@mx.test>: Recipient address rejected: User unknown\r\n"
+    );
+    assert_eq!(c.reply(), "250 2.1.5 Ok\r\n");
+    assert!(c.reply().starts_with("354 "));
+    c.send(b"Subject: two\r\n\r\n12345\r\n.\r\n");
+    let second = c.reply();
+    assert_eq!(c.cmd("QUIT"), "221 2.0.0 Bye\r\n");
+    let id = |reply: &str| {
+        let id = reply.strip_prefix("250 2.0.0 Ok: queued as ").expect(reply);
+        id.trim_end().to_string()
+    };
+    let (first, second) = (id(&first), id(&second));
+    let stopped = server.stop();
+    stopped.assert_clean();
+    let mut stored: Vec<String> = spooled(&stopped.spool).into_iter().map(|m| m.id).collect();
+    let mut ids = vec![first.clone(), second.clone()];
+    stored.sort();
+    ids.sort();
+    assert_eq!(stored, ids);
+    let line = stopped
+        .log
+        .lines()
+        .find(|l| l.contains("session ended") && l.contains(&format!("client={client} ")))
+        .unwrap_or_else(|| panic!("no session line for {client}:\n{}", stopped.log));
+    // The content as sent, dot and terminator aside: 22 and 23 octets.
+    for field in [
+        "helo=client.example ".to_string(),
+        "tls=TLSv1.3 ".into(),
+        "cipher=TLS13_".into(),
+        format!("ids={first},{second} "),
+        "from=<a@tls.example>,<> ".into(),
+        "nrcpt=1,2 ".into(),
+        "size=22,23 ".into(),
+        "rejected=550:1 ".into(),
+        "messages=2 ".into(),
+        "reason=quit".into(),
+        "duration_ms=".into(),
+    ] {
+        assert!(line.contains(&field), "no {field:?} in {line}");
+    }
+}
+
 fn implicit_tls_greets_inside_tls() {
     let pki = Pki::new();
     let leaf = pki.leaf("mx", &["mx.test"]);
@@ -519,6 +587,7 @@ fn a_tls_client_that_never_reads_is_bounded() {
 on_backends_and_formats!(
     formats: [
         starttls_then_a_transaction_is_stored_byte_exact,
+        the_session_line_carries_what_an_operator_greps_for,
         implicit_tls_greets_inside_tls,
         tls_required_refuses_transactions_before_tls,
         sni_picks_the_certificate,

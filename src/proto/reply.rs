@@ -231,6 +231,11 @@ impl Reply {
         }
     }
 
+    /// The reply's three-digit code (RFC 5321 §4.2), for logs.
+    pub fn code(self) -> u16 {
+        self.status().0
+    }
+
     /// The complete reply line for kinds whose text never varies.
     pub fn fixed(self) -> &'static [u8] {
         match self {

@@ -1,12 +1,13 @@
 //! One connection as its worker sees it, and the bridge to its session: received bytes go in, the session's events go to the store, replies collect for one send.
 
 use super::admit::{AdmitStats, ProxyWait};
+use super::log::{self, Record};
 use super::store::{Ended, Message, Store};
 use super::timer::Tick;
 use super::tls::{Failure, Tls, TlsStats};
 use crate::backend::Token;
 use crate::policy::clients::{Admitted, ClientTable};
-use crate::proto::{Client, CloseReason, Commit, Event, Session, Settings, Stats};
+use crate::proto::{Client, CloseReason, Commit, Event, Session, SessionStats, Settings, Stats};
 use slab::Slab;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -63,16 +64,12 @@ pub(crate) struct Conn {
     /// The connection's count in the per-client table, given back at close.
     pub(crate) admitted: Option<Admitted>,
     pub(crate) timer: Tick,
-    /// The session's counters folded into the worker's totals so far, for its log line.
-    pub(crate) folded: Folded,
-}
-
-/// What a session's log line reports, summed over every fold of its counters.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Folded {
-    pub(crate) commands: u32,
-    pub(crate) messages: u32,
-    pub(crate) errors: u32,
+    /// Content octets of the message in progress (after dot-unstuffing), for its log line;
+    /// 32 bits hold `max_message_size` (at most 1 GiB) and keep an idle connection small.
+    pub(crate) size: u32,
+    /// The log line's accepted messages and the counters of earlier folds; none until there
+    /// are some.
+    pub(crate) log: Option<Box<Record>>,
 }
 
 /// Session buffers for reuse, so an idle connection holds none and a busy one does not
@@ -193,18 +190,30 @@ impl Conn {
             proxy: None,
             admitted: None,
             timer: 0,
-            folded: Folded::default(),
+            size: 0,
+            log: None,
         }
     }
 
-    /// Adds the session's counters to the worker's totals (and to this connection's own, for
-    /// its log line), and starts them again from zero.
-    pub(crate) fn fold_stats(&mut self, stats: &mut Stats) {
+    /// Adds the session's counters to the worker's totals and starts them again from zero;
+    /// returns the counters folded (the log line's, at close).
+    pub(crate) fn fold_stats(&mut self, stats: &mut Stats) -> SessionStats {
         let s = self.session.take_stats();
-        self.folded.commands += u32::from(s.commands);
-        self.folded.messages += u32::from(s.messages);
-        self.folded.errors += u32::from(s.errors);
         stats.add(&s);
+        s
+    }
+
+    /// Notes an accepted message for the log line, before its `250` resets the envelope;
+    /// a full record is written out at once.
+    fn accepted(&mut self, id: &str) {
+        let env = self.session.envelope();
+        let size = u64::from(self.size);
+        if Record::queued(&mut self.log, id, env.mail_from(), env.rcpt_count(), size) {
+            if let Some(record) = self.log.as_deref_mut() {
+                log::session_messages(self.peer, record);
+                record.clear_messages();
+            }
+        }
     }
 
     /// Starts TLS at once (an implicit TLS listener): the session's greeting waits for the
@@ -292,8 +301,11 @@ impl Conn {
             let progress = self.session.handle_input(sh.now, &bytes[off..], &mut self.out);
             let n = progress.consumed;
             if self.session.stats().should_fold() {
-                self.fold_stats(&mut sh.stats);
+                let folded = self.fold_stats(&mut sh.stats);
+                Record::folded(&mut self.log, &folded);
             }
+            let octets = u32::try_from(progress.body.octets()).unwrap_or(u32::MAX);
+            self.size = self.size.saturating_add(octets);
             if !progress.body.is_empty() && sh.store.keeps_bodies() {
                 sh.pool.ensure(&mut self.body);
                 for piece in progress.body.pieces() {
@@ -348,6 +360,7 @@ impl Conn {
             any = true;
             match event {
                 Event::MessageStart => {
+                    self.size = 0;
                     let tls = &self.tls;
                     self.message = sh.store.start(token, self.session.envelope(), self.peer, || {
                         tls.as_ref().and_then(|t| t.info())
@@ -356,6 +369,7 @@ impl Conn {
                 Event::MessageEnd => {
                     self.flush_body(sh, token);
                     if let Ended::Queued(id) = sh.store.end(token, &mut self.message) {
+                        self.accepted(&id);
                         sh.pool.ensure(&mut self.out);
                         self.session
                             .handle_commit(sh.now, Commit::Queued(&id), &mut self.out);
@@ -378,6 +392,9 @@ impl Conn {
     /// Hands the store's result for the message this connection waits for to its session.
     pub(crate) fn committed(&mut self, sh: &mut Shared, token: Token, id: &str, ok: bool) {
         self.message = Message::None;
+        if ok {
+            self.accepted(id);
+        }
         let commit = if ok { Commit::Queued(id) } else { Commit::Failed };
         sh.pool.ensure(&mut self.out);
         self.session.handle_commit(sh.now, commit, &mut self.out);

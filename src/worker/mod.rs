@@ -18,6 +18,7 @@
 
 mod admit;
 mod conn;
+mod log;
 mod store;
 pub mod timer;
 mod tls;
@@ -498,22 +499,23 @@ impl<B: Backend> Worker<B> {
         if matches!(conn.message, store::Message::Streaming(_)) {
             sh.store.abort(token, &mut conn.message);
         }
+        let tls = conn.tls.as_ref().and_then(|t| t.describe());
         conn.release(&mut sh.pool, sh.clients.as_deref());
         let reason = match conn.phase {
             Phase::Finishing(reason) | Phase::Closing(reason) => reason,
             Phase::Open | Phase::PeerClosed => CloseReason::PeerClosed,
         };
-        conn.fold_stats(&mut sh.stats);
+        let last = conn.fold_stats(&mut sh.stats);
         sh.stats.count_close(reason);
-        tracing::info!(
-            client = %conn.peer,
-            duration_ms = sh.now.saturating_duration_since(conn.started).as_millis() as u64,
-            commands = conn.folded.commands,
-            messages = conn.folded.messages,
-            errors = conn.folded.errors,
-            reason = reason.name(),
-            "session ended"
-        );
+        log::session_ended(&log::Ended {
+            client: conn.peer,
+            helo: conn.session.envelope().helo(),
+            tls,
+            record: conn.log.as_deref(),
+            last: &last,
+            duration: sh.now.saturating_duration_since(conn.started),
+            reason,
+        });
     }
 
     /// Hands the spool's results to their sessions.

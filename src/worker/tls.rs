@@ -244,9 +244,15 @@ impl Tls {
         }
     }
 
+    /// Version and cipher suite names, once established; static, so a log line takes them
+    /// without a copy.
+    pub fn describe(&self) -> Option<(&'static str, &'static str)> {
+        crate::tls::describe(&self.conn)
+    }
+
     /// Version, cipher and SNI name, once established.
     pub fn info(&self) -> Option<TlsInfo> {
-        let (version, cipher) = crate::tls::describe(&self.conn)?;
+        let (version, cipher) = self.describe()?;
         Some(TlsInfo {
             version: version.into(),
             cipher: cipher.into(),
