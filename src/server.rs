@@ -303,6 +303,7 @@ pub fn serve(
         tls = %nonzero(report.tls.by_name()),
         proxy = %nonzero(report.admit.proxy_by_name()),
         client_limits = report.admit.client_connections + report.admit.client_rate,
+        log_lines_dropped = crate::logging::dropped_lines(),
         "counters"
     );
     if let Some((path, mut file)) = stats_file {
@@ -430,6 +431,7 @@ fn stats_json(r: &Report, delivery: Option<&delivery::Stats>) -> String {
         },
         "io": r.io,
         "spool": r.spool,
+        "log_lines_dropped": crate::logging::dropped_lines(),
     });
     if let Some(d) = delivery {
         all["delivery"] = d.json();

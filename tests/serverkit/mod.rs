@@ -173,6 +173,8 @@ pub struct Server {
     pub spool: PathBuf,
     stats_file: PathBuf,
     log: Arc<Mutex<String>>,
+    /// The read end of the stderr pipe nobody reads (`Options::log_unread`).
+    unread: Option<std::os::fd::OwnedFd>,
     terminated: std::cell::Cell<bool>,
     dir: Option<TempDir>,
 }
@@ -196,6 +198,9 @@ pub struct Options<'a> {
     pub open_files_limit: Option<u64>,
     /// Environment variables set for the server process.
     pub env: &'a [(&'a str, &'a str)],
+    /// Stop reading the server's stderr once it has started, keeping the pipe open, so its
+    /// buffer fills (a stalled log reader); it is drained again at [`Server::stop`].
+    pub log_unread: bool,
 }
 
 impl Server {
@@ -258,9 +263,13 @@ impl Server {
         }
         let mut child = cmd.spawn().expect("start ringmx");
         let stderr = child.stderr.take().unwrap();
+        let unread = options
+            .log_unread
+            .then(|| std::os::fd::AsFd::as_fd(&stderr).try_clone_to_owned().unwrap());
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel();
         let log2 = log.clone();
+        let stop_reading = options.log_unread;
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
@@ -272,13 +281,19 @@ impl Server {
                 // After the line is in the log, so a started server's log holds its start line.
                 if line.contains("ringmx started") {
                     let _ = tx.send(line);
+                    if stop_reading {
+                        break;
+                    }
                 }
             }
         });
-        // The first address after `key=` on the start line; `-` when there is none.
+        // The first address after `key=` (or `"key":"`, JSON) on the start line; none for `-`.
         let first = |line: &str, key: &str| -> Option<SocketAddr> {
-            let rest = line.split(&format!(" {key}=")).nth(1)?;
-            rest.split([' ', ',']).next()?.parse().ok()
+            let rest = line
+                .split(&format!(" {key}="))
+                .nth(1)
+                .or_else(|| line.split(&format!("\"{key}\":\"")).nth(1))?;
+            rest.split([' ', ',', '"']).next()?.parse().ok()
         };
         let (addr, tls_addr) = match rx.recv_timeout(LIMIT) {
             Ok(line) => (
@@ -294,7 +309,8 @@ impl Server {
         if let Some(backend) = BACKEND.get() {
             let log = log.lock().unwrap();
             assert!(
-                log.contains(&format!("backend=\"{backend}\"")),
+                log.contains(&format!("backend=\"{backend}\""))
+                    || log.contains(&format!("\"backend\":\"{backend}\"")),
                 "not on {backend}: {log}"
             );
         }
@@ -313,6 +329,7 @@ impl Server {
             spool,
             stats_file,
             log,
+            unread,
             terminated: std::cell::Cell::new(false),
             dir: Some(dir),
         }
@@ -378,6 +395,10 @@ impl Server {
 
     /// Sends SIGTERM and waits (bounded) for the exit.
     pub fn stop(mut self) -> Stopped {
+        if let Some(fd) = self.unread.take() {
+            // The stalled reader comes back, so the server's last lines can leave at exit.
+            std::thread::spawn(move || std::io::copy(&mut std::fs::File::from(fd), &mut std::io::sink()));
+        }
         self.terminate();
         let mut child = self.child.take().unwrap();
         let deadline = Instant::now() + LIMIT;
