@@ -16,6 +16,7 @@ on_backends_and_formats!(
         relays_byte_exact_with_bdat_and_with_dot_stuffed_data,
         a_452_recipient_is_retried_and_a_250_one_is_not,
         a_550_recipient_gets_one_notification_and_a_null_sender_none,
+        each_recipient_outcome_is_one_delivery_line,
         lmtp_replies_per_recipient_after_the_data,
         a_close_mid_data_defers_and_the_retry_delivers,
         down_at_start_then_up,
@@ -229,6 +230,68 @@ fn a_550_recipient_gets_one_notification_and_a_null_sender_none() {
     let stopped = server.stop();
     assert_eq!(stopped.stats["delivery.dsn_sent"], 1);
     assert_eq!(stopped.stats["delivery.bounced"], 2);
+}
+
+/// One line per recipient outcome, with the queue id, the recipient, the next hop, the
+/// attempt and the reply (for one sent, the reply to the data): a `250` is `status=sent`, a
+/// `452` `status=deferred` (then `sent` on its retry), a `550` `status=bounced`.
+fn each_recipient_outcome_is_one_delivery_line() {
+    let tries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t = tries.clone();
+    let hop = NextHop::start(Script {
+        rcpt: Some(Box::new(move |addr| {
+            if addr.starts_with("nobody") {
+                "550 5.1.1 no such user".into()
+            } else if addr.starts_with("full") && t.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                "452 4.2.2 mailbox full".into()
+            } else {
+                "250 2.1.5 Ok".into()
+            }
+        })),
+        ..Script::default()
+    });
+    let dir = TempDir::new("delivery-lines");
+    let server = start(&format!("smtp:{}", hop.addr), &config(&dir, ""));
+    let id = send(
+        &server,
+        "",
+        &["ok@x.test", "full@x.test", "nobody@x.test"],
+        "Subject: x\r\n\r\nhi\r\n",
+    );
+    hop.wait_for(2, WAIT);
+    wait_for_empty_queue(&server);
+    let stopped = server.stop();
+    let relay = format!("relay=smtp:{} ", hop.addr);
+    let line = |rcpt: &str, status: &str| {
+        let to = format!("to=<{rcpt}> ");
+        stopped
+            .log
+            .lines()
+            .find(|l| {
+                l.contains(&format!(" delivery id={id} "))
+                    && l.contains(&to)
+                    && l.contains(&format!(" status={status} "))
+            })
+            .unwrap_or_else(|| panic!("no {status} line for {rcpt}:\n{}", stopped.log))
+    };
+    for (rcpt, status, attempts, reply) in [
+        ("ok@x.test", "sent", 1, "250 2.0.0 Ok: queued"),
+        ("full@x.test", "deferred", 1, "452 4.2.2 mailbox full"),
+        ("full@x.test", "sent", 2, "250 2.0.0 Ok: queued"),
+        ("nobody@x.test", "bounced", 1, "550 5.1.1 no such user"),
+    ] {
+        let l = line(rcpt, status);
+        for field in [
+            relay.clone(),
+            " delay=".into(),
+            format!(" attempts={attempts} "),
+            format!("reply=\"{reply}\""),
+        ] {
+            assert!(l.contains(&field), "no {field:?} in {l}");
+        }
+    }
+    let no_dsn = format!("no delivery status notification: null sender id={id} failed=1");
+    assert!(stopped.log.contains(&no_dsn), "{}", stopped.log);
 }
 
 fn lmtp_replies_per_recipient_after_the_data() {

@@ -12,6 +12,7 @@
 mod client;
 pub mod control;
 mod dsn;
+mod log;
 mod message;
 mod pool;
 pub mod reply;

@@ -9,6 +9,7 @@
 
 use super::control::{Listed, Request};
 use super::dsn;
+use super::log::{self, Status};
 use super::message::{Msg, Rcpt};
 use super::pool::{Outcome, Pool, Work};
 use super::reply::Reply;
@@ -232,7 +233,17 @@ impl Runner {
                     by_dest.entry(dest).or_default().push((i, msg.rcpts[i].clone()));
                 }
                 None => {
-                    *r = Rcpt::Deferred(Reply::local(451, "4.4.4 no route for the recipient's domain"));
+                    let reply = Reply::local(451, "4.4.4 no route for the recipient's domain");
+                    log::recipient(&log::Outcome {
+                        id,
+                        rcpt: &msg.rcpts[i],
+                        relay: None,
+                        reply: &reply,
+                        received: msg.received,
+                        attempts: msg.attempts + 1,
+                        status: Status::Deferred,
+                    });
+                    *r = Rcpt::Deferred(reply);
                     unroutable = true;
                 }
             }
@@ -275,9 +286,21 @@ impl Runner {
             return;
         };
         for (i, reply) in o.replies {
-            let Some(r) = msg.state.get_mut(i) else { continue };
-            *r = match reply.class() {
-                2 => {
+            let (Some(r), Some(rcpt)) = (msg.state.get_mut(i), msg.rcpts.get(i)) else {
+                continue;
+            };
+            let status = Status::of(&reply);
+            log::recipient(&log::Outcome {
+                id: &o.id,
+                rcpt,
+                relay: Some(&o.dest),
+                reply: &reply,
+                received: msg.received,
+                attempts: msg.attempts + 1,
+                status,
+            });
+            *r = match status {
+                Status::Sent => {
                     self.marks.push((o.id.clone(), i));
                     dest.delivered += 1;
                     if let Some(since) = msg.since {
@@ -285,11 +308,11 @@ impl Runner {
                     }
                     Rcpt::Done
                 }
-                5 => {
+                Status::Bounced => {
                     dest.failed += 1;
                     Rcpt::Failed(reply)
                 }
-                _ => {
+                Status::Deferred | Status::Expired => {
                     dest.deferred += 1;
                     Rcpt::Deferred(reply)
                 }
@@ -314,14 +337,24 @@ impl Runner {
             .duration_since(msg.received)
             .is_ok_and(|age| age >= lifetime);
         let mut deferred = 0;
-        for r in &mut msg.state {
+        for (r, rcpt) in msg.state.iter_mut().zip(&msg.rcpts) {
             if let Rcpt::Deferred(reply) = r {
                 if expired {
                     // RFC 3463 §3.5: X.4.7, delivery time expired; the last reply is kept.
-                    *r = Rcpt::Failed(Reply::local(
+                    let failed = Reply::local(
                         reply.code.max(400),
                         format!("4.4.7 delivery time expired; last reply: {}", reply.one_line()),
-                    ));
+                    );
+                    log::recipient(&log::Outcome {
+                        id,
+                        rcpt,
+                        relay: None,
+                        reply: &failed,
+                        received: msg.received,
+                        attempts: msg.attempts,
+                        status: Status::Expired,
+                    });
+                    *r = Rcpt::Failed(failed);
                     self.stats.expired += 1;
                 } else {
                     deferred += 1;
@@ -348,6 +381,10 @@ impl Runner {
         let failed: Vec<usize> = (0..msg.state.len())
             .filter(|&i| matches!(msg.state[i], Rcpt::Failed(_)))
             .collect();
+        if !failed.is_empty() && msg.from.is_empty() {
+            // RFC 5321 §4.5.5: nothing is ever sent to the null reverse-path.
+            tracing::info!(id = %id, failed = failed.len(), "no delivery status notification: null sender");
+        }
         if !failed.is_empty() && !msg.from.is_empty() {
             if let Err(e) = self.notify(id, &failed) {
                 // Kept, failed recipients and all, and tried again later: never dropped
@@ -419,7 +456,13 @@ impl Runner {
         match self.dsn_spool.results.recv_timeout(Duration::from_secs(60)) {
             Ok(done) if done.ok => {
                 self.stats.dsn_sent += 1;
-                tracing::info!(id, notification = %dsn_id, failed = failed.len(), "delivery status notification queued");
+                tracing::info!(
+                    id,
+                    notification = %dsn_id,
+                    to = %format_args!("<{}>", crate::logging::Escaped(&msg.from)),
+                    failed = failed.len(),
+                    "delivery status notification queued"
+                );
                 Ok(())
             }
             Ok(_) => Err(std::io::Error::other("the spool refused the notification")),
