@@ -138,10 +138,7 @@ pub(crate) struct Ended<'a> {
 /// Writes the `session ended` line; a field with nothing to say is left out.
 pub(crate) fn session_ended(e: &Ended<'_>) {
     let listed = e.record.filter(|r| r.has_messages());
-    let rejected = Rejected {
-        last: e.last,
-        earlier: e.record,
-    };
+    let rejected = Rejected::count(e.last, e.record);
     tracing::info!(
         client = %e.client,
         helo = (!e.helo.is_empty()).then(|| display(Escaped(e.helo))),
@@ -194,45 +191,45 @@ impl<T: fmt::Display> fmt::Display for List<'_, T> {
 }
 
 /// The session's refusals by code, `550:3,554:1` in code order: the replies of its last
-/// counters and of those folded before.
-pub(crate) struct Rejected<'a> {
-    pub(crate) last: &'a SessionStats,
-    pub(crate) earlier: Option<&'a Record>,
+/// counters and of those folded before, counted once per line.
+pub(crate) struct Rejected {
+    codes: [(u16, u32); Reply::COUNT],
+    n: usize,
 }
 
-impl Rejected<'_> {
-    /// Counts by code, in code order, without allocating; how many codes.
-    fn by_code(&self, out: &mut [(u16, u32); Reply::COUNT]) -> usize {
-        let mut n = 0;
+impl Rejected {
+    /// Counts by code, in code order, without allocating.
+    pub(crate) fn count(last: &SessionStats, earlier: Option<&Record>) -> Rejected {
+        let mut out = Rejected {
+            codes: [(0, 0); Reply::COUNT],
+            n: 0,
+        };
         for r in Reply::ALL.into_iter().filter(|&r| rejection(r)) {
-            let count =
-                u32::from(self.last.replies[r as usize]) + self.earlier.map_or(0, |e| e.replies[r as usize]);
+            let count = u32::from(last.replies[r as usize]) + earlier.map_or(0, |e| e.replies[r as usize]);
             if count == 0 {
                 continue;
             }
-            match out[..n].iter_mut().find(|(code, _)| *code == r.code()) {
+            match out.codes[..out.n].iter_mut().find(|(code, _)| *code == r.code()) {
                 Some((_, c)) => *c += count,
                 None => {
-                    out[n] = (r.code(), count);
-                    n += 1;
+                    out.codes[out.n] = (r.code(), count);
+                    out.n += 1;
                 }
             }
         }
-        out[..n].sort_unstable();
-        n
+        out.codes[..out.n].sort_unstable();
+        out
     }
 
     /// Whether the session was refused anything.
     pub(crate) fn any(&self) -> bool {
-        self.by_code(&mut [(0, 0); Reply::COUNT]) > 0
+        self.n > 0
     }
 }
 
-impl fmt::Display for Rejected<'_> {
+impl fmt::Display for Rejected {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut codes = [(0, 0); Reply::COUNT];
-        let n = self.by_code(&mut codes);
-        for (i, (code, count)) in codes[..n].iter().enumerate() {
+        for (i, (code, count)) in self.codes[..self.n].iter().enumerate() {
             if i > 0 {
                 f.write_char(',')?;
             }
@@ -257,17 +254,9 @@ mod tests {
         let mut before = SessionStats::default();
         before.replies[Reply::Unrecognized as usize] = 4;
         Record::folded(&mut record, &before);
-        let r = Rejected {
-            last: &last,
-            earlier: record.as_deref(),
-        };
+        let r = Rejected::count(&last, record.as_deref());
         assert_eq!(r.to_string(), "500:4,550:3,554:1");
-        let none = SessionStats::default();
-        assert!(!Rejected {
-            last: &none,
-            earlier: None
-        }
-        .any());
+        assert!(!Rejected::count(&SessionStats::default(), None).any());
     }
 
     #[test]
