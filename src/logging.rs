@@ -18,6 +18,11 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
+/// Octets the writer thread gathers before a write to stderr; it writes whatever it has
+/// whenever the queue runs dry, so a line waits for no later one. Under load, one write(2)
+/// carries hundreds of lines instead of one each.
+const WRITE_BUFFER: usize = 64 * 1024;
+
 /// The process's logging, once [`init`] has run.
 pub struct Logging {
     filter: reload::Handle<EnvFilter, Registry>,
@@ -48,7 +53,7 @@ pub fn init(format: LogFormat, level: &str, buffer_lines: usize) -> Result<(), S
             .lossy(true)
             .buffered_lines_limit(buffer_lines)
             .thread_name("ringmx-log")
-            .finish(std::io::stderr())
+            .finish(std::io::BufWriter::with_capacity(WRITE_BUFFER, std::io::stderr()))
     });
     let dropped = writer.error_counter();
     let ansi = format == LogFormat::Text && std::io::IsTerminal::is_terminal(&std::io::stderr());
