@@ -8,15 +8,14 @@
 # /etc/ringmx/purge-spool switch (spool gone). Leaves nothing installed. Ends with one
 # `package: passed` line; exits non-zero on any failure.
 #
-# PACKAGE_PROFILE=dev packages the debug build that .ci/test already made instead of
-# building the release profile (about 9 minutes here); PACKAGE_PORT (526) is the loopback
-# port, below 1024 so that binding it needs CAP_NET_BIND_SERVICE.
+# The .deb is built from the release profile, as shipped (a fresh build took 9 minutes here
+# with other builds running). PACKAGE_PORT (526) is the loopback port, below 1024 so that
+# binding it needs CAP_NET_BIND_SERVICE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PATH=$PATH:/usr/sbin:/sbin
 
 [ "$(id -u)" -eq 0 ] || { echo "package: needs root (dpkg -i, a system user)" >&2; exit 1; }
-PROFILE=${PACKAGE_PROFILE:-release}
 PORT=${PACKAGE_PORT:-526}
 SPOOL=/var/spool/ringmx
 CONF=/etc/ringmx/ringmx.toml
@@ -92,15 +91,11 @@ shellcheck packaging/debian/postinst packaging/debian/postrm .ci/package.sh \
 # --- the .deb ---------------------------------------------------------------------------
 T0=$(date +%s)
 rm -rf target/debian
-if [ "$PROFILE" = release ]; then
-    cargo deb
-else
-    cargo deb --profile "$PROFILE"
-fi
+cargo deb
 # As .ci/test does: write the build's dirty pages back before the spool fsyncs.
 sync
 DEB=$(ls target/debian/ringmx_*.deb)
-step "cargo deb ($PROFILE)" "$T0"
+step "cargo deb" "$T0"
 
 # --- the unit ---------------------------------------------------------------------------
 # systemd-analyze verify wants ExecStart's binary to exist, which /usr/bin/ringmx does not
@@ -108,7 +103,7 @@ step "cargo deb ($PROFILE)" "$T0"
 # unit itself after the install).
 T0=$(date +%s)
 BUILT=$(cargo metadata --format-version 1 --no-deps | python3 -c \
-    'import json, sys; print(json.load(sys.stdin)["target_directory"])')/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")/ringmx
+    'import json, sys; print(json.load(sys.stdin)["target_directory"])')/release/ringmx
 [ -x "$BUILT" ] || fail "no built binary at $BUILT"
 sed "s|/usr/bin/ringmx|$BUILT|g" tuning/ringmx.service >"$TMP/ringmx.service"
 systemd-analyze verify "$TMP/ringmx.service" || fail "systemd-analyze verify tuning/ringmx.service"
