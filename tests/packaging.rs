@@ -121,10 +121,12 @@ fn the_installed_layout_is_set_and_nothing_else() {
     assert_eq!(listen, ["0.0.0.0:25", "[::]:25"]);
     assert!(config.listen.iter().all(|l| !l.proxy));
     // Nothing else differs from the defaults.
-    let mut expect = ServerConfig::default();
-    expect.spool = config.spool.clone();
-    expect.user = config.user.clone();
-    expect.listen = config.listen.clone();
+    let expect = ServerConfig {
+        spool: config.spool.clone(),
+        user: config.user.clone(),
+        listen: config.listen.clone(),
+        ..ServerConfig::default()
+    };
     assert_eq!(format!("{config:#?}"), format!("{expect:#?}"));
 }
 
