@@ -96,11 +96,10 @@ pub fn drop_to(account: &Account) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks the spool directory for `account` before the drop: it must be the account's own
-/// and not writable by anyone else (another local user could otherwise plant or remove
-/// messages), and so must every file and directory the server writes in it. A missing
-/// directory is created for the account (its parent must exist).
-pub fn prepare_spool(dir: &Path, account: &Account) -> Result<(), String> {
+/// Before the drop, as root: creates the spool directory for `account` if it is missing (its
+/// parent must exist). Nothing inside is read: under systemd root may lack
+/// CAP_DAC_READ_SEARCH, and a spool mode 0750 is the account's to read.
+pub fn create_spool(dir: &Path, account: &Account) -> Result<(), String> {
     let shown = dir.display();
     match std::fs::symlink_metadata(dir) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -113,11 +112,19 @@ pub fn prepare_spool(dir: &Path, account: &Account) -> Result<(), String> {
             Ok(())
         }
         Err(e) => Err(format!("spool {shown}: {e}")),
-        Ok(meta) => check_spool(dir, &meta, account),
+        Ok(_) => Ok(()),
     }
 }
 
-/// The checks of [`prepare_spool`] on a directory that exists (also `ringmx check`'s).
+/// After the drop, as `account`: the spool must be the account's own and not writable by
+/// anyone else (another local user could otherwise plant or remove messages), and so must
+/// every file and directory the server writes in it.
+pub fn verify_spool(dir: &Path, account: &Account) -> Result<(), String> {
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("spool {}: {e}", dir.display()))?;
+    check_spool(dir, &meta, account)
+}
+
+/// The checks of [`verify_spool`] on a directory that exists (also `ringmx check`'s).
 pub fn check_spool(dir: &Path, meta: &std::fs::Metadata, account: &Account) -> Result<(), String> {
     let shown = dir.display();
     if !meta.is_dir() {

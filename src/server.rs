@@ -314,14 +314,19 @@ pub fn serve(
     Ok(report)
 }
 
-/// Becomes `user` (see [`crate::privileges`]): as root, after giving it the spool (created if
-/// missing, refused if anyone else may write there); as that user already, nothing to do;
-/// as anyone else, an error, since only root can switch.
+/// Becomes `user` (see [`crate::privileges`]): as root, after creating the spool for it if
+/// missing, then checks as that user that nobody else owns or may write the spool; as that
+/// user already, only the check; as anyone else, an error, since only root can switch.
 fn become_user(name: &str, config: &ServerConfig) -> Result<(), String> {
     let account = privileges::lookup(name)?;
     let me = privileges::current_uid();
     if me == account.uid {
-        return Ok(());
+        // Started as the user already (systemd's `User=`): nothing to switch.
+        return if config.sink {
+            Ok(())
+        } else {
+            privileges::verify_spool(&config.spool, &account)
+        };
     }
     if me != 0 {
         return Err(format!(
@@ -329,10 +334,13 @@ fn become_user(name: &str, config: &ServerConfig) -> Result<(), String> {
         ));
     }
     if !config.sink {
-        privileges::prepare_spool(&config.spool, &account)?;
+        privileges::create_spool(&config.spool, &account)?;
     }
     privileges::drop_to(&account)?;
     tracing::info!(user = %account.name, uid = account.uid, gid = account.gid, "running as");
+    if !config.sink {
+        privileges::verify_spool(&config.spool, &account)?;
+    }
     Ok(())
 }
 
