@@ -55,19 +55,25 @@ start_sink_a
 smtp-sink "${user[@]}" -c "127.0.0.1:$SINK_B_PORT" 1000 >"$TMP/sink-b.log" 2>&1 &
 PIDS+=($!)
 
-# A certificate the load generator trusts (STARTTLS, implicit TLS) and one it does not.
-for name in good other; do
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-        -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-        -keyout "$TMP/$name.key" -out "$TMP/$name.pem" 2>/dev/null
+# A CA the load generator trusts (STARTTLS, implicit TLS) with a leaf for the server, and a
+# CA it is given instead for the implicit TLS load that must fail.
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' >"$TMP/leaf.ext"
+ec=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
+for ca in good other; do
+    openssl req -x509 "${ec[@]}" -keyout "$TMP/ca-$ca.key" -out "$TMP/ca-$ca.pem" -days 2 \
+        -subj "/CN=dashboard run CA $ca" -addext basicConstraints=critical,CA:TRUE \
+        -addext keyUsage=critical,keyCertSign 2>/dev/null
 done
+openssl req "${ec[@]}" -keyout "$TMP/leaf.key" -out "$TMP/leaf.csr" -subj /CN=localhost 2>/dev/null
+openssl x509 -req -in "$TMP/leaf.csr" -CA "$TMP/ca-good.pem" -CAkey "$TMP/ca-good.key" \
+    -CAcreateserial -days 2 -out "$TMP/leaf.pem" -extfile "$TMP/leaf.ext" 2>/dev/null
 echo "@example.com" >"$TMP/recipients"
 
 cat >"$TMP/ringmx.toml" <<EOF
 listen = ["127.0.0.1:$PORT", { address = "127.0.0.1:$PORT_PROXY", proxy = true }]
 listen_tls = ["127.0.0.1:$PORT_TLS"]
-tls_cert = "$TMP/good.pem"
-tls_key = "$TMP/good.key"
+tls_cert = "$TMP/leaf.pem"
+tls_key = "$TMP/leaf.key"
 hostname = "mx.dashboard.test"
 spool = "$TMP/spool"
 spool_format = "log"
@@ -75,7 +81,7 @@ metrics_listen = "127.0.0.1:$PORT_METRICS"
 domains = ["example.com"]
 recipients = "$TMP/recipients"
 proxy_trusted = ["127.0.0.2/32"]
-max_connections_per_client = 40
+max_connections_per_client = 100
 client_limits_for_relay_networks = true
 relay_to = "smtp:127.0.0.1:$SINK_B_PORT"
 min_backoff_secs = 3
@@ -144,7 +150,9 @@ load() { # NAME ARGS...: one phase of load, its summary line on stderr
 import json, sys
 l = json.load(open(sys.argv[2]))
 print(f"   {sys.argv[1]}: {l['sessions']['started']} sessions, {l['throughput']['messages_per_s']:,.0f} messages/s,"
-      f" {l['errors']['total']} failed sessions")
+      f" {l['errors']['total']} failed sessions",
+      {k: v for k, v in l["errors"].items() if v and k != "total"} or "",
+      " ".join(f"{m['class']}/{m['step']}={m['count']}" for m in l.get("mismatches", [])))
 PY
 }
 reload() { kill -HUP "$SERVER"; }
@@ -164,10 +172,10 @@ load nonsmtp --rate 200 --duration 15s --mix valid=40,nonsmtp=60
 
 phase "STARTTLS and implicit TLS"
 "$LOADGEN" --target "127.0.0.1:$PORT_TLS" --threads 1 --quiet --json --tls implicit \
-    --tls-ca "$TMP/other.pem" --rate 10 --duration 15s --mix valid=100 >"$TMP/load-badca.json" 2>&1 || true &
+    --tls-ca "$TMP/ca-other.pem" --rate 10 --duration 15s --mix valid=100 >"$TMP/load-badca.json" 2>&1 || true &
 BADCA=$!
 PIDS+=("$BADCA")
-load tls --rate 80 --duration 15s --mix valid=100 --tls starttls --tls-ca "$TMP/good.pem" --tls-resume
+load tls --rate 80 --duration 15s --mix valid=100 --tls starttls --tls-ca "$TMP/ca-good.pem" --tls-resume
 wait "$BADCA" || true
 
 phase "next hop down"
@@ -183,7 +191,29 @@ echo "@example.com" >"$TMP/recipients.new"; mv "$TMP/recipients.new" "$TMP/recip
 phase "next hop back, one client over its connection limit"
 stop_sink_a
 start_sink_a
-load burst --connections 60 --duration 20s --mix valid=100 --messages-per-session 20
+# One client (127.0.0.3) holds idle connections up to its limit of 100 and keeps asking for more.
+python3 - "$PORT" 20 >"$TMP/hog.log" 2>&1 <<'PY' &
+import socket, sys, time
+port, secs = int(sys.argv[1]), float(sys.argv[2])
+held, end = [], time.time() + secs
+while time.time() < end:
+    s = socket.create_connection(("127.0.0.1", port), timeout=2, source_address=("127.0.0.3", 0))
+    try:
+        banner = s.recv(512)
+    except OSError:
+        banner = b""
+    if banner.startswith(b"220"):
+        held.append(s)
+    else:
+        s.close()
+        time.sleep(0.1)
+for s in held:
+    s.close()
+PY
+HOG=$!
+PIDS+=("$HOG")
+load burst --rate 200 --duration 20s --mix valid=100
+wait "$HOG" || true
 
 phase "drain"
 sleep 12
