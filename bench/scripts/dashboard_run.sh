@@ -224,7 +224,7 @@ printf '[%s]\n' "$(IFS=,; echo "${PHASES[*]}")" >"$TMP/phases.json"
 rc=0
 python3 tuning/grafana/render.py --prometheus "http://127.0.0.1:$PORT_PROM" --start "$START" \
     --end "$END" --step 1 --rate-interval 5s --phases "$TMP/phases.json" --out "$OUT" \
-    --title "ringmx — $( "$RINGMX" --version 2>/dev/null || echo ringmx), one load run on loopback, rendered from Prometheus by render.py" \
+    --title "$( "$RINGMX" --version 2>/dev/null || echo ringmx): one load run on loopback, scraped by Prometheus every second, drawn by render.py" \
     || rc=$?
 [ "$rc" = 2 ] && echo "some targets returned no series (listed above)" >&2
 echo "wrote $OUT" >&2

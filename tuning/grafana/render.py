@@ -152,9 +152,11 @@ def draw_timeseries(fig, rect, p, results, grid, args, marks):
     xs = [ts - t0 for ts in grid]
     ax.set_xlim(0, xs[-1])
     ax.xaxis.set_major_locator(ticker.MultipleLocator(30 if xs[-1] > 90 else 10))
-    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _p: f"{v:g} s"))
-    for m in marks:
-        ax.axvline(m - t0, color=MUTED, linewidth=0.6, linestyle=(0, (3, 3)), alpha=0.7)
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _p: f"{v:g} s" if v else ""))
+    for n, m in marks:
+        ax.axvline(m - t0, color=MUTED, linewidth=0.7, linestyle=(0, (3, 3)), alpha=0.8)
+        ax.text(m - t0, 1.0, f" {n}", transform=ax.get_xaxis_transform(), color=MUTED,
+                fontsize=6.5, va="top", ha="left")
     if not series:
         ax.set_ylim(0, 1)
         ax.set_yticks([])
@@ -239,7 +241,7 @@ def main():
     start, end = int(args.start), int(args.end)
     grid = list(range(start, end + 1, args.step))
     phases = json.load(open(args.phases)) if args.phases else []
-    marks = [ph["start"] for ph in phases if start < ph["start"] < end]
+    marks = [(n, ph["start"]) for n, ph in enumerate(phases, 1) if start <= ph["start"] < end]
 
     panels = dash["panels"]
     total_h = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels)
@@ -249,10 +251,10 @@ def main():
     fig.text(0.06 / W, 1 - 0.18 / H, args.title or dash.get("title", ""), color=TEXT,
              fontsize=14, fontweight="bold", va="top")
     if phases:
-        desc = "   ".join(f"{ph['start'] - start:g} s: {ph['name']}" for ph in phases
-                           if start <= ph["start"] < end)
-        fig.text(0.06 / W, 1 - 0.52 / H, "phases (dashed lines)   " + desc, color=MUTED,
-                 fontsize=8, va="top")
+        desc = "    ".join(f"{n} ({ph['start'] - start:g} s) {ph['name']}"
+                             for n, ph in enumerate(phases, 1) if start <= ph["start"] < end)
+        fig.text(0.06 / W, 1 - 0.50 / H, "load phases, dashed lines:    " + desc, color=MUTED,
+                 fontsize=8.5, va="top")
 
     empty = 0
     for p in panels:
