@@ -81,7 +81,9 @@ metrics_listen = "127.0.0.1:$PORT_METRICS"
 domains = ["example.com"]
 recipients = "$TMP/recipients"
 proxy_trusted = ["127.0.0.2/32"]
-max_connections_per_client = 100
+max_connections = 100
+max_connections_per_client = 60
+command_timeout_secs = 10
 client_limits_for_relay_networks = true
 relay_to = "smtp:127.0.0.1:$SINK_B_PORT"
 min_backoff_secs = 3
@@ -180,24 +182,27 @@ wait "$BADCA" || true
 
 phase "next hop down"
 stop_sink_a
-load hopdown --rate 200 --duration 20s --mix valid=100
+load hopdown --rate 100 --duration 15s --mix valid=100
 
 phase "next hop refuses RCPT, bad reload"
 start_sink_a -f RCPT
 echo "not an address" >"$TMP/recipients.new"; mv "$TMP/recipients.new" "$TMP/recipients"; reload
-load refuse --rate 200 --duration 15s --mix valid=100
+load refuse --rate 100 --duration 15s --mix valid=100
 echo "@example.com" >"$TMP/recipients.new"; mv "$TMP/recipients.new" "$TMP/recipients"
 
-phase "next hop back, one client over its connection limit"
+phase "next hop back, clients over the connection limits"
 stop_sink_a
 start_sink_a
-# One client (127.0.0.3) holds idle connections up to its limit of 100 and keeps asking for more.
-python3 - "$PORT" 20 >"$TMP/hog.log" 2>&1 <<'PY' &
+# One client (127.0.0.3) holds idle connections up to its limit of 60 and keeps asking for
+# more; they time out after command_timeout_secs (421 4.4.2) and it takes them again. For 6 s
+# a second one (127.0.0.4) fills the server up to max_connections = 100.
+hog() { # SOURCE SECONDS
+python3 - "$PORT" "$1" "$2" >>"$TMP/hog.log" 2>&1 <<'PY' &
 import socket, sys, time
-port, secs = int(sys.argv[1]), float(sys.argv[2])
+port, src, secs = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
 held, end = [], time.time() + secs
 while time.time() < end:
-    s = socket.create_connection(("127.0.0.1", port), timeout=2, source_address=("127.0.0.3", 0))
+    s = socket.create_connection(("127.0.0.1", port), timeout=2, source_address=(src, 0))
     try:
         banner = s.recv(512)
     except OSError:
@@ -210,10 +215,12 @@ while time.time() < end:
 for s in held:
     s.close()
 PY
-HOG=$!
-PIDS+=("$HOG")
-load burst --rate 200 --duration 20s --mix valid=100
-wait "$HOG" || true
+PIDS+=($!)
+}
+hog 127.0.0.3 20
+(sleep 8; hog 127.0.0.4 6; wait) &
+PIDS+=($!)
+load burst --rate 100 --duration 20s --mix valid=100
 
 phase "drain"
 sleep 12
@@ -221,6 +228,20 @@ END=$(date +%s)
 sleep 2
 
 printf '[%s]\n' "$(IFS=,; echo "${PHASES[*]}")" >"$TMP/phases.json"
+# How the scrapes went: a failed one (over the 1 s timeout) is a gap in every panel.
+python3 - "http://127.0.0.1:$PORT_PROM" "$START" "$END" >&2 <<'PY' || true
+import json, sys, urllib.parse, urllib.request
+base, start, end = sys.argv[1:4]
+def q(expr):
+    url = base + "/api/v1/query?" + urllib.parse.urlencode({"query": expr, "time": end})
+    r = json.load(urllib.request.urlopen(url))["data"]["result"]
+    return float(r[0]["value"][1]) if r else float("nan")
+span = f"{int(end) - int(start)}s"
+n = q(f"count_over_time(up[{span}])")
+print(f"scrapes: {n:.0f}, failed {n - q(f'sum_over_time(up[{span}])'):.0f},"
+      f" slowest {q(f'max_over_time(scrape_duration_seconds[{span}])'):.3f} s,"
+      f" median {q(f'quantile_over_time(0.5, scrape_duration_seconds[{span}])'):.3f} s")
+PY
 rc=0
 python3 tuning/grafana/render.py --prometheus "http://127.0.0.1:$PORT_PROM" --start "$START" \
     --end "$END" --step 1 --rate-interval 5s --phases "$TMP/phases.json" --out "$OUT" \

@@ -7,8 +7,10 @@ range, and draws each panel with matplotlib where its gridPos puts it (24 column
 Grafana). `$instance` becomes --instance (a regex), `$__rate_interval` becomes --rate-interval;
 nothing else of an expression is changed, so what is drawn is what the dashboard would ask.
 
-It prints one line per target (series returned, or EMPTY) and exits with status 2 when any
-target came back empty, 0 otherwise, so a run shows which panels have no data.
+It prints one line per target (series returned, how many of them moved, or EMPTY) and exits
+with status 2 when any target came back empty, 0 otherwise, so a run shows which panels have
+no data. Series that stay 0 over the whole range are left out of a panel and counted in its
+corner (the server exports every label value from the start).
 
 Usage: render.py --prometheus http://127.0.0.1:9090 --start UNIX --end UNIX
                  [--dashboard ringmx.json] [--out dashboard.png] [--step 1]
@@ -136,6 +138,11 @@ def draw_timeseries(fig, rect, p, results, grid, args, marks):
             vals = {round(float(ts)): float(v) for ts, v in r["values"]}
             series.append((legend(t.get("legendFormat"), r["metric"]),
                            [vals.get(ts, math.nan) for ts in grid]))
+    # Series that stay 0 over the whole range (every label value is exported from the start)
+    # are left out; a panel whose series all stay 0 says so.
+    moved = [sv for sv in series if any(v for v in sv[1] if not math.isnan(v))]
+    quiet = len(series) - len(moved)
+    series = moved
     n_leg = len(series)
     ncol = max(1, min(n_leg, int(w * W / 1.7)))
     leg_rows = math.ceil(n_leg / ncol) if n_leg else 0
@@ -160,9 +167,12 @@ def draw_timeseries(fig, rect, p, results, grid, args, marks):
     if not series:
         ax.set_ylim(0, 1)
         ax.set_yticks([])
-        ax.text(0.5, 0.5, "No data", transform=ax.transAxes, ha="center", va="center",
-                color=MUTED, fontsize=11)
+        ax.text(0.5, 0.5, f"0 throughout ({quiet} series)" if quiet else "No data",
+                transform=ax.transAxes, ha="center", va="center", color=MUTED, fontsize=10)
         return
+    if quiet:
+        ax.text(1.0, 1.02, f"{quiet} series at 0 not shown", transform=ax.transAxes,
+                ha="right", va="bottom", color=MUTED, fontsize=6.5)
     finite = [v for _, vs in series for v in vs if not math.isnan(v)]
     if stacked:
         sums = [sum(0 if math.isnan(vs[i]) else vs[i] for _, vs in series) for i in range(len(grid))]
@@ -280,7 +290,8 @@ def main():
             expr = substitute(t["expr"], args)
             res = query(args.prometheus, "/api/v1/query_range",
                         {"query": expr, "start": start, "end": end, "step": args.step})
-            state = f"{len(res):>3} series" if res else "    EMPTY"
+            nonzero = sum(any(float(v) for _, v in r["values"] if v != "NaN") for r in res)
+            state = f"{len(res):>3} series, {nonzero:>2} moved" if res else "    EMPTY"
             print(f"{p['title']:<28} {state}  {expr}")
             empty += not res
             results.append((t, res))
