@@ -134,7 +134,7 @@ def draw_timeseries(fig, rect, p, results, grid, args, marks):
     draw_frame(fig, rect, p["title"])
     series = []
     for (t, res) in results:
-        for r in res:
+        for r in sorted(res, key=lambda r: legend(t.get("legendFormat"), r["metric"])):
             vals = {round(float(ts)): float(v) for ts, v in r["values"]}
             series.append((legend(t.get("legendFormat"), r["metric"]),
                            [vals.get(ts, math.nan) for ts in grid]))
