@@ -95,7 +95,7 @@ ROWS = [
     ]),
     ("Spool", [
         dict(title="Commit latency", unit="s", axis="seconds", w=8,
-             desc="Time one spool commit (a batch written and synced) takes; histogram quantiles.",
+             desc="Per message, from its hand-over to the committer to its batch being durable.",
              targets=[(quantile(0.5, "ringmx_spool_commit_seconds"), "p50"),
                       (quantile(0.99, "ringmx_spool_commit_seconds"), "p99")]),
         dict(title="Commit batch size", unit="short", axis="messages per commit", w=8,
@@ -103,9 +103,10 @@ ROWS = [
              targets=[(quantile(0.5, "ringmx_spool_commit_batch_messages"), "p50"),
                       (quantile(0.99, "ringmx_spool_commit_batch_messages"), "p99"),
                       (mean("ringmx_spool_commit_batch_messages"), "mean")]),
-        dict(title="Commits", unit="cps", axis="commits/s", w=8,
-             desc="Spool commits (batches) per second.",
-             targets=[(rate("ringmx_spool_commit_seconds_count"), "commits")]),
+        dict(title="Commits", unit="cps", axis="per second", w=8,
+             desc="Commit batches (one sync each per segment or file) and the messages in them.",
+             targets=[(rate("ringmx_spool_commit_batch_messages_count"), "batches"),
+                      (rate("ringmx_spool_commit_seconds_count"), "messages")]),
     ]),
     ("Queue and delivery", [
         dict(title="Queue", unit="short", axis="messages", w=6,
@@ -119,7 +120,8 @@ ROWS = [
              targets=[(rate("ringmx_delivery_recipients_total", by=["destination", "result"]),
                        "{{result}} {{destination}}")]),
         dict(title="Delivery latency p99", unit="s", axis="seconds", w=8,
-             desc="Commit to the next hop's reply, p99 per destination.",
+             desc="From a message's commit to the reply that delivered a recipient (queueing and "
+                  "retries included), p99 per destination.",
              targets=[(quantile(0.99, "ringmx_delivery_seconds", by=["destination"]), "{{destination}}")]),
         dict(title="Connection failures", unit="cps", axis="failures/s", w=8,
              desc="Connections to a next hop that failed (refused, timed out, broken).",
