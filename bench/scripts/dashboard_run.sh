@@ -147,7 +147,8 @@ PIDS+=($!)
 
 load() { # NAME ARGS...: one phase of load, its summary line on stderr
     local name=$1; shift
-    "$LOADGEN" --target "127.0.0.1:$PORT" --threads 1 --quiet --json "$@" >"$TMP/load-$name.json" || true
+    "$LOADGEN" --target "127.0.0.1:$PORT" --threads 1 --quiet --json --out "$TMP/load-$name" "$@" \
+        >"$TMP/load-$name.json" || true
     python3 - "$name" "$TMP/load-$name.json" >&2 <<'PY' || true
 import json, sys
 l = json.load(open(sys.argv[2]))
@@ -156,6 +157,10 @@ print(f"   {sys.argv[1]}: {l['sessions']['started']} sessions, {l['throughput'][
       {k: v for k, v in l["errors"].items() if v and k != "total"} or "",
       " ".join(f"{m['class']}/{m['step']}={m['count']}" for m in l.get("mismatches", [])))
 PY
+    local first
+    first=$(find "$TMP/load-$name/mismatches" -type f 2>/dev/null | sort | head -1)
+    [ -n "$first" ] && sed 's/^/      /' "$first" | head -12 >&2
+    true
 }
 reload() { kill -HUP "$SERVER"; }
 
