@@ -206,6 +206,13 @@ impl Reply {
     /// The reply code and the enhanced status code (RFC 3463; empty when the reply has
     /// none), for metrics: `(550, "5.1.1")`.
     pub fn status(self) -> (u16, &'static str) {
+        // Read from the fixed lines once: the session line asks every kind's code per session.
+        static TABLE: std::sync::OnceLock<[(u16, &'static str); Reply::COUNT]> = std::sync::OnceLock::new();
+        TABLE.get_or_init(|| Reply::ALL.map(Reply::read_status))[self as usize]
+    }
+
+    /// [`Reply::status`] worked out from the reply's text.
+    fn read_status(self) -> (u16, &'static str) {
         match self {
             Reply::Greeting => (220, ""),
             Reply::Helo | Reply::Ehlo => (250, ""),
@@ -367,6 +374,9 @@ mod tests {
 
     #[test]
     fn status_is_the_code_and_enhanced_code_of_the_text() {
+        for r in Reply::ALL {
+            assert_eq!(r.status(), r.read_status(), "the table is in kind order: {r:?}");
+        }
         assert_eq!(Reply::UnknownUser.status(), (550, "5.1.1"));
         assert_eq!(Reply::StartData.status(), (354, ""));
         assert_eq!(Reply::TooManyConnections.status(), (421, "4.3.2"));
