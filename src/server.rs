@@ -3,11 +3,13 @@
 use crate::backend::{self, Backend, BackendConfig, WithBackend};
 use crate::config::{ServerConfig, SpoolFormat};
 use crate::delivery::{self, Delivery};
+use crate::descriptors::{fit_max_connections, raise_nofile_limit};
 use crate::policy::clients::{ClientLimits, ClientTable};
 use crate::policy::recipients::Recipients;
 use crate::privileges;
 use crate::proto::Settings;
 use crate::reload::{self, Reloader, Source};
+use crate::signals::{block_signals, wait_for_signals};
 use crate::spool::{self, Backing, IdGen, LogSpool, Spool, SpoolLock};
 use crate::tls::TlsContext;
 use crate::wake::Wake;
@@ -520,162 +522,6 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket.into())
-}
-
-/// The signals taken by `sigwait` in the signal thread. The default action of each is to end
-/// the process at once (with no `421` to anyone): SIGTERM and SIGINT stop the server
-/// gracefully instead; SIGHUP (`systemctl reload`, a certificate renewal hook) reloads the
-/// configuration; SIGUSR1/2 are logged and ignored until they are given a meaning.
-const SIGNALS: [libc::c_int; 5] = [
-    libc::SIGTERM,
-    libc::SIGINT,
-    libc::SIGHUP,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-];
-
-/// Blocks [`SIGNALS`] in this thread and (by inheritance) every thread it starts, so they are
-/// only ever taken by `sigwait` in the signal thread. Ignores SIGXFSZ, so a file size limit
-/// shows up as `EFBIG` on the spool write (answered 452), not as a dead server.
-fn block_signals() -> io::Result<libc::sigset_t> {
-    // SAFETY: sigset_t is plain data, initialized by sigemptyset before use; the calls only
-    // read and write the set we own and this thread's mask.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for sig in SIGNALS {
-            libc::sigaddset(&mut set, sig);
-        }
-        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
-        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-        Ok(set)
-    }
-}
-
-/// The first SIGTERM or SIGINT starts a graceful shutdown; a second one exits at once.
-/// SIGHUP reloads the configuration (see [`Reloader`]). The
-/// other signals of [`SIGNALS`] are ignored and do not count.
-fn wait_for_signals(
-    set: libc::sigset_t,
-    controls: Vec<(Sender<Control>, Arc<dyn Wake>)>,
-    mut reloader: Reloader,
-) {
-    let mut first = true;
-    loop {
-        let mut sig = 0;
-        // SAFETY: `set` is an initialized signal set and `sig` a valid out-pointer.
-        let rc = unsafe { libc::sigwait(&set, &mut sig) };
-        if rc != 0 {
-            continue;
-        }
-        if sig == libc::SIGHUP {
-            crate::notify::reloading();
-            reloader.reload();
-            crate::notify::notify("READY=1");
-            continue;
-        }
-        if sig == libc::SIGUSR1 || sig == libc::SIGUSR2 {
-            tracing::debug!(signal = sig, "ignored");
-            continue;
-        }
-        if !first {
-            tracing::warn!(signal = sig, "second signal, exiting at once");
-            std::process::exit(1);
-        }
-        first = false;
-        crate::notify::notify("STOPPING=1");
-        tracing::info!(signal = sig, "shutting down");
-        for (tx, waker) in &controls {
-            let _ = tx.try_send(Control::Shutdown);
-            waker.wake();
-        }
-    }
-}
-
-/// Raises the soft descriptor limit to the hard one: each connection needs a descriptor.
-/// Returns the soft limit in force (`u64::MAX` if it cannot be read: then nothing is fitted).
-fn raise_nofile_limit() -> u64 {
-    // SAFETY: getrlimit/setrlimit read and write the struct we own.
-    unsafe {
-        let mut lim: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return u64::MAX;
-        }
-        if lim.rlim_cur < lim.rlim_max
-            && libc::setrlimit(
-                libc::RLIMIT_NOFILE,
-                &libc::rlimit {
-                    rlim_cur: lim.rlim_max,
-                    ..lim
-                },
-            ) == 0
-        {
-            lim.rlim_cur = lim.rlim_max;
-        }
-        lim.rlim_cur as u64
-    }
-}
-
-/// Descriptors the count in [`fit_max_connections`] does not see, opened by libraries or
-/// for a moment (recovery's directory reads, the stats file at exit).
-const SPARE_DESCRIPTORS: u64 = 8;
-
-/// Descriptors open now: stdin, stdout, stderr and whatever else the process inherited (a
-/// test harness or a shell may pass on several). Three if `/proc` cannot tell.
-fn open_descriptors() -> u64 {
-    // The directory's own descriptor is counted too: one more, on the safe side.
-    std::fs::read_dir("/proc/self/fd").map_or(3, |entries| entries.count() as u64)
-}
-
-/// Fewer connections than this is no server: refuse to start rather than lower to it.
-const FEWEST_CONNECTIONS: usize = 8;
-
-/// `max_connections`, lowered (with a warning) to what `open_files` descriptors can serve.
-///
-/// Besides its connections the process holds: the descriptors open now
-/// ([`open_descriptors`]) and the spool's lock file; per worker, its listeners, its backend's
-/// epoll or ring descriptor and eventfd, one for a connection over the limit (accepted only to
-/// be answered `421` and closed; a flood can have more of those open within one turn, and
-/// past the limit the backends answer them through their spare descriptor instead), the spare
-/// descriptor the backend keeps to answer `421` when
-/// even that accept fails, and its committer's handle on the spool directory; and
-/// [`SPARE_DESCRIPTORS`]. A connection holds its socket and, while its message commits, the
-/// `.eml` and the `.json` (the committer keeps both open from the writeback to the directory
-/// fsync): 3 descriptors, 1 with `--sink`.
-fn fit_max_connections(
-    max_connections: usize,
-    open_files: u64,
-    workers: usize,
-    listeners: usize,
-    sink: bool,
-) -> Result<usize, String> {
-    let (lock, per_worker, per_connection) = if sink {
-        (0, listeners as u64 + 4, 1)
-    } else {
-        (1, listeners as u64 + 5, 3)
-    };
-    let overhead = open_descriptors() + lock + workers as u64 * per_worker + SPARE_DESCRIPTORS;
-    let fit = open_files.saturating_sub(overhead) / per_connection;
-    let fit = usize::try_from(fit).unwrap_or(usize::MAX);
-    if fit >= max_connections {
-        return Ok(max_connections);
-    }
-    if fit < max_connections.min(FEWEST_CONNECTIONS) {
-        return Err(format!(
-            "the open-files limit {open_files} leaves room for {fit} connections; \
-             raise it (ulimit -n, LimitNOFILE=)"
-        ));
-    }
-    tracing::warn!(
-        configured = max_connections,
-        lowered = fit,
-        open_files,
-        "max_connections lowered to fit the open-files limit"
-    );
-    Ok(fit)
 }
 
 /// The CPUs this process may run on, in order.
