@@ -28,7 +28,15 @@ command -v curl >/dev/null 2>&1 || {
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null
 }
-python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q prometheus-client
+# The independent parser of the text format: from PyPI, or Debian's package where the
+# system Python refuses pip (PEP 668).
+python3 -c 'import prometheus_client' 2>/dev/null ||
+    python3 -m pip install -q prometheus-client 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages prometheus-client 2>/dev/null || {
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-prometheus-client >/dev/null
+}
+python3 -c 'import prometheus_client' || { echo "metrics-loadgen: no prometheus_client for python3"; exit 1; }
 
 SESSIONS=4000
 RATE=400
