@@ -368,7 +368,7 @@ impl Conn {
                 }
                 Event::MessageEnd => {
                     self.flush_body(sh, token);
-                    if let Ended::Queued(id) = sh.store.end(token, &mut self.message) {
+                    if let Ended::Queued(id) = sh.store.end(token, &mut self.message, sh.now) {
                         self.accepted(&id);
                         sh.pool.ensure(&mut self.out);
                         self.session

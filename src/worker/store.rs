@@ -91,8 +91,9 @@ impl Store {
     }
 
     /// The message is complete: in sink mode it is acknowledged now, else the spool commits
-    /// it and `message` waits for the result.
-    pub(crate) fn end(&mut self, token: Token, message: &mut Message) -> Ended {
+    /// it and `message` waits for the result. `now` is the turn's clock, the start of the
+    /// commit latency (no clock read per message).
+    pub(crate) fn end(&mut self, token: Token, message: &mut Message, now: std::time::Instant) -> Ended {
         match self {
             Store::Sink(ids) => {
                 *message = Message::None;
@@ -101,7 +102,7 @@ impl Store {
             Store::Spool(spool) => {
                 spool.submit(Job::End {
                     key: token.to_u64(),
-                    at: std::time::Instant::now(),
+                    at: now,
                 });
                 *message = match std::mem::replace(message, Message::None) {
                     Message::Streaming(id) | Message::Committing(id) => Message::Committing(id),
