@@ -124,7 +124,7 @@ impl Reloader {
             .filter(|k| RESTART_KEYS.contains(&k.as_str()))
             .cloned()
             .collect();
-        self.keep_restart_keys(&mut config);
+        keep_restart_keys(&self.running, &mut config);
         let limits = &config.limits;
         let rate_switch =
             (limits.connection_rate_per_client == 0) != (self.running.limits.connection_rate_per_client == 0);
@@ -171,37 +171,6 @@ impl Reloader {
             restart,
             changed,
         })
-    }
-
-    /// Sets every key that needs a restart back to its running value.
-    fn keep_restart_keys(&self, c: &mut ServerConfig) {
-        let r = &self.running;
-        c.listen.clone_from(&r.listen);
-        c.listen_tls.clone_from(&r.listen_tls);
-        c.workers = r.workers;
-        c.backend = r.backend;
-        c.spool.clone_from(&r.spool);
-        c.sink = r.sink;
-        c.spool_format = r.spool_format;
-        c.spool_sync = r.spool_sync;
-        c.user.clone_from(&r.user);
-        c.metrics_listen = r.metrics_listen;
-        c.log_format = r.log_format;
-        let (l, rl) = (&mut c.limits, &r.limits);
-        l.max_connections = rl.max_connections;
-        l.read_budget = rl.read_budget;
-        l.input_buffer = rl.input_buffer;
-        l.spool_queue_bytes = rl.spool_queue_bytes;
-        l.spool_segment_size = rl.spool_segment_size;
-        l.uring_entries = rl.uring_entries;
-        l.uring_sqpoll = rl.uring_sqpoll;
-        l.uring_buffers = rl.uring_buffers;
-        l.uring_buffer_size = rl.uring_buffer_size;
-        l.uring_min_wait_us = rl.uring_min_wait_us;
-        l.tls_session_cache = rl.tls_session_cache;
-        l.client_ipv6_prefix = rl.client_ipv6_prefix;
-        l.client_table_size = rl.client_table_size;
-        l.log_buffer_lines = rl.log_buffer_lines;
     }
 
     fn install(&mut self, loaded: Loaded) {
@@ -275,6 +244,36 @@ impl Reloader {
     }
 }
 
+/// Sets every key that needs a restart back to its running value.
+fn keep_restart_keys(r: &ServerConfig, c: &mut ServerConfig) {
+    c.listen.clone_from(&r.listen);
+    c.listen_tls.clone_from(&r.listen_tls);
+    c.workers = r.workers;
+    c.backend = r.backend;
+    c.spool.clone_from(&r.spool);
+    c.sink = r.sink;
+    c.spool_format = r.spool_format;
+    c.spool_sync = r.spool_sync;
+    c.user.clone_from(&r.user);
+    c.metrics_listen = r.metrics_listen;
+    c.log_format = r.log_format;
+    let (l, rl) = (&mut c.limits, &r.limits);
+    l.max_connections = rl.max_connections;
+    l.read_budget = rl.read_budget;
+    l.input_buffer = rl.input_buffer;
+    l.spool_queue_bytes = rl.spool_queue_bytes;
+    l.spool_segment_size = rl.spool_segment_size;
+    l.uring_entries = rl.uring_entries;
+    l.uring_sqpoll = rl.uring_sqpoll;
+    l.uring_buffers = rl.uring_buffers;
+    l.uring_buffer_size = rl.uring_buffer_size;
+    l.uring_min_wait_us = rl.uring_min_wait_us;
+    l.tls_session_cache = rl.tls_session_cache;
+    l.client_ipv6_prefix = rl.client_ipv6_prefix;
+    l.client_table_size = rl.client_table_size;
+    l.log_buffer_lines = rl.log_buffer_lines;
+}
+
 /// Seconds since the epoch.
 pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
@@ -288,5 +287,35 @@ fn list<'a>(keys: impl Iterator<Item = &'a str>) -> String {
         "-".into()
     } else {
         keys.join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `RESTART_KEYS` (what is reported) and `keep_restart_keys` (what is kept) name the same
+    /// keys: a configuration differing in every one of them differs in nothing once kept.
+    #[test]
+    fn the_restart_keys_reported_are_the_ones_kept() {
+        let text = "listen = [\"127.0.0.1:26\"]\nlisten_tls = [\"127.0.0.1:465\"]\n\
+                    tls_cert = \"/c\"\ntls_key = \"/k\"\nworkers = 3\nbackend = \"epoll\"\n\
+                    spool = \"/s\"\nsink = true\nspool_format = \"files\"\n\
+                    spool_sync = \"filesystem\"\nuser = \"nobody\"\n\
+                    metrics_listen = \"127.0.0.1:9\"\nlog_format = \"json\"\n\
+                    max_connections = 7\nread_budget = 2048\ninput_buffer = 4096\n\
+                    spool_queue_bytes = 131072\nspool_segment_size = 131072\n\
+                    uring_entries = 16\nuring_sqpoll = true\nuring_buffers = 4\n\
+                    uring_buffer_size = 4096\nuring_min_wait_us = 5\ntls_session_cache = 5\n\
+                    client_ipv6_prefix = 48\nclient_table_size = 128\nlog_buffer_lines = 2048\n";
+        let running = ServerConfig::default();
+        let mut new = ServerConfig::from_toml(text).unwrap();
+        // The certificate keys are live; everything else in the text needs a restart.
+        let mut expected: Vec<String> = RESTART_KEYS.iter().map(|k| k.to_string()).collect();
+        expected.extend(["tls_cert".to_string(), "tls_key".to_string()]);
+        expected.sort();
+        assert_eq!(changed_keys(&running, &new), expected);
+        keep_restart_keys(&running, &mut new);
+        assert_eq!(changed_keys(&running, &new), ["tls_cert", "tls_key"]);
     }
 }
