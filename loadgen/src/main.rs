@@ -12,12 +12,16 @@
 //! - [`chart`] (stats, vocab): SVG charts;
 //! - [`report`] (cli, stats, vocab): summary.json, the table, .hgrm;
 //! - [`sweep`] (chart, cli, stats, vocab): the capacity search, given a way to run one step;
-//! - `main`: picks a single run or a sweep and writes the outputs.
+//! - [`merge`] (chart, report, stats, vocab): the `merge` subcommand, runs of several machines as one;
+//! - [`plot`] (chart, cli): the `plot` subcommand, several sweeps in one chart;
+//! - `main`: picks a subcommand, a single run or a sweep and writes the outputs.
 
 mod chart;
 mod cli;
 mod collect;
 mod engine;
+mod merge;
+mod plot;
 mod report;
 mod script;
 mod stats;
@@ -36,6 +40,20 @@ use script::Corpus;
 use vocab::{Phase, PHASES};
 
 fn main() {
+    // Subcommands come first; anything else is a run with the flat flags.
+    let argv: Vec<String> = std::env::args().collect();
+    let sub = match argv.get(1).map(String::as_str) {
+        Some("merge") => Some(merge::main(&argv[2..])),
+        Some("plot") => Some(plot::main(&argv[2..])),
+        _ => None,
+    };
+    if let Some(r) = sub {
+        if let Err(e) = r {
+            eprintln!("ringmx-loadgen: {e}");
+            std::process::exit(if e.starts_with("usage:") { 2 } else { 1 });
+        }
+        return;
+    }
     let args = Args::parse();
     let sweep = args
         .sweep
@@ -107,7 +125,22 @@ fn single(cfg: &Config, corpus: &Arc<Corpus>) -> Result<(), String> {
         }
         write_file(
             &dir.join("report.svg"),
-            chart::report_svg(&summary.target, summary.mode, &collected).as_bytes(),
+            chart::report_svg(
+                &summary.target,
+                summary.mode,
+                &PHASES.map(|p| (p.name(), &collected.corrected.0[p as usize])),
+                &collected
+                    .intervals
+                    .iter()
+                    .map(|r| chart::Second {
+                        t: r.t,
+                        sessions: r.sessions,
+                        messages: r.messages,
+                        errors: r.errors,
+                    })
+                    .collect::<Vec<_>>(),
+            )
+            .as_bytes(),
         )?;
     }
     Ok(())

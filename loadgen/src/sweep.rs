@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::chart::{svg_document, Chart};
+use crate::chart::{latency_axis, slo_label, svg_document, Axis, Chart, Series, Unit};
 use crate::cli::{Config, Slo};
 use crate::stats::Collected;
 use crate::vocab::Phase;
@@ -193,52 +193,43 @@ fn table(steps: &[StepResult], slo: Slo, capacity: Option<f64>) -> String {
     s
 }
 
+/// sweep.svg: achieved against offered rate, then p50 and p99 session latency against
+/// offered rate with the SLO line.
 fn svg(steps: &[StepResult], slo: Slo) -> String {
     let mut body = String::new();
-    let ticks: Vec<(f64, String)> = steps
-        .iter()
-        .map(|r| (r.offered, format!("{:.0}", r.offered)))
-        .collect();
+    let pts = |f: &dyn Fn(&StepResult) -> f64| -> Vec<(f64, f64)> {
+        steps.iter().map(|r| (r.offered, f(r))).collect()
+    };
+    let mut offered = Series::line("offered", pts(&|r| r.offered));
+    offered.dashed = true;
+    let mut achieved = Series::line("achieved", pts(&|r| r.achieved));
+    achieved.markers = true;
     Chart {
-        title: "Achieved vs offered rate",
-        x_label: "offered sessions/s",
-        y_label: "sessions/s",
-        x_ticks: ticks.clone(),
-        series: vec![
-            (
-                "achieved".into(),
-                steps.iter().map(|r| (r.offered, r.achieved)).collect(),
-            ),
-            (
-                "offered".into(),
-                steps.iter().map(|r| (r.offered, r.offered)).collect(),
-            ),
-        ],
+        title: "Achieved vs offered rate".into(),
+        x: Axis::new("offered rate (sessions/s)", Unit::Count),
+        y: Axis::new("sessions/s", Unit::Count),
+        series: vec![achieved, offered],
+        colors: None,
         h_line: None,
     }
     .render(&mut body, 0.0, 0.0, 900.0, 360.0);
+    let slo_ms = slo.max.as_secs_f64() * 1000.0;
+    let ms = |us: u64| us as f64 / 1000.0;
+    let values = steps.iter().flat_map(|r| [ms(r.p50_us), ms(r.p99_us)]);
+    let mut series = vec![
+        Series::line("p50", pts(&|r| ms(r.p50_us))),
+        Series::line("p99", pts(&|r| ms(r.p99_us))),
+    ];
+    for s in &mut series {
+        s.markers = true;
+    }
     Chart {
-        title: "Session latency vs offered rate (corrected)",
-        x_label: "offered sessions/s",
-        y_label: "latency (ms)",
-        x_ticks: ticks,
-        series: vec![
-            (
-                "p50".into(),
-                steps
-                    .iter()
-                    .map(|r| (r.offered, r.p50_us as f64 / 1000.0))
-                    .collect(),
-            ),
-            (
-                "p99".into(),
-                steps
-                    .iter()
-                    .map(|r| (r.offered, r.p99_us as f64 / 1000.0))
-                    .collect(),
-            ),
-        ],
-        h_line: Some((slo.max.as_secs_f64() * 1000.0, format!("SLO p{}", slo.percentile))),
+        title: "Session latency vs offered rate (corrected)".into(),
+        x: Axis::new("offered rate (sessions/s)", Unit::Count),
+        y: latency_axis("session latency", values.chain([slo_ms])),
+        series,
+        colors: None,
+        h_line: Some((slo_ms, slo_label(slo.percentile, slo_ms))),
     }
     .render(&mut body, 0.0, 370.0, 900.0, 360.0);
     svg_document(900.0, 740.0, &body)
