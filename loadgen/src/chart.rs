@@ -16,7 +16,7 @@ pub const PALETTE: [&str; 10] = [
 ];
 
 /// Series names with a colour of their own (an index into [`PALETTE`]) in every chart.
-const FIXED: [(&str, usize); 17] = [
+const FIXED: [(&str, usize); 18] = [
     ("session", 0),
     ("eod", 1),
     ("ehlo", 2),
@@ -27,6 +27,7 @@ const FIXED: [(&str, usize); 17] = [
     ("rcpt", 7),
     ("data", 8),
     ("quit", 9),
+    ("held", 10),
     ("p99", 0),
     ("p50", 3),
     ("achieved", 0),
@@ -594,10 +595,7 @@ pub fn report_svg(
         .collect();
     Chart {
         title: format!("Latency by percentile, {target} ({mode} loop)"),
-        x: Axis {
-            from_zero: true,
-            ..Axis::new("percentile", Unit::Percentile)
-        },
+        x: Axis::new("percentile", Unit::Percentile),
         y: Axis::new("latency", Unit::Millis),
         series,
         colors: None,
@@ -729,12 +727,12 @@ mod tests {
         assert_eq!(c[0], PALETTE[1], "first free colour: p99 holds the first");
         let d = colors(&["x", "y", "z"]);
         assert_eq!(d, [PALETTE[0], PALETTE[1], PALETTE[2]]);
-        let many: Vec<String> = (0..10).map(|i| format!("s{i}")).collect();
+        let many: Vec<String> = (0..PALETTE.len()).map(|i| format!("s{i}")).collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
         let cols = colors(&many);
         assert!(
             cols.iter().enumerate().all(|(i, c)| !cols[..i].contains(c)),
-            "ten distinct"
+            "all distinct"
         );
     }
 
