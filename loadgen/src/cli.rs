@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::vocab::{Class, Pipelining, TlsMode, CLASSES};
+use crate::proxy::{self, Sources};
+use crate::vocab::{Class, Pipelining, ProxyVersion, SizeDist, TlsMode, CLASSES};
 
 /// SMTP load generator for ringmx: scripted sessions with every reply checked.
 #[derive(Parser, Debug, Clone)]
@@ -38,6 +39,30 @@ pub struct Args {
     /// Message size (e.g. 1k) or range (512:64k), octets before dot-stuffing.
     #[arg(long, default_value = "1k", value_parser = parse_size_range)]
     pub msg_size: (usize, usize),
+    /// How sizes spread over a --msg-size range: log-uniform, or log-normal with the median
+    /// at the geometric mean and MIN, MAX at -3, +3 sigma.
+    #[arg(long, value_enum, default_value = "uniform")]
+    pub msg_size_dist: SizeDist,
+    /// Domain of the recipients: valid ones are user0..user149@D, unknown_user's
+    /// loadgen-unknown-0..15@D.
+    #[arg(long, default_value = "example.com", value_parser = parse_domain)]
+    pub rcpt_domain: String,
+    /// Domain the relay class sends to, one the server must not accept.
+    #[arg(long, default_value = "relay.loadgen.invalid", value_parser = parse_domain)]
+    pub relay_domain: String,
+    /// slowloris: one octet per this interval.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub slowloris_interval: Duration,
+    /// slowloris: a connection the server has not closed after this is a mismatch.
+    #[arg(long, default_value = "15m", value_parser = parse_duration)]
+    pub slowloris_max: Duration,
+    /// Start every connection with a PROXY protocol header (haproxy's v1 text or v2 binary).
+    #[arg(long, value_enum)]
+    pub proxy: Option<ProxyVersion>,
+    /// Networks the PROXY headers' source addresses are drawn from (CIDR list; default
+    /// 192.0.2.0/24,198.51.100.0/24,203.0.113.0/24,2001:db8::/48).
+    #[arg(long, requires = "proxy", value_parser = proxy::parse_sources)]
+    pub proxy_sources: Option<Sources>,
     /// Recipients per message, N or MIN:MAX.
     #[arg(long, default_value = "1", value_parser = parse_rcpts)]
     pub rcpts: (u32, u32),
@@ -86,28 +111,42 @@ pub struct Args {
     /// TLS: STARTTLS after the first EHLO (RFC 3207) or implicit TLS from the connect (RFC 8314).
     #[arg(long, value_enum)]
     pub tls: Option<TlsMode>,
-    /// PEM file of the CA(s) the server's certificate must chain to.
-    #[arg(long, requires = "tls", conflicts_with = "tls_insecure")]
+    /// PEM file of the CA(s) the server's certificate must chain to (--tls or the tls class).
+    #[arg(long, conflicts_with = "tls_insecure")]
     pub tls_ca: Option<PathBuf>,
     /// Do not verify the server's certificate at all.
-    #[arg(long, requires = "tls")]
+    #[arg(long)]
     pub tls_insecure: bool,
     /// Server name to send (SNI) and verify the certificate against (default: the target's host).
-    #[arg(long, requires = "tls")]
+    #[arg(long)]
     pub tls_sni: Option<String>,
     /// Resume TLS sessions (tickets or session ids) across each thread's connections.
-    #[arg(long, requires = "tls")]
+    #[arg(long)]
     pub tls_resume: bool,
+    /// Percent of the tls class's sessions that try to resume (all with --tls-resume).
+    #[arg(long, default_value = "0", value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub tls_resume_share: u32,
 }
 
-/// TLS settings of a run (`--tls*`).
+/// TLS settings of a run (`--tls*`, or the tls class).
 #[derive(Debug, Clone)]
 pub struct TlsOpts {
-    pub mode: TlsMode,
+    /// `None`: only the tls class's sessions use TLS.
+    pub mode: Option<TlsMode>,
     /// `None`: `--tls-insecure`.
     pub ca: Option<PathBuf>,
     pub server_name: String,
+    /// Every TLS session resumes (`--tls-resume`).
     pub resume: bool,
+    /// Percent of the tls class's sessions that resume (100 with `--tls-resume`).
+    pub resume_share: u32,
+}
+
+/// The PROXY header every connection starts with (`--proxy`, `--proxy-sources`).
+#[derive(Debug, Clone)]
+pub struct ProxyOpts {
+    pub version: ProxyVersion,
+    pub sources: Sources,
 }
 
 /// Source addresses to bind before connecting.
@@ -137,6 +176,12 @@ pub struct Config {
     pub threads: usize,
     pub mix: Mix,
     pub msg_size: (usize, usize),
+    pub msg_size_dist: SizeDist,
+    pub rcpt_domain: String,
+    pub relay_domain: String,
+    pub slowloris_interval: Duration,
+    pub slowloris_max: Duration,
+    pub proxy: Option<ProxyOpts>,
     pub rcpts: (u32, u32),
     pub pipelining: Pipelining,
     pub bdat: bool,
@@ -214,6 +259,23 @@ pub fn parse_size_range(s: &str) -> Result<(usize, usize), String> {
         return Err(format!("message size {s:?} must be within {MIN_MSG}..=64m"));
     }
     Ok((lo, hi))
+}
+
+/// A domain for generated addresses: letters, digits, hyphens and dots only, so that it
+/// cannot break the command lines it goes in.
+fn parse_domain(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !s.starts_with('.')
+        && !s.ends_with('.')
+        && !s.contains("..");
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!("bad domain {s:?}"))
+    }
 }
 
 fn parse_rcpts(s: &str) -> Result<(u32, u32), String> {
@@ -354,6 +416,12 @@ impl Args {
         if self.mix.0[Class::Starttls as usize] > 0 && self.tls != Some(TlsMode::Starttls) {
             return Err("the starttls class needs --tls starttls".into());
         }
+        let proxy = self.proxy.map(|version| ProxyOpts {
+            version,
+            sources: self.proxy_sources.clone().unwrap_or_else(|| {
+                proxy::parse_sources(proxy::DEFAULT_SOURCES).expect("the default sources parse")
+            }),
+        });
         Ok(Config {
             target,
             target_text: self.target,
@@ -364,6 +432,12 @@ impl Args {
             threads: threads.min(connections),
             mix: self.mix,
             msg_size: self.msg_size,
+            msg_size_dist: self.msg_size_dist,
+            rcpt_domain: self.rcpt_domain,
+            relay_domain: self.relay_domain,
+            slowloris_interval: self.slowloris_interval,
+            slowloris_max: self.slowloris_max,
+            proxy,
             rcpts: self.rcpts,
             pipelining: self.pipelining,
             bdat: self.bdat,
@@ -378,21 +452,45 @@ impl Args {
         })
     }
 
-    /// The `--tls*` flags checked: a mode needs a way to judge the certificate.
+    /// The `--tls*` flags checked: TLS (`--tls` or the tls class) needs a way to judge the
+    /// certificate, and the other flags need TLS.
     fn tls_opts(&self) -> Result<Option<TlsOpts>, String> {
-        let Some(mode) = self.tls else { return Ok(None) };
+        let class = self.mix.0[Class::Tls as usize] > 0;
+        if self.tls.is_none() && !class {
+            let used = [
+                (self.tls_ca.is_some(), "--tls-ca"),
+                (self.tls_insecure, "--tls-insecure"),
+                (self.tls_sni.is_some(), "--tls-sni"),
+                (self.tls_resume, "--tls-resume"),
+                (self.tls_resume_share > 0, "--tls-resume-share"),
+            ];
+            if let Some((_, flag)) = used.iter().find(|u| u.0) {
+                return Err(format!("{flag} needs --tls or the tls class in --mix"));
+            }
+            return Ok(None);
+        }
         if self.tls_ca.is_none() && !self.tls_insecure {
-            return Err("--tls needs --tls-ca FILE or --tls-insecure".into());
+            let what = if self.tls.is_some() {
+                "--tls"
+            } else {
+                "the tls class"
+            };
+            return Err(format!("{what} needs --tls-ca FILE or --tls-insecure"));
         }
         let host = match self.target.rsplit_once(':') {
             Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
             None => self.target.as_str(),
         };
         Ok(Some(TlsOpts {
-            mode,
+            mode: self.tls,
             ca: self.tls_ca.clone(),
             server_name: self.tls_sni.clone().unwrap_or_else(|| host.to_string()),
             resume: self.tls_resume,
+            resume_share: if self.tls_resume {
+                100
+            } else {
+                self.tls_resume_share
+            },
         }))
     }
 }
@@ -506,5 +604,75 @@ mod tests {
         assert!(args(&["--target", "127.0.0.1:25", "--sessions", "0"]).is_err());
         assert!(args(&["--target", "127.0.0.1:25", "--sweep", "1:2:1"]).is_err());
         assert!(args(&["--target", "127.0.0.1:25", "--rate", "-1"]).is_err());
+        assert_eq!(c.rcpt_domain, "example.com");
+        assert_eq!(c.msg_size_dist, SizeDist::Uniform);
+        assert_eq!(c.slowloris_interval, Duration::from_secs(1));
+        assert_eq!(c.slowloris_max, Duration::from_secs(900));
+        assert!(c.proxy.is_none() && c.tls.is_none());
+    }
+
+    #[test]
+    fn traffic_flags() {
+        let c = args(&[
+            "--target",
+            "127.0.0.1:25",
+            "--proxy",
+            "v2",
+            "--rcpt-domain",
+            "example.org",
+            "--relay-domain",
+            "elsewhere.test",
+            "--msg-size",
+            "1k:2m",
+            "--msg-size-dist",
+            "lognormal",
+        ])
+        .unwrap();
+        let p = c.proxy.unwrap();
+        assert_eq!(p.version, ProxyVersion::V2);
+        assert_eq!(p.sources.0.len(), 4, "the default spread");
+        assert_eq!(
+            (c.rcpt_domain.as_str(), c.relay_domain.as_str()),
+            ("example.org", "elsewhere.test")
+        );
+        assert_eq!(c.msg_size_dist, SizeDist::Lognormal);
+        let c = args(&[
+            "--target",
+            "127.0.0.1:25",
+            "--proxy",
+            "v1",
+            "--proxy-sources",
+            "203.0.113.0/28",
+        ]);
+        assert_eq!(c.unwrap().proxy.unwrap().sources.0.len(), 1);
+        assert!(args(&["--target", "127.0.0.1:25", "--proxy-sources", "203.0.113.0/28"]).is_err());
+        assert!(args(&["--target", "127.0.0.1:25", "--rcpt-domain", "a b"]).is_err());
+        assert!(args(&["--target", "127.0.0.1:25", "--rcpt-domain", "x>y"]).is_err());
+    }
+
+    #[test]
+    fn tls_class_needs_a_certificate_check_not_tls_mode() {
+        let base = ["--target", "127.0.0.1:25", "--mix", "valid=1,tls=1"];
+        let with = |extra: &[&str]| {
+            let mut v = base.to_vec();
+            v.extend_from_slice(extra);
+            args(&v)
+        };
+        let e = with(&[]).unwrap_err();
+        assert!(
+            e.contains("the tls class needs --tls-ca FILE or --tls-insecure"),
+            "{e}"
+        );
+        let t = with(&["--tls-insecure", "--tls-resume-share", "25"])
+            .unwrap()
+            .tls
+            .unwrap();
+        assert_eq!((t.mode, t.resume, t.resume_share), (None, false, 25));
+        let t = with(&["--tls-insecure", "--tls-resume"]).unwrap().tls.unwrap();
+        assert_eq!(t.resume_share, 100);
+        assert!(with(&["--tls-insecure", "--tls-resume-share", "101"]).is_err());
+        let e = args(&["--target", "127.0.0.1:25", "--tls-insecure"]).unwrap_err();
+        assert!(e.contains("--tls-insecure needs --tls or the tls class"), "{e}");
+        assert!(args(&["--target", "127.0.0.1:25", "--tls-resume-share", "5"]).is_err());
     }
 }

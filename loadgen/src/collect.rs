@@ -2,7 +2,8 @@
 //!
 //! Each worker reports once per second of the run; a second is complete once every worker
 //! has reported it (or finished before it). Complete seconds give the live line on stderr,
-//! one interval of latency.hlog per phase, and a row of summary.json's `intervals`.
+//! one interval of latency.hlog per phase, and a row of summary.json's `intervals`. With
+//! `--out`, the end-of-data replies of acknowledged messages go to acked.txt as they come.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -35,6 +36,12 @@ pub fn run(cfg: &Config, corpus: &Arc<Corpus>) -> Result<Collected, String> {
         )),
         None => None,
     };
+    let mut acked = match &cfg.out {
+        Some(dir) => Some(BufWriter::new(
+            File::create(dir.join("acked.txt")).map_err(|e| format!("acked.txt: {e}"))?,
+        )),
+        None => None,
+    };
     let mut serializer = V2DeflateSerializer::new();
     let mut hlog = match hlog_file.as_mut() {
         Some(f) => Some(begin_hlog(f, &mut serializer)?),
@@ -42,6 +49,9 @@ pub fn run(cfg: &Config, corpus: &Arc<Corpus>) -> Result<Collected, String> {
     };
     let mut merge = Merge::new(cfg.threads, start);
     for r in rx.iter() {
+        if let Some(f) = acked.as_mut() {
+            f.write_all(&r.acked).map_err(|e| format!("acked.txt: {e}"))?;
+        }
         merge.add(r);
         while let Some((i, p, secs)) = merge.pop_complete() {
             let row = merge.row(i, &p, secs);
@@ -57,6 +67,9 @@ pub fn run(cfg: &Config, corpus: &Arc<Corpus>) -> Result<Collected, String> {
     drop(hlog);
     if let Some(mut f) = hlog_file {
         f.flush().map_err(|e| format!("latency.hlog: {e}"))?;
+    }
+    if let Some(mut f) = acked {
+        f.flush().map_err(|e| format!("acked.txt: {e}"))?;
     }
     for h in handles {
         match h.join() {

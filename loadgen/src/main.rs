@@ -4,10 +4,11 @@
 //! so there is no module circle.
 //! - `ringmx_loadgen` (the library, `lib.rs`): reply parser, dot-stuffer;
 //! - [`vocab`]: classes, steps, phases, pipelining mode;
-//! - [`cli`] (vocab): flags into a checked [`cli::Config`];
+//! - [`proxy`]: PROXY protocol headers and the source addresses they name;
+//! - [`cli`] (proxy, vocab): flags into a checked [`cli::Config`];
 //! - [`stats`] (vocab): histograms, counters, a run's [`stats::Collected`];
-//! - [`script`] (vocab): what each session sends and must get back;
-//! - [`engine`] (cli, script, stats, vocab): the worker threads;
+//! - [`script`] (cli, vocab): what each session sends and must get back;
+//! - [`engine`] (cli, proxy, script, stats, tls, vocab): the worker threads;
 //! - [`collect`] (cli, engine, script, stats, vocab): one run, its reports merged;
 //! - [`chart`] (stats, vocab): SVG charts;
 //! - [`report`] (cli, stats, vocab): summary.json, the table, .hgrm;
@@ -22,6 +23,7 @@ mod collect;
 mod engine;
 mod merge;
 mod plot;
+mod proxy;
 mod report;
 mod script;
 mod stats;
@@ -79,7 +81,7 @@ fn main() {
         std::process::exit(2);
     }
     let result = prepare_out(&cfg).and_then(|()| {
-        let corpus = Arc::new(Corpus::new(cfg.msg_size, cfg.seed));
+        let corpus = Arc::new(Corpus::new(&cfg));
         match sweep {
             Some(plan) => sweep::run(&cfg, plan, |step| collect::run(step, &corpus)),
             None => single(&cfg, &corpus),

@@ -10,7 +10,7 @@ use ringmx_loadgen::reply::Caps;
 
 use crate::cli::Config;
 use crate::stats::{ClassCounters, Collected, IntervalRow, PhaseHists, SIGFIG};
-use crate::vocab::{step_name, Phase, TlsMode, CLASSES, PHASES, STEP_COUNT};
+use crate::vocab::{step_name, Class, Phase, TlsMode, CLASSES, PHASES, STEP_COUNT};
 
 #[derive(Debug, Serialize, Clone, Copy)]
 pub struct Latency {
@@ -71,16 +71,40 @@ pub struct Errors {
     pub total: u64,
 }
 
-/// How sessions used TLS; `null` in summary.json without `--tls`.
+/// How sessions used TLS; `null` in summary.json without `--tls` and the tls class.
 #[derive(Debug, Serialize)]
 pub struct TlsSummary {
-    pub mode: TlsMode,
+    /// `null`: only the tls class's sessions use TLS (STARTTLS).
+    pub mode: Option<TlsMode>,
     /// Certificates were not checked (`--tls-insecure`).
     pub insecure: bool,
     pub resume: bool,
+    /// Percent of the tls class's sessions that try to resume.
+    pub resume_share: u32,
     /// Handshakes completed, and how many of them resumed an earlier session.
     pub handshakes: u64,
     pub resumed: u64,
+}
+
+/// One class's counters in summary.json: the outcomes every class has, its sessions by
+/// variant, and the counters of the correct answers particular to it.
+#[derive(Debug, Serialize)]
+pub struct ClassRow {
+    #[serde(flatten)]
+    pub counters: ClassCounters,
+    pub variants: BTreeMap<&'static str, u64>,
+    #[serde(flatten)]
+    pub outcomes: BTreeMap<&'static str, u64>,
+}
+
+impl ClassRow {
+    fn of(class: Class, c: &ClassCounters) -> ClassRow {
+        ClassRow {
+            counters: *c,
+            variants: class.variants().iter().copied().zip(c.variants).collect(),
+            outcomes: class.outcomes().iter().copied().zip(c.outcomes).collect(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -113,7 +137,7 @@ pub struct Summary {
     pub errors: Errors,
     pub enhanced_missing: u64,
     pub tls: Option<TlsSummary>,
-    pub classes: BTreeMap<&'static str, ClassCounters>,
+    pub classes: BTreeMap<&'static str, ClassRow>,
     pub mismatches: Vec<MismatchRow>,
     pub latency_us: BTreeMap<&'static str, Latency>,
     pub latency_uncorrected_us: BTreeMap<&'static str, Latency>,
@@ -190,12 +214,13 @@ impl Summary {
                 mode: o.mode,
                 insecure: o.ca.is_none(),
                 resume: o.resume,
+                resume_share: o.resume_share,
                 handshakes: c.counters.tls_handshakes,
                 resumed: c.counters.tls_resumed,
             }),
             classes: CLASSES
                 .iter()
-                .map(|k| (k.name(), c.counters.class[*k as usize]))
+                .map(|k| (k.name(), ClassRow::of(*k, &c.counters.class[*k as usize])))
                 .collect(),
             mismatches,
             latency_us: lat(&c.corrected),
@@ -244,8 +269,13 @@ impl Summary {
                 ""
             }
         );
-        // Without --tls the tls row would be zeros in every run; leave it out.
-        for p in PHASES.iter().filter(|p| self.tls.is_some() || **p != Phase::Tls) {
+        // Without TLS or slowloris their rows would be zeros in every run; leave them out.
+        let shown = |p: &Phase| match p {
+            Phase::Tls => self.tls.is_some(),
+            Phase::Held => self.mix["slowloris"] > 0,
+            _ => true,
+        };
+        for p in PHASES.iter().filter(|p| shown(p)) {
             let l = &self.latency_us[p.name()];
             let _ = writeln!(
                 s,
@@ -301,8 +331,11 @@ impl Summary {
         if let Some(t) = &self.tls {
             let _ = writeln!(
                 s,
-                "tls: {:?}, {} handshakes, {} resumed{}",
-                t.mode,
+                "tls: {}, {} handshakes, {} resumed{}",
+                t.mode.map_or("tls class only", |m| match m {
+                    TlsMode::Starttls => "starttls",
+                    TlsMode::Implicit => "implicit",
+                }),
                 t.handshakes,
                 t.resumed,
                 if t.insecure {
@@ -318,17 +351,27 @@ impl Summary {
     fn class_table(&self, s: &mut String) {
         let _ = writeln!(
             s,
-            "\n{:<9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "\n{:<12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
             "class", "sessions", "ok", "mismatch", "timeout", "reset", "refused"
         );
-        for (name, c) in &self.classes {
+        for (name, row) in &self.classes {
+            let c = &row.counters;
             if c.sessions > 0 {
                 let _ = writeln!(
                     s,
-                    "{:<9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                    "{:<12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
                     name, c.sessions, c.ok, c.mismatch, c.timeout, c.reset, c.refused
                 );
             }
+        }
+        let outcomes: Vec<String> = self
+            .classes
+            .values()
+            .flat_map(|row| row.outcomes.iter().filter(|o| *o.1 > 0))
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        if !outcomes.is_empty() {
+            let _ = writeln!(s, "outcomes: {}", outcomes.join(", "));
         }
         if !self.mismatches.is_empty() {
             let _ = writeln!(s, "\nmismatches by class/step:");

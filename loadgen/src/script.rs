@@ -4,12 +4,20 @@
 //! plan is a list of small `Copy` commands that point into it, so running a session
 //! allocates nothing.
 
-use std::fmt::Write as _;
+mod corpus;
+mod rng;
 
-use ringmx_loadgen::dot_stuff;
+pub use corpus::{BigMsg, Bytes, Corpus, RCPT_POOL, UNKNOWN_POOL};
+pub use rng::Rng;
+
 use ringmx_loadgen::reply::Caps;
 
 use crate::vocab::{Class, Phase, Pipelining, Step, CLASSES};
+use corpus::LONG_CMD_LENS;
+
+/// An RFC 3463 enhanced status code, `class.subject.detail`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enh(pub u8, pub u16, pub u16);
 
 /// What a command's reply must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,11 +26,26 @@ pub enum Expect {
     Code(u16),
     /// Any reply whose first digit is this.
     Class(u8),
+    /// Exactly this reply code with exactly this enhanced status code.
+    Status(u16, Enh),
     /// One 5xx reply or the connection closing (RFC 5321 3.8: a server may drop a
     /// session that is clearly not SMTP).
     FiveOrClose,
     /// The server closes the connection; no further reply.
     Close,
+    /// EHLO sent before the banner (RFC 5321 4.3.1 has the client wait for it): `554`
+    /// after any `220-` lines of a delayed greeting, then a close (postscreen's pregreet
+    /// test); or the whole `220` banner, the EHLO's `250` following.
+    Pregreet,
+    /// A slowloris drip: the server ends it, with a `421` (RFC 5321 3.8) and then a close,
+    /// or with a close alone.
+    Held,
+    /// The end of data of a message holding a bare-LF end-of-data variant: `250` (it was
+    /// one message) or any `5xx` (bare LF refused).
+    OkOrFive,
+    /// A recipient past the 100 a server must take (RFC 5321 4.5.3.1.8): `250`, or
+    /// `452 4.5.3` (too many recipients), and `452` for every one after the first `452`.
+    Surplus,
 }
 
 impl Expect {
@@ -30,13 +53,18 @@ impl Expect {
         match self {
             Expect::Code(c) => c.to_string(),
             Expect::Class(d) => format!("{d}xx"),
+            Expect::Status(c, Enh(x, y, z)) => format!("{c} {x}.{y}.{z}"),
             Expect::FiveOrClose => "5xx or close".into(),
             Expect::Close => "close".into(),
+            Expect::Pregreet => "554 (after any 220- lines) then close, or the 220 banner".into(),
+            Expect::Held => "421 or close".into(),
+            Expect::OkOrFive => "250 or 5xx".into(),
+            Expect::Surplus => "250, or 452 4.5.3 from the first 452 on".into(),
         }
     }
 }
 
-/// Bytes to send, by reference into the [`Corpus`].
+/// Bytes to send, by reference into the [`Corpus`] (or the session's [`BigMsg`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Piece {
     /// Wait only (banner, close).
@@ -44,6 +72,10 @@ pub enum Piece {
     Ehlo,
     Mail,
     Rcpt(u16),
+    /// A recipient of `--rcpt-domain` not in the server's table.
+    Unknown(u16),
+    /// A recipient at `--relay-domain`.
+    RelayRcpt,
     Data,
     /// Dot-stuffed message with its `.` terminator (RFC 5321 4.5.2).
     Body(u32),
@@ -62,6 +94,15 @@ pub enum Piece {
     Starttls,
     /// `STARTTLS` with a `NOOP` pipelined behind it in the same write (CVE-2011-0411 probe).
     StarttlsNoop,
+    /// A message with a bare-LF end-of-data variant and a transaction behind it.
+    Smuggle(u8),
+    /// Sent one octet per `--slowloris-interval` by the worker's timer, never in a write:
+    /// 0 a command line, 1 a message body, neither ever ended.
+    Drip(u8),
+    /// `MAIL FROM:<…> SIZE=<limit + 1>` (RFC 1870), rendered for the server's limit.
+    BigMail,
+    /// A message of the server's SIZE limit + 1 KiB.
+    BigBody,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,204 +116,10 @@ pub struct Cmd {
     pub flush: bool,
 }
 
-/// Recipients pre-rendered; a message with n recipients uses consecutive ones.
-pub const RCPT_POOL: usize = 128;
-const LONG_CMD_LENS: [usize; 8] = [513, 600, 1000, 1025, 2048, 3000, 4095, 4096];
-
-/// Everything sessions send, rendered once.
-pub struct Corpus {
-    ehlo: Vec<u8>,
-    mail: Vec<u8>,
-    rcpts: Vec<Vec<u8>>,
-    bodies: Vec<Vec<u8>>,
-    bdats: Vec<Vec<u8>>,
-    typos: [Vec<u8>; 4],
-    long_cmds: Vec<Vec<u8>>,
-    long_body: Vec<u8>,
-    nonsmtp: [Vec<u8>; 4],
-}
-
-/// A small fast PRNG (xorshift64*): choices per session must not cost a syscall or a lock.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        // splitmix64 scramble so nearby seeds give unrelated streams; never zero.
-        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        Rng((z ^ (z >> 31)) | 1)
-    }
-
-    pub fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in `0..n` (n > 0), by multiply-shift.
-    pub fn below(&mut self, n: u32) -> u32 {
-        (((self.next() >> 32) * u64::from(n)) >> 32) as u32
-    }
-
-    pub fn range(&mut self, lo: u32, hi: u32) -> u32 {
-        lo + self.below(hi - lo + 1)
-    }
-}
-
-const TEXT: &[u8] = b"the quick brown fox jumps over the lazy dog while ringmx measures every reply ";
-
-/// Render a message of exactly `size` octets: RFC 5322 headers, then text lines of at
-/// most 78 characters, every seventh starting with '.' so dot-stuffing is exercised.
-pub fn render_message(size: usize, n: usize) -> Vec<u8> {
-    let mut head = String::new();
-    let _ = write!(
-        head,
-        "From: <sender@loadgen.example>\r\nTo: <user0@example.com>\r\n\
-         Subject: ringmx-loadgen message {n}\r\nMessage-ID: <{n}.loadgen@example.com>\r\n\
-         Date: Thu, 01 Jan 2026 00:00:00 +0000\r\n\r\n"
-    );
-    let mut out = head.into_bytes();
-    out.truncate(size.saturating_sub(2));
-    let mut line_no = 0usize;
-    while out.len() < size {
-        let remaining = size - out.len();
-        let mut take = remaining.min(40 + (line_no * 7) % 39 + 2);
-        if remaining - take == 1 {
-            // Never leave a single octet: it could not form a CRLF-terminated line.
-            take = if take > 2 { take - 1 } else { take + 1 };
-        }
-        let content = take - 2;
-        for i in 0..content {
-            let b = if i == 0 && line_no % 7 == 3 {
-                b'.'
-            } else {
-                TEXT[(i + line_no) % TEXT.len()]
-            };
-            out.push(b);
-        }
-        out.extend_from_slice(b"\r\n");
-        line_no += 1;
-    }
-    out
-}
-
-fn client_hello() -> Vec<u8> {
-    // A minimal TLS 1.2 ClientHello record: what a client doing implicit TLS on port 25 sends.
-    let mut hello = vec![0x03, 0x03];
-    hello.extend((0..32u8).map(|i| i.wrapping_mul(37)));
-    hello.extend_from_slice(&[0x00, 0x00, 0x02, 0xc0, 0x2f, 0x01, 0x00, 0x00, 0x00]);
-    let mut hs = vec![0x01, 0x00, 0x00, hello.len() as u8];
-    hs.extend(hello);
-    let mut rec = vec![0x16, 0x03, 0x01, 0x00, hs.len() as u8];
-    rec.extend(hs);
-    rec
-}
-
-impl Corpus {
-    pub fn new(msg_size: (usize, usize), seed: u64) -> Corpus {
-        let mut rng = Rng::new(seed ^ 0xB0D1E5);
-        let count = if msg_size.0 == msg_size.1 {
-            1
-        } else if msg_size.1 > (1 << 20) {
-            8
-        } else {
-            32
-        };
-        let (lo, hi) = (msg_size.0 as f64, msg_size.1 as f64);
-        let raws: Vec<Vec<u8>> = (0..count)
-            .map(|i| {
-                // Log-uniform sizes: small and large messages both get represented.
-                let f = f64::from(rng.below(1 << 20)) / f64::from(1u32 << 20);
-                let size = if count == 1 {
-                    msg_size.0
-                } else {
-                    (lo * (hi / lo).powf(f)).round() as usize
-                };
-                render_message(size.clamp(msg_size.0, msg_size.1), i)
-            })
-            .collect();
-        let bodies = raws.iter().map(|r| dot_stuff(r)).collect();
-        let bdats = raws
-            .iter()
-            .map(|r| {
-                let mut v = format!("BDAT {} LAST\r\n", r.len()).into_bytes();
-                v.extend_from_slice(r);
-                v
-            })
-            .collect();
-        let mut long_body = render_message(600, 999);
-        // RFC 5321 4.5.3.1.6: a text line is at most 1000 octets with CRLF; this one is 1202.
-        long_body.extend(std::iter::repeat_n(b'x', 1200));
-        long_body.extend_from_slice(b"\r\nend\r\n");
-        let long_cmds = LONG_CMD_LENS
-            .iter()
-            .map(|&len| {
-                let mut v = b"NOOP ".to_vec();
-                v.resize(len - 2, b'x');
-                v.extend_from_slice(b"\r\n");
-                v
-            })
-            .collect();
-        let mut binary: Vec<u8> = (0..254).map(|_| (rng.next() >> 56) as u8 | 0x80).collect();
-        binary.extend_from_slice(b"\r\n");
-        Corpus {
-            ehlo: b"EHLO loadgen.ringmx.test\r\n".to_vec(),
-            mail: b"MAIL FROM:<sender@loadgen.example>\r\n".to_vec(),
-            rcpts: (0..RCPT_POOL)
-                .map(|i| format!("RCPT TO:<user{i}@example.com>\r\n").into_bytes())
-                .collect(),
-            bodies,
-            bdats,
-            typos: [
-                b"HLEO loadgen.ringmx.test\r\n".to_vec(),
-                b"MIAL FROM:<sender@loadgen.example>\r\n".to_vec(),
-                b"RCTP TO:<user0@example.com>\r\n".to_vec(),
-                b"DTAA\r\n".to_vec(),
-            ],
-            long_cmds,
-            long_body: dot_stuff(&long_body),
-            nonsmtp: [
-                b"GET / HTTP/1.1\r\nHost: localhost\r\nUser-Agent: loadgen\r\n\r\n".to_vec(),
-                b"SSH-2.0-OpenSSH_9.6\r\n".to_vec(),
-                client_hello(),
-                binary,
-            ],
-        }
-    }
-
-    pub fn bytes(&self, p: Piece) -> &[u8] {
-        match p {
-            Piece::Nothing => b"",
-            Piece::Ehlo => &self.ehlo,
-            Piece::Mail => &self.mail,
-            Piece::Rcpt(i) => &self.rcpts[usize::from(i)],
-            Piece::Data => b"DATA\r\n",
-            Piece::Body(i) => &self.bodies[i as usize],
-            Piece::Bdat(i) => &self.bdats[i as usize],
-            Piece::Quit => b"QUIT\r\n",
-            Piece::Noop => b"NOOP\r\n",
-            Piece::Rset => b"RSET\r\n",
-            Piece::Expn => b"EXPN postmaster\r\n",
-            Piece::Turn => b"TURN\r\n",
-            Piece::Typo(i) => &self.typos[usize::from(i)],
-            Piece::LongCmd(i) => &self.long_cmds[usize::from(i)],
-            Piece::LongBody => &self.long_body,
-            Piece::Nonsmtp(i) => &self.nonsmtp[usize::from(i)],
-            Piece::BadMail => b"MAIL FROM:<a@b\r\n",
-            Piece::Starttls => b"STARTTLS\r\n",
-            Piece::StarttlsNoop => b"STARTTLS\r\nNOOP\r\n",
-        }
-    }
-
-    pub fn body_count(&self) -> u32 {
-        self.bodies.len() as u32
-    }
-}
+/// RFC 5321 4.5.3.1.8: the recipients a server must accept in one transaction.
+pub const MUST_ACCEPT_RCPTS: usize = 100;
+/// The overshoot class's recipients in one transaction.
+pub const OVERSHOOT_RCPTS: usize = 150;
 
 /// Session-independent options that shape scripts.
 #[derive(Debug, Clone, Copy)]
@@ -282,6 +129,8 @@ pub struct ScriptOpts {
     pub messages_per_session: u32,
     pub rcpts: (u32, u32),
     pub body_count: u32,
+    /// Percent of tls class sessions that try to resume (`--tls-resume-share`).
+    pub tls_resume_share: u32,
 }
 
 /// Which class and variant a session runs, drawn at session start.
@@ -291,17 +140,7 @@ pub struct SessionKind {
     pub variant: u8,
 }
 
-/// How many scripted variants a class has (see `prelude` and `after_ehlo`).
-fn variants(class: Class) -> u32 {
-    match class {
-        Class::Typo => 4,
-        Class::Overlong => 2,
-        Class::Nonsmtp => 4,
-        _ => 1,
-    }
-}
-
-pub fn choose(weights: &[u32; CLASSES.len()], rng: &mut Rng) -> SessionKind {
+pub fn choose(weights: &[u32; CLASSES.len()], o: &ScriptOpts, rng: &mut Rng) -> SessionKind {
     let total: u32 = weights.iter().sum();
     let mut r = rng.below(total);
     let mut class = Class::Valid;
@@ -312,10 +151,11 @@ pub fn choose(weights: &[u32; CLASSES.len()], rng: &mut Rng) -> SessionKind {
         }
         r -= w;
     }
-    SessionKind {
-        class,
-        variant: rng.below(variants(class)) as u8,
-    }
+    let variant = match class {
+        Class::Tls => u8::from(rng.below(100) < o.tls_resume_share),
+        _ => rng.below(class.variants().len() as u32) as u8,
+    };
+    SessionKind { class, variant }
 }
 
 fn cmd(piece: Piece, expect: Expect, step: Step, phase: Option<Phase>) -> Cmd {
@@ -335,6 +175,12 @@ fn quit() -> Cmd {
 /// The banner and greeting part, before the server's extensions are known.
 pub fn prelude(kind: SessionKind, plan: &mut Vec<Cmd>) {
     plan.clear();
+    if kind.class == Class::Pregreet {
+        // Written at connect, not after the banner; what comes back decides the rest
+        // (`pregreet_answered`).
+        plan.push(cmd(Piece::Ehlo, Expect::Pregreet, Step::Pregreet, None));
+        return;
+    }
     plan.push(cmd(
         Piece::Nothing,
         Expect::Code(220),
@@ -361,29 +207,27 @@ pub fn prelude(kind: SessionKind, plan: &mut Vec<Cmd>) {
     plan.push(cmd(Piece::Ehlo, Expect::Code(250), Step::Ehlo, Some(Phase::Ehlo)));
 }
 
+/// The pregreet class's early EHLO was answered: with the banner (`accepted`), so the
+/// EHLO's `250` is still to come; or with `554`, so the close is.
+pub fn pregreet_answered(accepted: bool, plan: &mut Vec<Cmd>) {
+    if accepted {
+        plan.push(cmd(
+            Piece::Nothing,
+            Expect::Code(250),
+            Step::Ehlo,
+            Some(Phase::Ehlo),
+        ));
+    } else {
+        plan.push(cmd(Piece::Nothing, Expect::Close, Step::Pregreet, None));
+    }
+}
+
 /// One mail transaction; `pipelined` groups MAIL..DATA (or MAIL..BDAT) in one write.
 fn transaction(plan: &mut Vec<Cmd>, o: &ScriptOpts, rng: &mut Rng, pipelined: bool, bdat: bool) {
-    let group_end = |plan: &mut Vec<Cmd>| {
-        if let Some(last) = plan.last_mut() {
-            last.flush = true;
-        }
-    };
     let body = rng.below(o.body_count);
     let n = rng.range(o.rcpts.0, o.rcpts.1);
     let first = rng.below((RCPT_POOL as u32) - n + 1);
-    let mut c = cmd(Piece::Mail, Expect::Code(250), Step::Mail, Some(Phase::Mail));
-    c.flush = !pipelined;
-    plan.push(c);
-    for i in 0..n {
-        let mut c = cmd(
-            Piece::Rcpt((first + i) as u16),
-            Expect::Code(250),
-            Step::Rcpt,
-            Some(Phase::Rcpt),
-        );
-        c.flush = !pipelined;
-        plan.push(c);
-    }
+    envelope(plan, first..first + n, pipelined);
     if bdat {
         // RFC 3030 4.2: BDAT may be pipelined with MAIL and RCPT; LAST ends the message.
         plan.push(cmd(
@@ -401,36 +245,62 @@ fn transaction(plan: &mut Vec<Cmd>, o: &ScriptOpts, rng: &mut Rng, pipelined: bo
             Some(Phase::Eod),
         ));
     }
-    group_end(plan);
+}
+
+/// MAIL and RCPT for the recipients `rcpts` of the pool, each in its own write unless
+/// `pipelined` (then the command after them ends the group).
+fn envelope(plan: &mut Vec<Cmd>, rcpts: std::ops::Range<u32>, pipelined: bool) {
+    let mut c = cmd(Piece::Mail, Expect::Code(250), Step::Mail, Some(Phase::Mail));
+    c.flush = !pipelined;
+    plan.push(c);
+    for (k, i) in rcpts.enumerate() {
+        let mut c = cmd(
+            Piece::Rcpt(i as u16),
+            Expect::Code(250),
+            Step::Rcpt,
+            Some(Phase::Rcpt),
+        );
+        if k >= MUST_ACCEPT_RCPTS {
+            (c.expect, c.step) = (Expect::Surplus, Step::Overshoot);
+        }
+        c.flush = !pipelined;
+        plan.push(c);
+    }
 }
 
 /// MAIL, one RCPT and DATA, each expected to succeed: the start of a plain transaction.
-fn open_transaction(plan: &mut Vec<Cmd>) {
-    plan.push(cmd(Piece::Mail, Expect::Code(250), Step::Mail, Some(Phase::Mail)));
-    plan.push(cmd(
-        Piece::Rcpt(0),
-        Expect::Code(250),
-        Step::Rcpt,
-        Some(Phase::Rcpt),
-    ));
+fn open_transaction(plan: &mut Vec<Cmd>, rng: &mut Rng) {
+    let r = rng.below(RCPT_POOL as u32);
+    envelope(plan, r..r + 1, false);
     plan.push(cmd(Piece::Data, Expect::Code(354), Step::Data, Some(Phase::Data)));
 }
 
-/// The valid class: `--messages-per-session` transactions.
+/// `--messages-per-session` transactions.
 fn valid(plan: &mut Vec<Cmd>, o: &ScriptOpts, rng: &mut Rng, pipelined: bool, bdat: bool) {
     for _ in 0..o.messages_per_session {
         transaction(plan, o, rng, pipelined, bdat);
     }
-    if pipelined {
-        // RFC 2920 3.1: the message content may start a group, so the last
-        // message's end and QUIT go out in one write.
-        if let Some(last) = plan.last_mut() {
-            last.flush = false;
-        }
+    end_pipelined(plan, pipelined);
+}
+
+/// RFC 2920 3.1: the message content may start a group, so the last message's end and
+/// QUIT go out in one write.
+fn end_pipelined(plan: &mut [Cmd], pipelined: bool) {
+    if let Some(last) = plan.last_mut().filter(|_| pipelined) {
+        last.flush = false;
     }
 }
 
+/// A refused recipient (`piece`, answered `code enh` at `step`), then RSET `250`.
+fn refused_rcpt(plan: &mut Vec<Cmd>, piece: Piece, code: u16, enh: Enh, step: Step) {
+    plan.push(cmd(Piece::Mail, Expect::Code(250), Step::Mail, Some(Phase::Mail)));
+    plan.push(cmd(piece, Expect::Status(code, enh), step, None));
+    plan.push(cmd(Piece::Rset, Expect::Code(250), Step::Rset, None));
+}
+
 /// Append the rest of the session once the EHLO reply told us the server's extensions.
+/// The bigmsg class needs the session's [`BigMsg`] in place (the engine renders it from
+/// the SIZE the reply advertised).
 pub fn after_ehlo(kind: SessionKind, caps: Caps, o: &ScriptOpts, rng: &mut Rng, plan: &mut Vec<Cmd>) {
     let pipelined = match o.pipelining {
         Pipelining::On => true,
@@ -439,10 +309,10 @@ pub fn after_ehlo(kind: SessionKind, caps: Caps, o: &ScriptOpts, rng: &mut Rng, 
     };
     let bdat = o.bdat && caps.chunking;
     match kind.class {
-        Class::Valid => valid(plan, o, rng, pipelined, bdat),
+        Class::Valid | Class::Tls => valid(plan, o, rng, pipelined, bdat),
         Class::Typo => {
             let start = plan.len();
-            open_transaction(plan);
+            open_transaction(plan, rng);
             let body = rng.below(o.body_count);
             plan.push(cmd(
                 Piece::Body(body),
@@ -468,7 +338,7 @@ pub fn after_ehlo(kind: SessionKind, caps: Caps, o: &ScriptOpts, rng: &mut Rng, 
                 plan.push(cmd(Piece::LongCmd(i), Expect::Code(500), Step::LongLine, None));
                 plan.push(cmd(Piece::Noop, Expect::Code(250), Step::Noop, None));
             } else {
-                open_transaction(plan);
+                open_transaction(plan, rng);
                 plan.push(cmd(Piece::LongBody, Expect::Class(5), Step::LongDataLine, None));
             }
         }
@@ -500,21 +370,87 @@ pub fn after_ehlo(kind: SessionKind, caps: Caps, o: &ScriptOpts, rng: &mut Rng, 
             ));
             return;
         }
+        // The server ends these sessions: no QUIT.
+        Class::Slowloris => {
+            if kind.variant == 1 {
+                open_transaction(plan, rng);
+            }
+            plan.push(cmd(
+                Piece::Drip(kind.variant),
+                Expect::Held,
+                Step::Slowloris,
+                None,
+            ));
+            return;
+        }
+        Class::Pregreet => {}
+        Class::Smuggle => {
+            open_transaction(plan, rng);
+            plan.push(cmd(
+                Piece::Smuggle(kind.variant),
+                Expect::OkOrFive,
+                Step::Eod,
+                Some(Phase::Eod),
+            ));
+            // A server that took a bare-LF variant as the end of data answers the MAIL,
+            // RCPT and DATA behind it as well: the first of those replies lands here.
+            plan.push(cmd(
+                Piece::Quit,
+                Expect::Code(221),
+                Step::Smuggle,
+                Some(Phase::Quit),
+            ));
+            return;
+        }
+        // RFC 5321 3.6.2 / RFC 3463 X.7.1: delivery not authorized.
+        Class::Relay => refused_rcpt(plan, Piece::RelayRcpt, 554, Enh(5, 7, 1), Step::Relay),
+        // RFC 3463 X.1.1: bad destination mailbox address.
+        Class::UnknownUser => {
+            let i = rng.below(UNKNOWN_POOL as u32) as u16;
+            refused_rcpt(plan, Piece::Unknown(i), 550, Enh(5, 1, 1), Step::UnknownUser);
+        }
+        // RFC 1870 6.1 and 6.3: 552 to a MAIL announcing too much, and to a message that
+        // turns out too big; RFC 3463 X.3.4: message too big for system.
+        Class::Bigmsg => {
+            if kind.variant == 0 {
+                plan.push(cmd(
+                    Piece::BigMail,
+                    Expect::Status(552, Enh(5, 3, 4)),
+                    Step::Bigmsg,
+                    None,
+                ));
+            } else {
+                open_transaction(plan, rng);
+                plan.push(cmd(Piece::BigBody, Expect::Code(552), Step::Bigmsg, None));
+            }
+        }
+        Class::Overshoot => {
+            envelope(plan, 0..OVERSHOOT_RCPTS as u32, pipelined);
+            plan.push(cmd(Piece::Data, Expect::Code(354), Step::Data, Some(Phase::Data)));
+            let body = rng.below(o.body_count);
+            plan.push(cmd(
+                Piece::Body(body),
+                Expect::Code(250),
+                Step::Eod,
+                Some(Phase::Eod),
+            ));
+            end_pipelined(plan, pipelined);
+        }
         Class::Nonsmtp => unreachable!("nonsmtp sessions end before EHLO"),
     }
     plan.push(quit());
 }
 
-/// `--tls starttls`, after the first EHLO: STARTTLS `220`, then (after the handshake) EHLO
-/// again (RFC 3207 4.2: the server forgets what it knew). The starttls class pipelines a
-/// NOOP behind STARTTLS that a correct server discards unanswered.
+/// After the first EHLO, with `--tls starttls` or in the tls class: STARTTLS `220`, then
+/// (after the handshake) EHLO again (RFC 3207 4.2: the server forgets what it knew). The
+/// starttls class pipelines a NOOP behind STARTTLS that a correct server discards unanswered.
 pub fn starttls(kind: SessionKind, plan: &mut Vec<Cmd>) {
-    let piece = if kind.class == Class::Starttls {
-        Piece::StarttlsNoop
-    } else {
-        Piece::Starttls
+    let (piece, step) = match kind.class {
+        Class::Starttls => (Piece::StarttlsNoop, Step::Starttls),
+        Class::Tls => (Piece::Starttls, Step::Tls),
+        _ => (Piece::Starttls, Step::Starttls),
     };
-    plan.push(cmd(piece, Expect::Code(220), Step::Starttls, None));
+    plan.push(cmd(piece, Expect::Code(220), step, None));
     plan.push(cmd(Piece::Ehlo, Expect::Code(250), Step::Ehlo, Some(Phase::Ehlo)));
 }
 
@@ -529,61 +465,35 @@ mod tests {
             messages_per_session: 1,
             rcpts: (2, 2),
             body_count: 1,
+            tls_resume_share: 0,
         }
     }
 
-    #[test]
-    fn message_rendering() {
-        for size in [256, 257, 300, 1024, 4099, 65536] {
-            let m = render_message(size, 1);
-            assert_eq!(m.len(), size);
-            assert!(m.ends_with(b"\r\n"));
-            for line in m.split(|&b| b == b'\n') {
-                assert!(line.len() <= 80, "line too long: {}", line.len());
-            }
-            let stuffed = dot_stuff(&m);
-            assert!(stuffed.ends_with(b"\r\n.\r\n"));
-            if size >= 1024 {
-                assert!(m.windows(2).any(|w| w == b"\n."), "some line starts with a dot");
-                assert!(stuffed.windows(3).any(|w| w == b"\n.."), "and it gets stuffed");
-            }
-        }
+    fn kind(class: Class, variant: u8) -> SessionKind {
+        SessionKind { class, variant }
     }
 
-    #[test]
-    fn corpus_pieces() {
-        let c = Corpus::new((512, 4096), 7);
-        assert_eq!(c.body_count(), 32);
-        for i in 0..c.body_count() {
-            // The BDAT piece is the command line, then the message as it is.
-            let bdat = &c.bdats[i as usize];
-            let s = bdat.len() - memchr::memchr(b'\n', bdat).map_or(0, |p| p + 1);
-            assert!((512..=4096).contains(&s), "{s}");
-            let b = c.bytes(Piece::Bdat(i));
-            assert!(b.starts_with(format!("BDAT {s} LAST\r\n").as_bytes()));
+    /// The whole plan of a session of `k` against a server with `caps`.
+    fn plan_of(k: SessionKind, caps: Caps) -> Vec<Cmd> {
+        let mut plan = vec![];
+        prelude(k, &mut plan);
+        after_ehlo(k, caps, &opts(), &mut Rng::new(4), &mut plan);
+        plan
+    }
+
+    fn pipelining() -> Caps {
+        Caps {
+            pipelining: true,
+            ..Caps::default()
         }
-        for i in 0..LONG_CMD_LENS.len() as u16 {
-            let l = c.bytes(Piece::LongCmd(i)).len();
-            assert!((513..=4096).contains(&l));
-        }
-        assert_eq!(c.bytes(Piece::Nonsmtp(2))[..3], [0x16, 0x03, 0x01]);
-        let long = c.bytes(Piece::LongBody);
-        assert!(long.split(|&b| b == b'\n').any(|l| l.len() > 1000));
     }
 
     #[test]
     fn pipelined_valid_groups() {
         let mut plan = vec![];
-        let kind = SessionKind {
-            class: Class::Valid,
-            variant: 0,
-        };
+        let kind = kind(Class::Valid, 0);
         prelude(kind, &mut plan);
-        let caps = Caps {
-            pipelining: true,
-            ..Caps::default()
-        };
-        after_ehlo(kind, caps, &opts(), &mut Rng::new(1), &mut plan);
+        after_ehlo(kind, pipelining(), &opts(), &mut Rng::new(1), &mut plan);
         let steps: Vec<(Step, bool)> = plan.iter().map(|c| (c.step, c.flush)).collect();
         assert_eq!(
             steps,
@@ -650,12 +560,152 @@ mod tests {
         w[Class::Badseq as usize] = 1;
         let mut rng = Rng::new(9);
         for _ in 0..100 {
-            assert_eq!(choose(&w, &mut rng).class, Class::Badseq);
+            assert_eq!(choose(&w, &opts(), &mut rng).class, Class::Badseq);
         }
         w[Class::Valid as usize] = 1;
         let valid = (0..10_000)
-            .filter(|_| choose(&w, &mut rng).class == Class::Valid)
+            .filter(|_| choose(&w, &opts(), &mut rng).class == Class::Valid)
             .count();
         assert!((4_500..5_500).contains(&valid), "{valid}");
+    }
+
+    #[test]
+    fn variants_drawn_per_class_and_resume_share() {
+        let mut w = [0u32; CLASSES.len()];
+        w[Class::Smuggle as usize] = 1;
+        let mut rng = Rng::new(2);
+        let mut seen = [0u32; 3];
+        for _ in 0..3000 {
+            seen[usize::from(choose(&w, &opts(), &mut rng).variant)] += 1;
+        }
+        assert!(seen.iter().all(|&n| (850..1150).contains(&n)), "{seen:?}");
+        let mut w = [0u32; CLASSES.len()];
+        w[Class::Tls as usize] = 1;
+        let o = ScriptOpts {
+            tls_resume_share: 30,
+            ..opts()
+        };
+        let resumed = (0..10_000)
+            .filter(|_| choose(&w, &o, &mut rng).variant == 1)
+            .count();
+        assert!((2_700..3_300).contains(&resumed), "{resumed}");
+        assert!((0..100).all(|_| choose(&w, &opts(), &mut rng).variant == 0));
+    }
+
+    #[test]
+    fn pregreet_talks_first() {
+        let k = kind(Class::Pregreet, 0);
+        let mut plan = vec![];
+        prelude(k, &mut plan);
+        assert_eq!(plan.len(), 1, "no banner wait before the EHLO");
+        assert_eq!((plan[0].piece, plan[0].expect), (Piece::Ehlo, Expect::Pregreet));
+        pregreet_answered(true, &mut plan);
+        assert_eq!((plan[1].expect, plan[1].step), (Expect::Code(250), Step::Ehlo));
+        after_ehlo(k, Caps::default(), &opts(), &mut Rng::new(1), &mut plan);
+        assert_eq!(plan.last().unwrap().step, Step::Quit);
+        plan.truncate(1);
+        pregreet_answered(false, &mut plan);
+        assert_eq!((plan[1].expect, plan[1].step), (Expect::Close, Step::Pregreet));
+    }
+
+    #[test]
+    fn slowloris_ends_with_a_drip_and_no_quit() {
+        let p = plan_of(kind(Class::Slowloris, 0), Caps::default());
+        let last = p.last().unwrap();
+        assert_eq!(
+            (last.piece, last.expect, last.step),
+            (Piece::Drip(0), Expect::Held, Step::Slowloris)
+        );
+        assert_eq!(p.len(), 3, "banner, EHLO, drip");
+        let p = plan_of(kind(Class::Slowloris, 1), pipelining());
+        let steps: Vec<Step> = p.iter().map(|c| c.step).collect();
+        assert_eq!(
+            steps,
+            [
+                Step::Banner,
+                Step::Ehlo,
+                Step::Mail,
+                Step::Rcpt,
+                Step::Data,
+                Step::Slowloris
+            ]
+        );
+        assert_eq!(p[5].piece, Piece::Drip(1));
+    }
+
+    #[test]
+    fn smuggle_expects_one_reply_then_the_quit() {
+        for v in 0..3 {
+            let p = plan_of(kind(Class::Smuggle, v), pipelining());
+            let n = p.len();
+            assert_eq!(
+                (p[n - 2].piece, p[n - 2].expect),
+                (Piece::Smuggle(v), Expect::OkOrFive)
+            );
+            assert_eq!((p[n - 1].piece, p[n - 1].step), (Piece::Quit, Step::Smuggle));
+            // Each in its own write: the QUIT goes out only after the end-of-data reply.
+            assert!(p[n - 2].flush);
+        }
+    }
+
+    #[test]
+    fn refusals_need_exact_enhanced_codes() {
+        let p = plan_of(kind(Class::Relay, 0), Caps::default());
+        let rcpt = p.iter().find(|c| c.step == Step::Relay).unwrap();
+        assert_eq!(
+            (rcpt.piece, rcpt.expect),
+            (Piece::RelayRcpt, Expect::Status(554, Enh(5, 7, 1)))
+        );
+        let p = plan_of(kind(Class::UnknownUser, 0), Caps::default());
+        let rcpt = p.iter().find(|c| c.step == Step::UnknownUser).unwrap();
+        assert!(matches!(rcpt.piece, Piece::Unknown(_)));
+        assert_eq!(rcpt.expect, Expect::Status(550, Enh(5, 1, 1)));
+        for p in [p, plan_of(kind(Class::Relay, 0), Caps::default())] {
+            let tail: Vec<Step> = p.iter().rev().take(2).map(|c| c.step).collect();
+            assert_eq!(tail, [Step::Quit, Step::Rset]);
+        }
+    }
+
+    #[test]
+    fn bigmsg_variants() {
+        let p = plan_of(kind(Class::Bigmsg, 0), Caps::default());
+        let big = p.iter().find(|c| c.step == Step::Bigmsg).unwrap();
+        assert_eq!(
+            (big.piece, big.expect),
+            (Piece::BigMail, Expect::Status(552, Enh(5, 3, 4)))
+        );
+        let p = plan_of(kind(Class::Bigmsg, 1), Caps::default());
+        let big = p.iter().position(|c| c.step == Step::Bigmsg).unwrap();
+        assert_eq!((p[big].piece, p[big].expect), (Piece::BigBody, Expect::Code(552)));
+        assert_eq!(p[big - 1].step, Step::Data);
+    }
+
+    #[test]
+    fn overshoot_sends_150_recipients_in_one_group() {
+        let p = plan_of(kind(Class::Overshoot, 0), pipelining());
+        let rcpts: Vec<&Cmd> = p.iter().filter(|c| matches!(c.piece, Piece::Rcpt(_))).collect();
+        assert_eq!(rcpts.len(), OVERSHOOT_RCPTS);
+        assert!(rcpts[..100].iter().all(|c| c.expect == Expect::Code(250)));
+        assert!(rcpts[100..]
+            .iter()
+            .all(|c| (c.expect, c.step) == (Expect::Surplus, Step::Overshoot)));
+        let mut distinct: Vec<Piece> = rcpts.iter().map(|c| c.piece).collect();
+        distinct.dedup();
+        assert_eq!(distinct.len(), OVERSHOOT_RCPTS, "every recipient once");
+        // MAIL..DATA in one write, then the message and QUIT in another.
+        let flushes: Vec<Step> = p.iter().filter(|c| c.flush).map(|c| c.step).collect();
+        assert_eq!(flushes, [Step::Banner, Step::Ehlo, Step::Data, Step::Quit]);
+    }
+
+    #[test]
+    fn tls_class_starttls_step_is_its_own() {
+        let mut plan = vec![];
+        starttls(kind(Class::Tls, 0), &mut plan);
+        assert_eq!((plan[0].piece, plan[0].step), (Piece::Starttls, Step::Tls));
+        plan.clear();
+        starttls(kind(Class::Valid, 0), &mut plan);
+        assert_eq!(plan[0].step, Step::Starttls);
+        let p = plan_of(kind(Class::Tls, 1), Caps::default());
+        assert_eq!(p.iter().filter(|c| c.step == Step::Eod).count(), 1);
     }
 }

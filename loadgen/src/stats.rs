@@ -4,7 +4,7 @@ use hdrhistogram::Histogram;
 use ringmx_loadgen::reply::Caps;
 use serde::Serialize;
 
-use crate::vocab::{CLASSES, PHASES, STEP_COUNT};
+use crate::vocab::{CLASSES, MAX_OUTCOMES, MAX_VARIANTS, PHASES, STEP_COUNT};
 
 /// Highest latency a histogram holds, in microseconds (1 hour); longer values saturate.
 pub const MAX_US: u64 = 3_600_000_000;
@@ -43,6 +43,12 @@ pub struct ClassCounters {
     /// TLS handshake failed or the TLS layer broke (bad certificate, alert, garbage).
     pub tls: u64,
     pub aborted: u64,
+    /// Ended sessions by variant (`Class::variants`); summary.json names them.
+    #[serde(skip)]
+    pub variants: [u64; MAX_VARIANTS],
+    /// Outcome counters (`Class::outcomes`); summary.json names them.
+    #[serde(skip)]
+    pub outcomes: [u64; MAX_OUTCOMES],
 }
 
 #[derive(Debug, Clone)]
@@ -97,6 +103,12 @@ impl Counters {
             a.refused += b.refused;
             a.tls += b.tls;
             a.aborted += b.aborted;
+            for (x, y) in a.variants.iter_mut().zip(&b.variants) {
+                *x += y;
+            }
+            for (x, y) in a.outcomes.iter_mut().zip(&b.outcomes) {
+                *x += y;
+            }
         }
         for (a, b) in self.mismatch_steps.iter_mut().zip(&o.mismatch_steps) {
             for (x, y) in a.iter_mut().zip(b) {
@@ -163,11 +175,14 @@ mod tests {
         b.class[1].mismatch = 2;
         b.class[2].timeout = 1;
         b.mismatch_steps[1][4] = 2;
+        b.class[3].variants[2] = 5;
+        b.class[3].outcomes[1] = 7;
         a.add(&b);
         a.add(&b);
         assert_eq!(a.messages, 6);
         assert_eq!(a.errors(), 6);
         assert_eq!(a.mismatch_steps[1][4], 4);
+        assert_eq!((a.class[3].variants[2], a.class[3].outcomes[1]), (10, 14));
     }
 
     #[test]

@@ -31,6 +31,12 @@ impl Client {
     /// One worker's client. Each worker builds its own so `--tls-resume` reuses sessions
     /// within a thread only, as a real sending MTA's process would.
     pub fn new(o: &TlsOpts) -> Result<Client, String> {
+        Client::with_resumption(o, o.resume)
+    }
+
+    /// A client that resumes sessions (keeping its own cache) or never does, whatever
+    /// `--tls-resume` says: the tls class's two variants (`--tls-resume-share`).
+    pub fn with_resumption(o: &TlsOpts, resume: bool) -> Result<Client, String> {
         let builder = ClientConfig::builder();
         let mut config = match &o.ca {
             Some(path) => {
@@ -53,7 +59,7 @@ impl Client {
                 .with_custom_certificate_verifier(Arc::new(NoVerify(default_provider())))
                 .with_no_client_auth(),
         };
-        config.resumption = if o.resume {
+        config.resumption = if resume {
             Resumption::in_memory_sessions(RESUME_CACHE)
         } else {
             Resumption::disabled()

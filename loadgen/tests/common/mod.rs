@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod ringmx;
 pub mod tls;
 
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};

@@ -34,6 +34,8 @@ pub struct ServerTls {
 pub struct Pki {
     /// The certificate in PEM: the CA file a client trusts.
     pub ca_pem: String,
+    /// Its private key in PEM (PKCS#8), for a server run as its own process.
+    pub key_pem: String,
     pub config: Arc<ServerConfig>,
 }
 
@@ -49,6 +51,7 @@ impl Pki {
             .expect("server config");
         Pki {
             ca_pem: ck.cert.pem(),
+            key_pem: ck.signing_key.serialize_pem(),
             config: Arc::new(config),
         }
     }
