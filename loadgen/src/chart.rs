@@ -9,10 +9,11 @@ use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
 
-/// Paul Tol's "muted" scheme (colour-blind safe, distinct in print), strongest first, then grey.
-pub const PALETTE: [&str; 10] = [
+/// Paul Tol's "muted" scheme (colour-blind safe, distinct in print), strongest first, then
+/// grey, then black (the eleventh phase, `held`).
+pub const PALETTE: [&str; 11] = [
     "#332288", "#CC6677", "#117733", "#88CCEE", "#882255", "#44AA99", "#999933", "#AA4499", "#DDCC77",
-    "#888888",
+    "#888888", "#000000",
 ];
 
 /// Series names with a colour of their own (an index into [`PALETTE`]) in every chart.
