@@ -151,25 +151,23 @@ impl Recipients {
         let Some(path) = file else {
             return load(domains, None, None);
         };
-        let error = |line, message| LoadError {
+        let bytes = std::fs::read(path).map_err(|e| LoadError {
             file: Some(path.to_path_buf()),
-            line,
-            message,
-        };
-        let bytes = std::fs::read(path).map_err(|e| error(0, e.to_string()))?;
-        let text = std::str::from_utf8(&bytes).map_err(|e| {
-            let line = 1 + memchr::memchr_iter(b'\n', &bytes[..e.valid_up_to()]).count();
-            error(
-                line,
-                "not UTF-8 (RFC 6531 §3.3: 8-bit addresses are UTF-8)".into(),
-            )
+            line: 0,
+            message: e.to_string(),
         })?;
-        load(domains, Some(text), Some(path))
+        load_bytes(domains, &bytes, Some(path))
     }
 
     /// Builds the table from the `domains` list and the text of a recipients file.
     pub fn from_text(domains: &[String], text: &str) -> Result<Recipients, LoadError> {
         load(domains, Some(text), None)
+    }
+
+    /// Builds the table from the `domains` list and the octets of a recipients file, as
+    /// [`Recipients::new`] reads them, UTF-8 check included (the `recipients` fuzz target).
+    pub fn from_bytes(domains: &[String], bytes: &[u8]) -> Result<Recipients, LoadError> {
+        load_bytes(domains, bytes, None)
     }
 
     /// The verdict on a RCPT address, as the session has it: without brackets or source
@@ -258,6 +256,24 @@ fn user_hash(hasher: &RandomState, id: u32, local: &[u8]) -> u64 {
     h.write_u32(id);
     h.write(local);
     h.finish()
+}
+
+/// Builds the table from the octets of the recipients file `file` (`None`: not from a file),
+/// refusing a file that is not UTF-8 at the line of its first bad octet, unless a line before
+/// that one fails: the error names the first line that does, whatever its fault.
+fn load_bytes(domains: &[String], bytes: &[u8], file: Option<&Path>) -> Result<Recipients, LoadError> {
+    let e = match std::str::from_utf8(bytes) {
+        Ok(text) => return load(domains, Some(text), file),
+        Err(e) => e,
+    };
+    let start = memchr::memrchr(b'\n', &bytes[..e.valid_up_to()]).map_or(0, |n| n + 1);
+    let before = std::str::from_utf8(&bytes[..start]).expect("valid up to the bad octet");
+    load(domains, Some(before), file)?;
+    Err(LoadError {
+        file: file.map(Path::to_path_buf),
+        line: 1 + memchr::memchr_iter(b'\n', before.as_bytes()).count(),
+        message: "not UTF-8 (RFC 6531 §3.3: 8-bit addresses are UTF-8)".into(),
+    })
 }
 
 /// Builds the table: `text` is the recipients file (`None`: there is none), `file` its name
@@ -659,9 +675,21 @@ mod tests {
         assert_eq!(r.check(b"bob@example.org"), UnknownUser);
         assert_eq!(r.check(b"bob@example.net"), Accept);
 
-        std::fs::write(&path, b"alice@example.org\n# ok\nj\xf6rg@example.org\n").unwrap();
+        let octets = b"alice@example.org\n# ok\nj\xf6rg@example.org\n";
+        std::fs::write(&path, octets).unwrap();
         let e = Recipients::new(&domains(&["example.org"]), Some(&path)).unwrap_err();
         assert_eq!(e.line, 3);
+        // The same octets from memory (the `recipients` fuzz target's way in): the same error.
+        let from_memory = Recipients::from_bytes(&domains(&["example.org"]), octets).unwrap_err();
+        assert_eq!((from_memory.file, from_memory.line), (None, 3));
+        assert_eq!(from_memory.message, e.message);
+        // A line before the one that is not UTF-8 fails first: the error names that line.
+        let first = Recipients::from_bytes(
+            &domains(&["example.org"]),
+            b"ok@example.org\nnobody\nj\xf6rg@example.org\n",
+        )
+        .unwrap_err();
+        assert_eq!(first.to_string(), "line 2: no `@` in the address");
         assert!(
             e.to_string()
                 .starts_with(&format!("{}:3: not UTF-8", path.display())),

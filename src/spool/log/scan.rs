@@ -54,10 +54,25 @@ pub struct Scanned {
 
 /// Reads the records of `path` (a segment, or with `done_file` a done file) in order.
 /// `with_data` receives each `Data` payload with its message number.
-pub fn scan(path: &Path, done_file: bool, mut with_data: impl FnMut(u64, &[u8])) -> io::Result<Scanned> {
+pub fn scan(path: &Path, done_file: bool, with_data: impl FnMut(u64, &[u8])) -> io::Result<Scanned> {
     let file = File::open(path)?;
     let len = file.metadata()?.len();
-    let mut r = BufReader::with_capacity(1 << 20, file);
+    scan_from(BufReader::with_capacity(1 << 20, file), len, done_file, with_data)
+}
+
+/// [`scan`] over the octets of a segment or done file already in memory (the fuzz target
+/// `spool_scan` reads arbitrary segments this way, without a file per run).
+pub fn scan_bytes(bytes: &[u8], done_file: bool, with_data: impl FnMut(u64, &[u8])) -> Scanned {
+    scan_from(bytes, bytes.len() as u64, done_file, with_data).expect("reading a slice cannot fail")
+}
+
+/// The scan proper, over `r`, which holds `len` octets.
+fn scan_from(
+    mut r: impl Read,
+    len: u64,
+    done_file: bool,
+    mut with_data: impl FnMut(u64, &[u8]),
+) -> io::Result<Scanned> {
     let mut out = Scanned {
         seq: None,
         end: 0,

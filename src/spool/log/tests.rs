@@ -202,6 +202,9 @@ fn ends(log: &Path) -> (BTreeMap<String, (usize, u64)>, Vec<u64>) {
     let mut used = Vec::new();
     for (i, path) in segments(log).iter().enumerate() {
         let s = scan::scan(path, false, |_, _| {}).unwrap();
+        // The scan of the octets in memory (the `spool_scan` fuzz target's) is the file's.
+        let in_memory = scan::scan_bytes(&fs::read(path).unwrap(), false, |_, _| {});
+        assert_eq!(format!("{in_memory:?}"), format!("{s:?}"));
         for m in s.messages.iter().filter(|m| m.committed()) {
             ends.insert(m.meta.as_ref().unwrap().id.clone(), (i, m.end));
         }
