@@ -5,8 +5,9 @@
 # minimizes the corpus (`cargo fuzz cmin`), measures the line coverage of the target's parser
 # module (`cargo fuzz coverage`, then llvm-cov over the minimized corpus), and writes the
 # target's row of fuzz/CAMPAIGN.md from what it measured. TARGETS="a b" picks targets (default
-# all, fastest first). A crash stops that target (libFuzzer's artifact is under
-# fuzz/artifacts/TARGET/, named in the row) and the campaign goes on with the next.
+# all, fastest first); MAX_TIME=SECONDS stops each run sooner (its row says how many it ran).
+# A crash stops that target (libFuzzer's artifact is under fuzz/artifacts/TARGET/, named in
+# the row) and the campaign goes on with the next.
 #
 # Needs cargo-fuzz and llvm-tools for the toolchain (`rustup component add llvm-tools-preview`);
 # runs on the stable toolchain without a sanitizer, as CI does. Other jobs may pause the fuzzer
@@ -15,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 EXECS=${1:-10000000}
-TARGETS=${TARGETS:-"reply proxy data recipients spool_scan config session tls_session"}
+TARGETS=${TARGETS:-"reply proxy data spool_scan recipients config session tls_session"}
 TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
 BIN=$PWD/target/$TRIPLE/release
 COVBIN=$PWD/target/$TRIPLE/coverage/$TRIPLE/release
@@ -88,17 +89,34 @@ echo "campaign: building the targets (stable, -s none)"
 nice -n 19 cargo fuzz build -s none -O
 python3 seeds.py "$WORK/seeds"
 
-for t in $TARGETS; do
+# The row of TARGET from its measurements so far ($WORK/TARGET.run, .coverage).
+row() {
+    local t=$1 mod coverage="not measured"
     mod=$(module "$t")
+    # shellcheck disable=SC1090
+    source "$WORK/$t.run"
+    if [ -f "$WORK/$t.coverage" ]; then
+        coverage=$(cat "$WORK/$t.coverage")
+    fi
+    echo "| $t | \`${mod// /\` \`}\` | $execs | $wall | $cpu | $rate | $files | $kib | $coverage | $crashes | $start |"
+}
+
+# First every target's run and minimized corpus, then the coverage of each (an instrumented
+# build of its own), so that build does not hold up the fuzzing; each phase writes the
+# target's row with what is measured so far.
+for t in $TARGETS; do
+    module "$t" >/dev/null
     mkdir -p "corpus/$t" "$WORK/seeds/$t" "artifacts/$t"
+    rm -f "$WORK/$t.coverage"
     log=$WORK/$t.log
-    echo "campaign: $t, $EXECS executions (log: fuzz/$log)"
+    echo "campaign: $t, $EXECS executions${MAX_TIME:+ or $MAX_TIME s} (log: fuzz/$log)"
     start=$(date -u +%FT%TZ)
     # The run's own wall and CPU seconds, as bash's `time` measures the fuzzer.
     TIMEFORMAT='%R %U %S'
     status=0
-    { time nice -n 19 "$BIN/$t" -runs="$EXECS" -print_final_stats=1 -timeout=25 \
-        -artifact_prefix="artifacts/$t/" "corpus/$t" "$WORK/seeds/$t" >"$log" 2>&1 || status=$?; } 2>"$WORK/$t.time"
+    { time nice -n 19 "$BIN/$t" -runs="$EXECS" -max_total_time="${MAX_TIME:-0}" \
+        -print_final_stats=1 -timeout=25 -artifact_prefix="artifacts/$t/" \
+        "corpus/$t" "$WORK/seeds/$t" >"$log" 2>&1 || status=$?; } 2>"$WORK/$t.time"
     read -r wall user sys <"$WORK/$t.time"
     cpu=$(python3 -c "print(round($user + $sys))")
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
@@ -106,18 +124,29 @@ for t in $TARGETS; do
     crashes=0
     if [ "$status" -ne 0 ]; then
         artifact=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -n 1)
-        crashes="1: fuzz/${artifact:-log $log}"
+        crashes="1: fuzz/${artifact:-$log (status $status)}"
         echo "campaign: $t failed (status $status): ${artifact:-see $log}"
     fi
     echo "campaign: $t minimizing the corpus"
     nice -n 19 cargo fuzz cmin -s none -O "$t" "corpus/$t" >"$WORK/$t.cmin.log" 2>&1
     files=$(find "corpus/$t" -type f | wc -l)
-    kib=$(du -sk "corpus/$t" | cut -f1)
+    kib=$(find "corpus/$t" -type f -printf "%s\n" | awk "{ s += \$1 } END { print int(s / 1024) }")
+    {
+        echo "execs=${execs:-0} wall=${wall%.*} cpu=$cpu rate=${rate:-0} files=$files kib=$kib"
+        echo "crashes=\"$crashes\" start=$start"
+    } >"$WORK/$t.run"
+    put_row "$t" "$(row "$t")"
+    echo "campaign: $(row "$t")"
+done
+
+for t in $TARGETS; do
+    mod=$(module "$t")
     echo "campaign: $t coverage of $mod"
     nice -n 19 cargo fuzz coverage -s none "$t" "corpus/$t" >"$WORK/$t.cov.log" 2>&1
+    # shellcheck disable=SC2086
     read -r covered lines < <(line_coverage "coverage/$t/coverage.profdata" "$COVBIN/$t" $mod)
     pct=$(python3 -c "print(f'{100 * $covered / max($lines, 1):.1f}')")
-    row="| $t | \`${mod// /\` \`}\` | ${execs:-0} | ${wall%.*} | $cpu | ${rate:-0} | $files | $kib | $covered / $lines ($pct%) | $crashes | $start |"
-    put_row "$t" "$row"
-    echo "campaign: $row"
+    echo "$covered / $lines ($pct%)" >"$WORK/$t.coverage"
+    put_row "$t" "$(row "$t")"
+    echo "campaign: $(row "$t")"
 done
