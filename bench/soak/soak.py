@@ -127,16 +127,30 @@ class Stream:
     extra: list
 
 
-def plan_streams(features, prof, ports, ca):
-    """Half the connections through HAProxy, half direct. With the load generator's tls class
-    and --proxy, each half is one process with the whole mix and the direct one sends PROXY v2
-    headers of outside clients to the PROXY listener; without them, STARTTLS is two more
-    processes (--tls starttls, 10% of the connections each) and the direct half goes to a plain
-    listener (its clients, 127.0.2.x, are outside relay_networks all the same)."""
+def split_connections(total, fitted):
+    """(direct, through HAProxy, HAProxy's server maxconn or None). Half and half when ringmx
+    fits them all. When its descriptor budget fits fewer (max_connections lowered), ringmx
+    gets as many direct connections as HAProxy may pass on, together 90% of what it fits (a
+    closed loop's next connection can arrive before ringmx has counted the last one closed,
+    and a refusal is a 421 to the client), and HAProxy holds the rest of its clients in its
+    queue: the clients still have `total` connections open, and ringmx's load is half
+    through HAProxy."""
+    if fitted is None or fitted >= total + total // 10:
+        return total - total // 2, total // 2, None
+    each = int(fitted * 0.9) // 2
+    return each, total - each, each
+
+
+def plan_streams(features, split, ports, ca):
+    """Direct and through HAProxy. With the load generator's tls class and --proxy, each is
+    one process with the whole mix and the direct one sends PROXY v2 headers of outside clients
+    to the PROXY listener; without them, STARTTLS is two more processes (--tls starttls, a fifth
+    of each side's connections) and the direct side goes to a plain listener (its clients,
+    127.0.2.x, are outside relay_networks all the same)."""
     full_mix = [("valid", 60), ("tls", 20), ("typo", 5), ("unknown_user", 5), ("relay", 5),
                 ("nonsmtp", 5), ("slowloris", 5)]
     have = features["classes"]
-    half = prof.connections // 2
+    direct_n, ha_n, _ = split
     ha = "127.0.0.1:%d" % ports["haproxy"]
     common = []
     if features["size_dist"]:
@@ -146,30 +160,28 @@ def plan_streams(features, prof, ports, ca):
     if "tls" in have:
         mix = ",".join("%s=%d" % (c, w) for c, w in full_mix if c in have)
         tls = ["--tls-ca", ca]
-        streams = [Stream("haproxy", ha, half, mix, "127.0.1.1-127.0.1.250", common + tls)]
+        streams = [Stream("haproxy", ha, ha_n, mix, "127.0.1.1-127.0.1.250", common + tls)]
         if features["proxy"]:
             direct = ["--proxy", "v2"]
             if features["proxy_sources"]:
-                # IPv4 /24s and IPv6 /48s: a /64 is one client to ringmx (client_ipv6_prefix),
+                # IPv4 /24s and an IPv6 /48: a /64 is one client to ringmx (client_ipv6_prefix),
                 # so the v6 share must spread over many /64s to stay under the per-client limit.
                 direct += ["--proxy-sources",
                            "192.0.2.0/24,198.51.100.0/24,203.0.113.0/24,2001:db8::/48"]
-            streams.append(Stream("direct", "127.0.0.1:%d" % ports["proxy"], prof.connections - half,
-                                  mix, "127.0.2.1-127.0.2.250", common + tls + direct))
+            streams.append(Stream("direct", "127.0.0.1:%d" % ports["proxy"], direct_n, mix,
+                                  "127.0.2.1-127.0.2.250", common + tls + direct))
         else:
-            streams.append(Stream("direct", "127.0.0.1:%d" % ports["plain"], prof.connections - half,
-                                  mix, "127.0.2.1-127.0.2.250", common + tls))
+            streams.append(Stream("direct", "127.0.0.1:%d" % ports["plain"], direct_n, mix,
+                                  "127.0.2.1-127.0.2.250", common + tls))
         return streams
     plain = ",".join("%s=%d" % (c, w) for c, w in full_mix if c in have and c != "tls")
-    tls_n = prof.connections // 10
-    plain_n = half - tls_n
     starttls = ["--tls", "starttls", "--tls-ca", ca]
     return [
-        Stream("haproxy", ha, plain_n, plain, "127.0.1.1-127.0.1.250", common),
-        Stream("direct", "127.0.0.1:%d" % ports["plain"], prof.connections - half - tls_n, plain,
+        Stream("haproxy", ha, ha_n - ha_n // 5, plain, "127.0.1.1-127.0.1.250", common),
+        Stream("direct", "127.0.0.1:%d" % ports["plain"], direct_n - direct_n // 5, plain,
                "127.0.2.1-127.0.2.250", common),
-        Stream("haproxy-tls", ha, tls_n, "valid=1", "127.0.3.1-127.0.3.250", common + starttls),
-        Stream("direct-tls", "127.0.0.1:%d" % ports["plain"], tls_n, "valid=1",
+        Stream("haproxy-tls", ha, ha_n // 5, "valid=1", "127.0.3.1-127.0.3.250", common + starttls),
+        Stream("direct-tls", "127.0.0.1:%d" % ports["plain"], direct_n // 5, "valid=1",
                "127.0.4.1-127.0.4.250", common + starttls),
     ]
 
@@ -354,7 +366,11 @@ class Server:
         self.start()
 
     def stop(self):
-        return Procs.stop(self.p, signal.SIGTERM, timeout=90)
+        """SIGTERM, 90 s to exit (the systemd unit's TimeoutStopSec), then SIGKILL."""
+        began = now()
+        rc = Procs.stop(self.p, signal.SIGTERM, timeout=90)
+        self.stop_s = round(now() - began, 1)
+        return rc
 
 
 # --- sampling ----------------------------------------------------------------------------------
@@ -414,6 +430,20 @@ def rss_kib(pid):
     return None
 
 
+def read_chars(pid):
+    """Octets the process has read with read()/pread() and the like (/proc/PID/io rchar): the
+    spool's reads by delivery and the delivery sockets' replies (the workers receive through
+    io_uring, which this does not count)."""
+    try:
+        with open("/proc/%d/io" % pid) as f:
+            for line in f:
+                if line.startswith("rchar:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
 class Sampler(threading.Thread):
     """Once a second: the server's RSS and descriptor count, and its /metrics."""
 
@@ -430,6 +460,7 @@ class Sampler(threading.Thread):
             row = {"t": round(self.soak.t(), 3), "pid": pid}
             if pid:
                 row["rss_kib"] = rss_kib(pid)
+                row["rchar"] = read_chars(pid)
                 kinds = fd_kinds(pid)
                 row["fds"] = sum(kinds.values()) if kinds else None
             loaded = self.soak.server.queue_loaded()
@@ -467,6 +498,8 @@ class Run:
         self.sampler = None
         self.reloads_sent = {"good": 0, "broken": 0}
         self.fault_span = None
+        self.load_done = False
+        self.queued_after = None
 
     def t(self):
         return now() - self.t0 if self.t0 is not None else 0.0
@@ -519,13 +552,16 @@ class Run:
             'tls_cert = "%s/leaf.pem"' % c["tls"],
             'tls_key = "%s/leaf.p8"' % c["tls"],
             'log_format = "json"',
-            # Backoff short enough that a 10 s outage costs seconds, not Postfix's minutes.
+            # Backoff short enough that a 10 s outage costs seconds, not Postfix's minutes, and
+            # not so short that every queued message is retried (and its state file written)
+            # several times in each outage.
             "min_backoff_secs = 1",
-            "max_backoff_secs = 5",
+            "max_backoff_secs = 10",
             "max_connections = 12000",
-            # Slowloris: a command must end within 15 s, a message keep 1 KiB/s after 10 s.
-            "command_timeout_secs = 15",
-            "min_data_rate_grace_secs = 10",
+            # Slowloris: a command must end within 30 s (RFC 5321's 5 minutes would outlast
+            # the run); a message keeps min_data_rate's default (1 KiB/s after 30 s), since a
+            # shorter grace cut off valid 2 MiB messages of clients slowed by the load itself.
+            "command_timeout_secs = 30",
             "max_errors = %d" % (20 - flip),
         ]
         if variant == "out_of_range":
@@ -542,14 +578,11 @@ class Run:
         os.replace(tmp, self.cfg["path"])
 
     def haproxy_config(self):
-        """mode tcp, send-proxy-v2 to ringmx's PROXY listener. When ringmx serves fewer
-        connections than the clients open (its descriptor budget), HAProxy holds the excess in
-        its queue (server maxconn, timeout queue) instead of passing them on to a 421."""
-        direct = sum(s.connections for s in self.streams if not s.name.startswith("haproxy"))
-        through = sum(s.connections for s in self.streams if s.name.startswith("haproxy"))
-        cap = (self.server.fitted or 12000) - direct - 100
-        maxconn = "" if cap >= through else " maxconn %d" % max(64, cap)
-        self.haproxy_server_maxconn = None if not maxconn else max(64, cap)
+        """mode tcp, send-proxy-v2 to ringmx's PROXY listener; with a server maxconn when
+        ringmx fits fewer connections than the clients open (split_connections)."""
+        through = self.split[1]
+        maxconn = "" if self.split[2] is None else " maxconn %d" % self.split[2]
+        self.haproxy_server_maxconn = self.split[2]
         return """global
     maxconn %d
     log stdout format raw local0 err
@@ -570,7 +603,7 @@ frontend mx
 
 backend ringmx
     server mx 127.0.0.1:%d send-proxy-v2%s
-""" % (through * 2 + 100, self.ports["haproxy"], through + 100, self.ports["proxy"], maxconn)
+""" % (through + 200, self.ports["haproxy"], through + 100, self.ports["proxy"], maxconn)
 
     def setup(self):
         for name, port in self.ports.items():
@@ -607,7 +640,8 @@ backend ringmx
         self.sink.set("up")
         self.server = Server(self, self.args.ringmx, self.cfg["path"])
         self.server.start()
-        self.streams = plan_streams(self.features, self.prof, self.ports, tls + "/ca.pem")
+        self.split = split_connections(self.prof.connections, self.server.fitted)
+        self.streams = plan_streams(self.features, self.split, self.ports, tls + "/ca.pem")
         with open(os.path.join(self.out, "haproxy.cfg"), "w") as f:
             f.write(self.haproxy_config())
         subprocess.run(["haproxy", "-c", "-f", os.path.join(self.out, "haproxy.cfg")], check=True,
@@ -690,7 +724,8 @@ backend ringmx
         next_hup = lo
         while not self.stop_faults.is_set():
             t = self.t()
-            self.sink.set(self.downstream_mode(t))
+            # The flapping is part of the load; the drain after it has the downstream up.
+            self.sink.set("up" if self.load_done else self.downstream_mode(t))
             if self.fault == "kill9" and kill_times and t >= kill_times[0]:
                 kill_times.pop(0)
                 if self.fault_span is None:
@@ -800,6 +835,7 @@ backend ringmx
         for s, p, d, _ in self.lg:
             p.wait(max(1, deadline - now()))
         self.load_end = self.t()
+        self.load_done = True
         self.event("load ended")
         self.drain()
         self.stop_faults.set()
@@ -808,9 +844,28 @@ backend ringmx
         self.sampler.join(10)
         self.final_metrics = scrape(self.ports["metrics"]) if self.metrics_ok() else None
         self.server_exit = self.server.stop()
+        self.queued_after = self.spool_queue()
         self.sink.set("down")
         Procs.stop(self.reader, signal.SIGTERM, timeout=60)
         Procs.stop(self.haproxy, signal.SIGTERM, timeout=10)
+
+    def spool_queue(self):
+        """What the stopped server's spool still holds for delivery (`ringmx queue list
+        --json`, read under the spool's lock): id -> recipients not yet delivered. A message
+        there is not lost, only not yet delivered when the drain's bound ran out."""
+        r = subprocess.run([self.args.ringmx, "queue", "list", "--spool", self.cfg["spool"], "--json"],
+                           capture_output=True, text=True, timeout=300)
+        with open(os.path.join(self.out, "queue-after.jsonl"), "w") as f:
+            f.write(r.stdout)
+        if r.returncode != 0:
+            self.event("ringmx queue list failed (%d): %s" % (r.returncode, r.stderr.strip()[:300]))
+            return None
+        out = {}
+        for line in r.stdout.splitlines():
+            if line.strip():
+                m = json.loads(line)
+                out[m["id"]] = [x["address"] for x in m["recipients"] if x.get("state") != "done"]
+        return out
 
     def cleanup(self):
         if getattr(self, "stop_faults", None):
@@ -887,18 +942,24 @@ def check_delivery(run):
     killed = {str(inc) for (_, mode, inc) in run.sink.events if mode == "down"}
     lost_msgs, lost_rcpts = [], 0
     dups_crash, dups_sink, dups_bad = 0, 0, []
+    queued = run.queued_after or {}
+    still_queued = 0
     for qid in acked:
         copies = delivered.get(qid)
         if not copies:
-            lost_msgs.append(qid)
+            if qid in queued:
+                still_queued += 1
+            else:
+                lost_msgs.append(qid)
             continue
         seen = {}
         for inc, seq, rcpts in copies:
             for r in rcpts:
                 seen.setdefault(r, []).append((inc, seq))
         want = logged.get(qid)
-        if want is not None and len(seen) < want:
-            lost_rcpts += want - len(seen)
+        pending = len(set(queued.get(qid, [])) - set(seen))
+        if want is not None and len(seen) + pending < want:
+            lost_rcpts += want - len(seen) - pending
         for r, where in seen.items():
             for inc, seq in where[:-1]:
                 # An earlier copy: explained by ringmx's crash (kill9), or by the downstream
@@ -919,6 +980,9 @@ def check_delivery(run):
         "lost_messages": len(lost_msgs),
         "lost_examples": lost_msgs[:10],
         "lost_recipients": lost_rcpts,
+        "acked_still_queued": still_queued,
+        "queue_listed": run.queued_after is not None,
+        "queued_after_stop": None if run.queued_after is None else len(run.queued_after),
         "duplicates_after_ringmx_crash": dups_crash,
         "duplicates_after_downstream_kill": dups_sink,
         "duplicates_unexplained": len(dups_bad),
@@ -981,6 +1045,20 @@ def fd_verdict(run):
     ok = ok and files_a <= files_b + WORKERS
     return {"ok": ok, "before": sum(b.values()), "after": sum(a.values()), "before_by_kind": b,
             "after_by_kind": a}
+
+
+def read_amplification(run):
+    """Octets the server read (rchar) per copy the downstream took, from the load's end to the
+    last sample, within one process: after the load nearly all of it is delivery reading the
+    spool."""
+    rows = [r for r in run.sampler.rows if r.get("rchar") is not None and r["t"] >= run.load_end]
+    if len(rows) < 2 or rows[0]["pid"] != rows[-1]["pid"]:
+        return None
+    per = delivered_per_second(run)
+    copies = sum(n for t, n in per.items() if rows[0]["t"] <= t < rows[-1]["t"])
+    read = rows[-1]["rchar"] - rows[0]["rchar"]
+    return {"from_s": rows[0]["t"], "to_s": rows[-1]["t"], "read_mib": round(read / 2**20),
+            "copies": copies, "read_mib_per_copy": round(read / 2**20 / copies, 2) if copies else None}
 
 
 def load_summaries(run):
@@ -1120,6 +1198,7 @@ def judge(run):
                         "argv_file": "loadgen-%s.argv" % s.name} for s in run.streams],
            "loadgen_features": {k: (sorted(v) if isinstance(v, set) else v) for k, v in run.features.items()},
            "ringmx_max_connections_fitted": run.server.fitted,
+           "connections_direct_haproxy": run.split[:2],
            "haproxy_server_maxconn": run.haproxy_server_maxconn,
            "events": run.events, "downstream_events": run.sink.events,
            "server_starts": run.server.starts, "server_exit_status": run.server_exit}
@@ -1127,6 +1206,7 @@ def judge(run):
     res["server_replies_4xx_5xx"] = server_replies(run)
     res["delivery"] = check_delivery(run)
     res["rss"] = rss_verdict(run)
+    res["server_reads"] = read_amplification(run)
     res["fds"] = fd_verdict(run)
     res["recovery"] = recovery(run) if run.fault != "none" else {
         "drain_after_load_s": None if run.drain_s is None else round(run.drain_s, 1)}
@@ -1141,16 +1221,18 @@ def judge(run):
         # The downstream's state and reloads are invisible to clients: no mismatch at all.
         checks["mismatches"] = (not bad_mism, bad_mism or "0 outside %s" % sorted(VARYING))
     d = res["delivery"]
-    checks["lost"] = (d["lost_messages"] == 0 and d["lost_recipients"] == 0,
-                      "%d messages, %d recipients acknowledged and never delivered"
-                      % (d["lost_messages"], d["lost_recipients"]))
+    checks["lost"] = (d["queue_listed"] and d["lost_messages"] == 0 and d["lost_recipients"] == 0,
+                      "%d messages, %d recipients acknowledged, neither delivered nor in the queue "
+                      "after the stop%s" % (d["lost_messages"], d["lost_recipients"],
+                                            "" if d["queue_listed"] else " (queue list failed)"))
     checks["duplicates"] = (d["duplicates_unexplained"] == 0,
                             "%d unexplained, %d after a ringmx crash, %d after a downstream kill"
                             % (d["duplicates_unexplained"], d["duplicates_after_ringmx_crash"],
                                d["duplicates_after_downstream_kill"]))
     checks["drained"] = (run.drain_s is not None, "queue empty and sessions closed %s"
                          % ("after %.1f s" % run.drain_s if run.drain_s is not None else "never"))
-    checks["server_exit"] = (run.server_exit == 0, "SIGTERM exit status %s" % run.server_exit)
+    checks["server_exit"] = (run.server_exit == 0, "SIGTERM exit status %s after %s s"
+                             % (run.server_exit, getattr(run.server, "stop_s", None)))
     if run.fault in ("none", "sighup", "downstream_4xx"):
         r = res["rss"]
         checks["rss_flat"] = (r["ok"], r.get("why") or "grew %.1f MiB after %d s (limit %.1f MiB)"
@@ -1224,10 +1306,10 @@ def report_lines(res):
     if res["server_replies_4xx_5xx"]:
         lines.append("server 4xx/5xx replies: %s" % res["server_replies_4xx_5xx"])
     lines.append("delivery: %d acknowledged (%s), %d copies downstream; lost %d (+%d recipients); "
-                 "duplicates %d after a crash, %d after a downstream kill, %d unexplained; "
-                 "%d delivered but not acknowledged" % (
+                 "%d acknowledged still queued at the stop; duplicates %d after a crash, %d after a "
+                 "downstream kill, %d unexplained; %d delivered but not acknowledged" % (
                      d["acked"], d["acked_source"], d["delivered_messages"], d["lost_messages"],
-                     d["lost_recipients"], d["duplicates_after_ringmx_crash"],
+                     d["lost_recipients"], d["acked_still_queued"], d["duplicates_after_ringmx_crash"],
                      d["duplicates_after_downstream_kill"], d["duplicates_unexplained"], d["delivered_not_acked"]))
     r = res["rss"]
     if "at_warmup_mib" in r:
@@ -1237,11 +1319,36 @@ def report_lines(res):
     lines.append("fds: before %s %s, after %s %s" % (f.get("before"), f.get("before_by_kind"), f.get("after"),
                                                    f.get("after_by_kind")))
     lines.append("recovery: %s" % rec)
+    if res.get("server_reads"):
+        lines.append("server reads after the load: %s" % res["server_reads"])
     if "reloads" in res:
         lines.append("reloads: %s" % res["reloads"])
     for k, v in res["checks"].items():
         lines.append("  %-12s %s  %s" % (k, "ok  " if v["ok"] else "FAIL", v["detail"]))
     return lines
+
+
+def results_table(results):
+    """One row per run, as bench/soak/RESULTS.md shows them."""
+    rows = ["| run | passed | sessions (ok) | client errors | mismatches outside nonsmtp/slowloris "
+            "| acknowledged | lost | still queued at stop | duplicates (crash / downstream kill) "
+            "| clients recovered | queue back | drain after load | RSS start / at warm-up / peak / end (MiB) "
+            "| fds before / after |",
+            "| --- " * 14 + "|"]
+    for r in results:
+        c, d, rec, rss, fd = r["clients"], r["delivery"], r["recovery"], r["rss"], r["fds"]
+        errs = ", ".join("%s %d" % (k, v) for k, v in sorted(c["errors"].items()) if v and k != "total") or "0"
+        mism = sum(v for k, v in c["mismatches"].items() if k.split("/")[0] not in VARYING)
+
+        def sec(v):
+            return "-" if v is None else "%s s" % v
+        rows.append("| %s | %s | %d (%d) | %s | %d | %d | %d | %d | %d / %d | %s | %s | %s | %s / %s / %s / %s | %s / %s |" % (
+            r["fault"], "yes" if r["passed"] else "**no**", c["sessions"], c["ok"], errs, mism, d["acked"],
+            d["lost_messages"], d["acked_still_queued"], d["duplicates_after_ringmx_crash"],
+            d["duplicates_after_downstream_kill"], sec(rec.get("clients_recovered_s")),
+            sec(rec.get("queue_back_s")), sec(rec.get("drain_after_load_s")), rss.get("start_mib"),
+            rss.get("at_warmup_mib"), rss.get("peak_mib"), rss.get("end_mib"), fd.get("before"), fd.get("after")))
+    return "\n".join(rows) + "\n"
 
 
 def one_run(args, prof, fault, out, features):
@@ -1279,11 +1386,14 @@ def main():
                     help="the load generator's RCPT_POOL (valid recipients user0..N-1)")
     ap.add_argument("--tmpfs-size", default="8g", help="the spool_full fault's tmpfs")
     ap.add_argument("--keep-spool", action="store_true")
+    ap.add_argument("--drain-timeout", type=int, default=None,
+                    help="seconds the queue gets to empty after the load (600 full, 90 short)")
     args = ap.parse_args()
     prof = SHORT if args.short else FULL
-    if args.connections or args.duration:
+    if args.connections or args.duration or args.drain_timeout:
         prof = Profile(**{**prof.__dict__, "connections": args.connections or prof.connections,
-                          "duration": args.duration or prof.duration})
+                          "duration": args.duration or prof.duration,
+                          "drain_timeout": args.drain_timeout or prof.drain_timeout})
     args.ringmx = os.path.abspath(args.ringmx)
     args.loadgen = os.path.abspath(args.loadgen)
     for tool in ("haproxy", "smtp-sink", "openssl", "prlimit"):
@@ -1311,6 +1421,8 @@ def main():
         results.append(one_run(args, prof, fault, os.path.join(out, fault), features))
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=1, default=str)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(results_table(results))
     passed = all(r["passed"] for r in results)
     log("%s: %s" % ("passed" if passed else "FAILED",
                     ", ".join("%s %s" % (r["fault"], "ok" if r["passed"] else "failed") for r in results)))
