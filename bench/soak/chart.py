@@ -11,12 +11,9 @@ def nice_ticks(lo, hi, n=6):
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
     start = math.floor(lo / step) * step
-    ticks = []
-    v = start
-    while v <= hi + step * 1e-9:
-        ticks.append(round(v, 10))
-        v += step
-    return ticks
+    end = math.ceil(hi / step - 1e-9) * step
+    n = int(round((end - start) / step))
+    return [round(start + i * step, 10) for i in range(n + 1)]
 
 
 def fmt(v):
@@ -24,7 +21,7 @@ def fmt(v):
 
 
 def rss_svg(path, rows, load_end, title, shade, marks, base_mib, limit_mib, warmup):
-    W, H, L, R, T, B = 900, 420, 70, 70, 40, 50
+    W, H, L, R, T, B = 900, 420, 70, 70, 50, 50
     pts = [(r["t"], r["rss_kib"] / 1024.0, r.get("fds")) for r in rows if r.get("rss_kib")]
     if not pts:
         pts = [(0, 0, 0)]
@@ -47,7 +44,7 @@ def rss_svg(path, rows, load_end, title, shade, marks, base_mib, limit_mib, warm
 
     s = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" '
          'font-size="12">' % (W, H), '<rect width="100%" height="100%" fill="white"/>',
-         '<text x="%d" y="20" font-size="14">%s</text>' % (L, title)]
+         '<text x="%d" y="22" font-size="14">%s</text>' % (L, title)]
     for lo, hi in shade:
         s.append('<rect x="%.1f" y="%d" width="%.1f" height="%d" fill="#fbe3d6"/>'
                  % (X(lo), T, X(hi) - X(lo), H - T - B))
@@ -60,7 +57,7 @@ def rss_svg(path, rows, load_end, title, shade, marks, base_mib, limit_mib, warm
                  % (X(warmup) + 3, Y(base_mib + limit_mib) - 4, fmt(round(limit_mib, 1))))
     s.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#888" stroke-dasharray="4,3"/>'
              % (X(load_end), T, X(load_end), H - B))
-    s.append('<text x="%.1f" y="%d" fill="#555">load ends</text>' % (X(load_end) + 3, H - B - 6))
+    s.append('<text x="%.1f" y="%d" fill="#555">load ends (nominal)</text>' % (X(load_end) + 3, H - B - 6))
     for t, what in marks:
         s.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#c00"/>' % (X(t), T, X(t), H - B))
     for v in xt:
