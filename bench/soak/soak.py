@@ -96,6 +96,12 @@ def now():
     return time.monotonic()
 
 
+def parse_size(text):
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower()
+    return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+
+
 def log(*a):
     print("soak:", *a, flush=True)
 
@@ -321,6 +327,9 @@ class Server:
         self.starts = []  # (t, seconds to "ringmx started")
         self.kills = []  # t
         self.loaded = 0  # the incarnation whose delivery queue is known loaded
+        self.restarts = []  # after each kill: when it was back, after how many failed starts
+        self.failed_starts = []  # (t, the log's reason, the error)
+        self.failed_starts_now = 0
 
     @property
     def pid(self):
@@ -365,10 +374,35 @@ class Server:
         return False
 
     def kill9_restart(self):
+        """SIGKILL, then a restart at once; a start that fails (the dead process's listeners
+        can outlive it for a moment: its io_uring is torn down after it exits) is tried
+        again every 0.5 s for 60 s, as a supervisor would, and each failure is recorded."""
         self.kills.append(self.run.t())
         os.kill(self.p.pid, signal.SIGKILL)
         self.p.wait(30)
-        self.start()
+        killed_at = now()
+        while True:
+            try:
+                self.start()
+                self.restarts.append({"at_s": round(self.run.t(), 2), "failed_starts": self.failed_starts_now,
+                                      "down_s": round(now() - killed_at, 2)})
+                self.failed_starts_now = 0
+                return
+            except RuntimeError as e:
+                self.failed_starts_now += 1
+                self.failed_starts.append((round(self.run.t(), 2), self.first_error(), str(e)[:200]))
+                if now() - killed_at > 60:
+                    raise
+                time.sleep(0.5)
+
+    def first_error(self):
+        """The line of the last incarnation's log that says why it stopped."""
+        try:
+            with open(self.log_path(self.incarnation), encoding="utf-8", errors="replace") as f:
+                lines = [x.strip() for x in f if x.startswith("ringmx:") or '"ERROR"' in x]
+            return lines[-1][:300] if lines else None
+        except OSError:
+            return None
 
     def stop(self):
         """SIGTERM, 90 s to exit (the systemd unit's TimeoutStopSec), then SIGKILL."""
@@ -632,6 +666,7 @@ backend ringmx
             subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s" % self.args.tmpfs_size, "soak",
                             self.mounted], check=True, timeout=30)
             self.cfg["spool"] = os.path.join(self.mounted, "spool")
+            self.prefill_spool()
         else:
             self.cfg["spool"] = os.path.join(self.out, "spool")
         self.write_config(self.config_text())
@@ -695,6 +730,17 @@ backend ringmx
             return "down"
         return "up"
 
+    def prefill_spool(self):
+        """Before the load, a file takes all but --tmpfs-headroom of the tmpfs, so that filling
+        the rest at the fault's start takes a moment, not the half-minute that gigabytes of
+        fallocate took under the full load."""
+        st = os.statvfs(self.mounted)
+        free = st.f_bavail * st.f_frsize
+        keep = parse_size(self.args.tmpfs_headroom)
+        if free > keep:
+            with open(os.path.join(self.mounted, "prefill"), "wb") as f:
+                os.posix_fallocate(f.fileno(), 0, free - keep)
+
     def fill_spool(self):
         st = os.statvfs(self.mounted)
         free = st.f_bavail * st.f_frsize
@@ -741,7 +787,9 @@ backend ringmx
                     self.fault_span = [self.t(), None]
                 self.event("kill -9 pid %s" % self.server.pid)
                 self.server.kill9_restart()
-                self.event("restarted, pid %s, %.2f s to listening" % (self.server.pid, self.server.starts[-1][1]))
+                self.event("restarted, pid %s, %.2f s after the kill, %d failed starts before"
+                           % (self.server.pid, self.server.restarts[-1]["down_s"],
+                              self.server.restarts[-1]["failed_starts"]))
                 self.fault_span[1] = self.t()
             if self.fault in ("spool_full", "fd_exhaustion", "sighup"):
                 if not fault_on and lo <= t < hi:
@@ -750,7 +798,9 @@ backend ringmx
                         # In a thread of its own: filling gigabytes takes seconds, the
                         # downstream's flapping goes on meanwhile. The fault starts when full.
                         def fill():
+                            began = self.t()
                             path, free = self.fill_spool()
+                            self.fill_s = round(self.t() - began, 1)
                             filler.append(path)
                             self.fault_span = [self.t(), None]
                             self.event("spool tmpfs filled (%d octets free)" % free)
@@ -1236,6 +1286,10 @@ def judge(run):
         "drain_after_load_s": None if run.drain_s is None else round(run.drain_s, 1)}
     if run.fault == "kill9":
         res["kill_plan_s"] = run.kill_plan
+        res["restarts"] = run.server.restarts
+        res["failed_starts"] = run.server.failed_starts
+    if run.fault == "spool_full":
+        res["fill_took_s"] = getattr(run, "fill_s", None)
     if run.fault == "fd_exhaustion":
         res["fd_limit"] = {"open_at_fault": run.fd_low[0], "lowered_to": run.fd_low[1]}
     checks = {}
@@ -1349,6 +1403,8 @@ def report_lines(res):
     lines.append("recovery: %s" % rec)
     if res.get("server_reads"):
         lines.append("server reads after the load: %s" % res["server_reads"])
+    if res.get("failed_starts"):
+        lines.append("failed starts after a kill: %d, e.g. %s" % (len(res["failed_starts"]), res["failed_starts"][0][1]))
     if "reloads" in res:
         lines.append("reloads: %s" % res["reloads"])
     for k, v in res["checks"].items():
@@ -1414,6 +1470,8 @@ def main():
                     help="valid recipients user0..N-1 in the table: at least the load generator's "
                          "RCPT_POOL (128, then 150); its unknown users are loadgen-unknown-N")
     ap.add_argument("--tmpfs-size", default="8g", help="the spool_full fault's tmpfs")
+    ap.add_argument("--tmpfs-headroom", default="3g",
+                    help="what spool_full leaves free before the load (the spool's growth until the fault)")
     ap.add_argument("--keep-spool", action="store_true")
     ap.add_argument("--drain-timeout", type=int, default=None,
                     help="seconds the queue gets to empty after the load (600 full, 90 short)")
