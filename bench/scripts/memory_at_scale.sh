@@ -2,8 +2,8 @@
 # Measures ringmx's memory per session in each state and per queued message, at scale, on both backends.
 #
 # Sessions (bench/scripts/session_memory.py holds them; one fresh server per run, default two
-# workers): idle (after EHLO), data (mid-body, 4 KiB of it sent), tls-idle (after STARTTLS +
-# EHLO), tls-data; with --sink at 1,000 / 5,000 / 10,000 sessions (a sink connection needs one
+# workers): idle (after EHLO), data (mid-body, 4 KiB of it sent; 64 KiB in two more runs),
+# tls-idle (after STARTTLS + EHLO), tls-data; with --sink at 1,000 / 5,000 / 10,000 sessions (a sink connection needs one
 # descriptor, so 10,000 fit in the 20,000 of this machine), and in DATA with the `log` and
 # the `files` spool at 1,000 / 3,000 / 6,000 (a spooling connection is counted as three
 # descriptors, so about 6,600 fit). The fixed part: a fresh server, and the same after 10 s
@@ -82,11 +82,12 @@ stop() {
     if [ -s "$TMP/server.log" ]; then sed 's/^/  server: /' "$TMP/server.log" | tail -5; fi
 }
 
+# sessions BACKEND STORE STATE LEVELS [BODY]: one fresh server, sessions held in STATE.
 sessions() {
-    local backend=$1 store=$2 state=$3 levels=$4
+    local backend=$1 store=$2 state=$3 levels=$4 body=${5:-4096}
     start "$backend" "$store"
     python3 "$HERE/session_memory.py" --state "$state" --levels "$levels" --tls-ca "$TMP/ca.pem" \
-        --label "$backend/$store" --json "$OUT" "$PORT" "$SERVER"
+        --body "$body" --label "$backend/$store" --json "$OUT" "$PORT" "$SERVER"
     stop
 }
 
@@ -102,6 +103,9 @@ for backend in uring epoll; do
     done
     sessions "$backend" files data 1000,3000,6000
 done
+# 64 KiB into the body: a full TLS record (16 KiB) last read, a full BufWriter for `files`.
+sessions uring log tls-data 1000,3000,6000 65536
+sessions uring files data 1000,3000,6000 65536
 fi
 
 # rss_line LABEL RCPTS MESSAGES: the server's memory now, as a JSON line.
