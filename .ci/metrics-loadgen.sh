@@ -2,12 +2,13 @@
 # /metrics against the load generator's own counts. One server (2 workers, a fresh log spool,
 # --metrics-listen, all on loopback, ports picked by the kernel and read from the log) takes an
 # open-loop run of ringmx-loadgen (4000 sessions at 400/s, about 10 s) with a weighted mix of
-# every plain-text class: valid mail, typo'd commands, overlong lines, non-SMTP openers (HTTP,
-# SSH, a TLS ClientHello, binary), commands out of sequence, unimplemented commands, a bad
-# MAIL parameter. The load generator has no unknown-user or relay class (every recipient it
-# sends is user0..user127@example.com), so a Python client sends those alongside it, a fixed
-# number of sessions each with one refused RCPT (550 5.1.1 for an unknown user of example.com,
-# 554 5.7.1 for another domain: relay_networks is empty), checking every reply itself.
+# plain-text classes: valid mail, typo'd commands, overlong lines, non-SMTP openers (HTTP, SSH,
+# a TLS ClientHello, binary), commands out of sequence, unimplemented commands, a bad MAIL
+# parameter. Every recipient it sends is user0..user149@example.com, all known. Refused
+# recipients come from a second client, in Python and independent of the load generator,
+# alongside it: a fixed number of sessions each with one refused RCPT (550 5.1.1 for an
+# unknown user of example.com, 554 5.7.1 for another domain: relay_networks is empty),
+# checking every reply itself.
 # /metrics is scraped before the load, during it (while the load generator still runs, after
 # at least 1000 of its connections) and after it, once the server has logged the end of every
 # session; each scrape must be a 200 that prometheus_client's parser (an implementation
@@ -73,9 +74,9 @@ fail() {
     exit 1
 }
 
-# The load generator's recipients are user0..user127@example.com (loadgen/src/script.rs,
-# RCPT_POOL): every one is a known user, and nobody else of example.com is.
-for i in $(seq 0 127); do echo "user$i@example.com"; done >"$TMP/recipients"
+# The load generator's recipients are user0..user149@example.com (loadgen/src/script/corpus.rs,
+# RCPT_POOL = 150): every one is a known user, and nobody else of example.com is.
+for i in $(seq 0 149); do echo "user$i@example.com"; done >"$TMP/recipients"
 cat >"$TMP/ringmx.toml" <<EOF
 domains = ["example.com"]
 recipients = "$TMP/recipients"

@@ -19,7 +19,7 @@ trap cleanup EXIT
 python3 - "$TMP/recipients" <<'PY'
 import sys
 with open(sys.argv[1], "w") as f:
-    # The load generator's recipients are user0..user127@example.com (its RCPT pool; more listed).
+    # The load generator's recipients are user0..user149@example.com (its RCPT pool; more listed).
     for i in range(1024):
         f.write(f"user{i}@example.com\n")
     for i in range(1_000_000 - 1024):
