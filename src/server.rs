@@ -3,7 +3,7 @@
 use crate::backend::{self, Backend, BackendConfig, WithBackend};
 use crate::config::{ServerConfig, SpoolFormat};
 use crate::delivery::{self, Delivery};
-use crate::descriptors::{fit_max_connections, raise_nofile_limit};
+use crate::descriptors::{fit_max_connections, raise_nofile_limit, Needs, Storage};
 use crate::policy::clients::{ClientLimits, ClientTable};
 use crate::policy::recipients::Recipients;
 use crate::privileges;
@@ -153,13 +153,22 @@ pub fn serve(
         .chain(&config.listen_tls)
         .map(|l| l.addr)
         .collect();
-    config.limits.max_connections = fit_max_connections(
-        config.limits.max_connections,
-        open_files,
+    let needs = Needs {
         workers,
-        listen.len(),
-        config.sink,
-    )?;
+        listeners: listen.len(),
+        store: match (config.sink, config.spool_format) {
+            (true, _) => Storage::Sink,
+            (false, SpoolFormat::Files) => Storage::Files,
+            (false, SpoolFormat::Log) => Storage::Log,
+        },
+        delivery: if config.sink {
+            0
+        } else {
+            delivery::descriptors(&config)
+        },
+        metrics: config.metrics_listen.is_some(),
+    };
+    config.limits.max_connections = fit_max_connections(config.limits.max_connections, open_files, &needs)?;
     let backend_config = BackendConfig::from(&config.limits);
     // Everything that may need root comes first: the listeners (ports 25 and 465), the
     // certificates above and the recipients table (files an operator may keep root's).

@@ -107,6 +107,25 @@ impl Wake for NoWake {
     fn wake(&self) {}
 }
 
+/// Descriptors delivery may hold at once with `config`, 0 if nothing is routed: per
+/// destination, `destination_concurrency` connections, each with its socket, the message it
+/// sends and a moment's open of its envelope; the notifications' committer (its log segments,
+/// or a message's two files with the directory); the queue runner's own opens (a compaction's
+/// copy and source with the directory, a state file and its directory); the control socket
+/// and one client of it. Counted at start: routes added by a reload are not.
+pub fn descriptors(config: &ServerConfig) -> u64 {
+    let d = &config.delivery;
+    let Ok(routes) = Routes::new(d.relay_to.as_deref(), &d.routes) else {
+        return 0;
+    };
+    if routes.is_empty() {
+        return 0;
+    }
+    let connections = routes.destinations() as u64 * d.limits.destination_concurrency as u64;
+    let notifications = crate::spool::log::COMMITTER_DESCRIPTORS.max(3);
+    connections * 3 + notifications + 4 + 2
+}
+
 impl Delivery {
     /// Starts the queue runner for the (recovered) spool `backing` if anything is routed
     /// (`relay_to` or `[routes]`); `dsn_worker` numbers the notifications' committer after

@@ -111,6 +111,13 @@ impl Routes {
         self.default.is_none() && self.domains.is_empty()
     }
 
+    /// Distinct destinations: each may have `destination_concurrency` connections at once.
+    pub fn destinations(&self) -> usize {
+        let all: std::collections::HashSet<&Dest> =
+            self.default.iter().chain(self.domains.values()).collect();
+        all.len()
+    }
+
     /// The destination of `recipient` (`local@domain`): its domain, then each parent as
     /// `.parent`, then the default.
     pub fn route(&self, recipient: &[u8]) -> Option<&Dest> {
@@ -182,6 +189,12 @@ mod tests {
         assert_eq!(dest("a@x.y.sub.example"), "smtp:10.0.0.6:25");
         assert_eq!(dest("a@sub.example"), "smtp:10.0.0.1:25");
         assert_eq!(dest("postmaster"), "smtp:10.0.0.1:25");
+        assert_eq!(routes.destinations(), 3);
         assert!(Routes::new(None, &[]).unwrap().route(b"a@b").is_none());
+        let shared = Routes::new(
+            Some("smtp:10.0.0.1:25"),
+            &[("a.example".into(), "smtp:10.0.0.1:25".into())],
+        );
+        assert_eq!(shared.unwrap().destinations(), 1);
     }
 }

@@ -26,23 +26,79 @@ struct Open {
     octets: u64,
 }
 
+/// Full segments that may keep their descriptor open: past this, the one written longest ago
+/// closes it ([`Segment::close_descriptor`]) and opens it again when written. A segment stays
+/// in `older` while any message of it is in progress, and a slow client (a body at the
+/// minimum data rate, a dripping attacker) can keep one there for minutes while the fast ones
+/// fill new segments: without a bound each would hold a descriptor, and the descriptor budget
+/// (src/descriptors.rs) would have to reserve one per connection for them.
+pub(in crate::spool) const OLDER_OPEN: usize = 4;
+
 /// Segments this committer writes: `current` takes new messages; `older` ones are full but
 /// still hold messages in progress, which finish there (a message never spans segments).
 struct Segments {
     current: Option<Segment>,
-    older: Vec<Segment>,
+    /// With the turn each was last written in, so the least recently written gives up its
+    /// descriptor first.
+    older: Vec<(Segment, u64)>,
+    turn: u64,
 }
 
 impl Segments {
     fn get(&mut self, seq: u64) -> Option<&mut Segment> {
-        self.current
-            .iter_mut()
-            .chain(self.older.iter_mut())
-            .find(|s| s.seq == seq)
+        if self.current.as_ref().is_some_and(|s| s.seq == seq) {
+            return self.current.as_mut();
+        }
+        self.turn += 1;
+        let i = self.older.iter().position(|(s, _)| s.seq == seq)?;
+        self.older[i].1 = self.turn;
+        if !self.older[i].0.has_descriptor() {
+            self.bound_descriptors(Some(i));
+        }
+        Some(&mut self.older[i].0)
     }
 
     fn all(&mut self) -> impl Iterator<Item = &mut Segment> {
-        self.current.iter_mut().chain(self.older.iter_mut())
+        self.current
+            .iter_mut()
+            .chain(self.older.iter_mut().map(|(s, _)| s))
+    }
+
+    fn set_aside(&mut self, seg: Segment) {
+        self.turn += 1;
+        self.older.push((seg, self.turn));
+        self.bound_descriptors(Some(self.older.len() - 1));
+    }
+
+    fn take_older(&mut self, seq: u64) -> Option<Segment> {
+        let i = self.older.iter().position(|(s, _)| s.seq == seq)?;
+        Some(self.older.swap_remove(i).0)
+    }
+
+    /// Closes descriptors of the least recently written older segments until at most
+    /// [`OLDER_OPEN`] are open, counting `keep` (about to be written) as open. A segment whose
+    /// buffer cannot be written keeps its descriptor; its next write or sync reports the error.
+    fn bound_descriptors(&mut self, keep: Option<usize>) {
+        let open = |older: &[(Segment, u64)]| {
+            older
+                .iter()
+                .enumerate()
+                .filter(|(i, (s, _))| s.has_descriptor() || Some(*i) == keep)
+                .count()
+        };
+        while open(&self.older) > OLDER_OPEN {
+            let lru = self
+                .older
+                .iter()
+                .enumerate()
+                .filter(|(i, (s, _))| s.has_descriptor() && Some(*i) != keep)
+                .min_by_key(|(_, (_, turn))| *turn)
+                .map(|(i, _)| i);
+            let Some(i) = lru else { break };
+            if self.older[i].0.close_descriptor().is_err() {
+                break;
+            }
+        }
     }
 }
 
@@ -80,6 +136,7 @@ impl Committer {
             segments: Segments {
                 current: None,
                 older: Vec::new(),
+                turn: 0,
             },
             in_progress: HashMap::new(),
             next_msg: 0,
@@ -170,7 +227,7 @@ impl Committer {
             self.in_progress.remove(&seg.seq);
             self.log.seal(seg.seq);
         } else {
-            self.segments.older.push(seg);
+            self.segments.set_aside(seg);
         }
     }
 
@@ -181,8 +238,7 @@ impl Committer {
         if *left > 0 {
             return;
         }
-        if let Some(i) = self.segments.older.iter().position(|s| s.seq == seq) {
-            let mut seg = self.segments.older.swap_remove(i);
+        if let Some(mut seg) = self.segments.take_older(seq) {
             let _ = seg.flush();
             self.in_progress.remove(&seq);
             self.log.seal(seq);
@@ -198,8 +254,7 @@ impl Committer {
         let seg = if is_current {
             self.segments.current.take()
         } else {
-            let i = self.segments.older.iter().position(|s| s.seq == seq);
-            i.map(|i| self.segments.older.swap_remove(i))
+            self.segments.take_older(seq)
         };
         if let Some(seg) = seg {
             seg.cut_to_durable();
@@ -303,6 +358,8 @@ impl Batching for Committer {
         for (seq, e) in &failed {
             self.retire(*seq, e);
         }
+        // The syncs above opened again the older segments that had been written.
+        self.segments.bound_descriptors(None);
         // Retiring cleared only the messages still open or ended since: this batch was taken
         // out of `ended` above, so a message of it is durable only if its segment is not one
         // that just failed.

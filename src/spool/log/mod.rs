@@ -45,6 +45,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// The log's directory inside the spool directory.
 pub const LOG_DIR: &str = "log";
 
+/// Descriptors a committer holds at most: its current segment, the full ones it keeps open
+/// ([`committer::OLDER_OPEN`]), and for a moment the directory it syncs after creating one.
+pub const COMMITTER_DESCRIPTORS: u64 = committer::OLDER_OPEN as u64 + 2;
+
 /// A segment is compacted once its live messages take less than this fraction of it.
 const COMPACT_BELOW: f64 = 0.25;
 

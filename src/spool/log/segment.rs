@@ -5,7 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Buffered records are written once they reach this, so a large message reaches the disk as
 /// it streams and the buffer stays small; smaller batches are written at the commit.
@@ -37,7 +37,10 @@ pub fn parse_name(name: &str) -> Option<(u64, bool)> {
 /// A segment this process appends to.
 pub struct Segment {
     pub seq: u64,
-    file: File,
+    path: PathBuf,
+    /// `None` while set aside with its descriptor closed ([`Segment::close_descriptor`]):
+    /// opened again when it is next written or synced.
+    file: Option<File>,
     /// Octets on disk (written, not necessarily durable).
     written: u64,
     /// Records not yet written.
@@ -70,7 +73,8 @@ impl Segment {
             }
             let mut seg = Segment {
                 seq,
-                file,
+                path: path.clone(),
+                file: Some(file),
                 written: 0,
                 buf: Vec::with_capacity(FLUSH_AT + MAX_PAYLOAD),
                 size,
@@ -118,12 +122,40 @@ impl Segment {
         self.offset() >= self.size
     }
 
+    /// The open file, opened again if its descriptor was closed.
+    fn file(&mut self) -> io::Result<&File> {
+        if self.file.is_none() {
+            self.file = Some(OpenOptions::new().read(true).write(true).open(&self.path)?);
+        }
+        Ok(self.file.as_ref().expect("opened above"))
+    }
+
+    /// Whether the segment holds a descriptor now.
+    pub fn has_descriptor(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// Writes what is buffered and closes the descriptor, for a full segment that only a few
+    /// slow messages still write to: the committer keeps a bounded number of descriptors
+    /// however many such segments there are. What was written and not yet synced stays
+    /// dirty: the next [`Segment::sync`] opens the file again, and `fdatasync` on any
+    /// descriptor of a file covers all its written pages; a writeback error no descriptor has
+    /// seen yet is reported to one opened after it (Linux's errseq_t).
+    pub fn close_descriptor(&mut self) -> io::Result<()> {
+        self.flush()?;
+        self.file = None;
+        Ok(())
+    }
+
     /// Writes the buffered records at the end of what is on disk.
     pub fn flush(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        self.file.write_all_at(&self.buf, self.written)?;
+        let (buf, at) = (std::mem::take(&mut self.buf), self.written);
+        let res = self.file().and_then(|f| f.write_all_at(&buf, at));
+        self.buf = buf;
+        res?;
         self.written += self.buf.len() as u64;
         self.buf.clear();
         self.dirty = true;
@@ -135,7 +167,8 @@ impl Segment {
     /// length durable with the records.
     pub fn trim(&mut self) -> io::Result<()> {
         self.flush()?;
-        self.file.set_len(self.written)?;
+        let len = self.written;
+        self.file()?.set_len(len)?;
         self.dirty = true;
         Ok(())
     }
@@ -149,7 +182,7 @@ impl Segment {
     /// not be used again: the kernel may have dropped the pages it could not write and
     /// reports that once (the fsync-gate lesson of PostgreSQL, 2018).
     pub fn sync(&mut self) -> io::Result<()> {
-        self.file.sync_data()?;
+        self.file()?.sync_data()?;
         self.dirty = false;
         self.durable = self.written;
         Ok(())
@@ -159,11 +192,11 @@ impl Segment {
     /// made durable, which holds every message committed in it, so what a failure left half
     /// written does not read as damage (`spool check`) while the server runs on. Best effort:
     /// if the cut fails too, recovery cuts the same place at the next start.
-    pub fn cut_to_durable(self) {
+    pub fn cut_to_durable(mut self) {
+        let durable = self.durable;
         if self
-            .file
-            .set_len(self.durable)
-            .and_then(|()| self.file.sync_all())
+            .file()
+            .and_then(|f| f.set_len(durable).and_then(|()| f.sync_all()))
             .is_err()
         {
             tracing::warn!(

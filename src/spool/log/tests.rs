@@ -636,3 +636,111 @@ fn compaction_cut_short_by_a_crash_keeps_each_message_once_with_the_union_of_don
         assert_holds(&*log, &written, &want);
     }
 }
+
+/// Descriptors this process holds on the segment files in `log`.
+fn segment_descriptors(log: &Path) -> usize {
+    fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.starts_with(log) && target.extension().is_some_and(|e| e == "seg"))
+        .count()
+}
+
+#[test]
+fn slow_messages_pinning_many_full_segments_hold_a_bounded_number_of_descriptors() {
+    use super::committer::OLDER_OPEN;
+    const SLOW: u64 = 12;
+    let dir = Scratch::new("slow");
+    let (log, _) = LogSpool::recover(&dir.0, SEGMENT).unwrap();
+    let mut spool = start(&log);
+    let meta = |id: &str| MessageMeta {
+        id: id.to_string(),
+        helo: b"client.example".to_vec(),
+        esmtp: true,
+        smtputf8: false,
+        client: "192.0.2.7:40000".parse().unwrap(),
+        mail_from: b"sender@client.example".to_vec(),
+        mail_params: Vec::new(),
+        recipients: vec![b"r0@mx.test".to_vec()],
+        received: SystemTime::now(),
+        tls: None,
+    };
+    let mut want: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut bodies: BTreeMap<u64, (String, Vec<u8>)> = BTreeMap::new();
+    // A message that fills the segment it starts in, committed: each slow message starts
+    // in a segment of its own, which it pins in the committer's older ones once full.
+    let mut filler = |spool: &mut Spool, key: u64, len: usize| {
+        let id = spool.ids.next_id();
+        let m = meta(&id);
+        let body = bytes(key, len);
+        want.insert(id.clone(), [received_header(&m, HOST), body.clone()].concat());
+        spool.submit(Job::Start {
+            key,
+            meta: Box::new(m),
+        });
+        spool.submit(Job::Chunk { key, data: body });
+        spool.submit(Job::End {
+            key,
+            at: std::time::Instant::now(),
+        });
+        let done = spool.results.recv_timeout(LIMIT).expect("a commit result");
+        assert!(done.ok && done.key == key, "{done:?}");
+    };
+    for i in 0..SLOW {
+        let id = spool.ids.next_id();
+        let m = meta(&id);
+        let first = bytes(1000 + i, 100);
+        let header = received_header(&m, HOST);
+        spool.submit(Job::Start {
+            key: i,
+            meta: Box::new(m),
+        });
+        spool.submit(Job::Chunk {
+            key: i,
+            data: first.clone(),
+        });
+        bodies.insert(i, (id, [header, first].concat()));
+        filler(&mut spool, 100 + i, SEGMENT as usize + 1000);
+    }
+    // Every slow message writes again, each into its own full segment, then commits.
+    for round in 0..3u64 {
+        for (&key, (_, stored)) in bodies.iter_mut() {
+            let more = bytes(2000 + key * 10 + round, 700);
+            stored.extend_from_slice(&more);
+            spool.submit(Job::Chunk { key, data: more });
+        }
+        filler(&mut spool, 200 + round, 10);
+        let held = segment_descriptors(&dir.log());
+        // The older segments within the bound, and the current one.
+        assert!(
+            held <= OLDER_OPEN + 1,
+            "{held} segment descriptors in round {round}"
+        );
+    }
+    for &key in bodies.keys() {
+        spool.submit(Job::End {
+            key,
+            at: std::time::Instant::now(),
+        });
+    }
+    for _ in 0..SLOW {
+        let done = spool.results.recv_timeout(LIMIT).expect("a commit result");
+        assert!(done.ok, "{done:?}");
+    }
+    assert!(segment_descriptors(&dir.log()) <= OLDER_OPEN + 1);
+    want.extend(bodies.into_values());
+    assert!(segments(&dir.log()).len() > SLOW as usize);
+    for (id, stored) in &want {
+        assert!(read(&*log, id) == *stored, "{id} reads back changed");
+    }
+    drop(spool);
+    // And the same after recovery, from what the syncs through reopened descriptors wrote.
+    let (log, report) = LogSpool::recover(&dir.0, SEGMENT).unwrap();
+    assert_eq!(report.messages, want.len(), "{report:?}");
+    for (id, stored) in &want {
+        assert!(
+            read(&*log, id) == *stored,
+            "{id} reads back changed after recovery"
+        );
+    }
+}
