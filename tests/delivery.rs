@@ -23,6 +23,7 @@ on_backends_and_formats!(
         the_queue_tool_holds_lists_flushes_releases_and_deletes,
         a_restart_keeps_the_schedule,
         kill_during_delivery_loses_nothing,
+        done_marks_a_full_disk_refused_are_written_once_it_has_room,
     ],
     backends: [a_reload_sends_new_deliveries_by_the_new_route],
 );
@@ -552,6 +553,136 @@ fn kill_during_delivery_loses_nothing() {
         "kill -9 during delivery: {} duplicates of {acknowledged}",
         seqs.len() - distinct.len()
     );
+    server.stop().assert_clean();
+}
+
+/// A tmpfs of its own, unmounted when dropped: the real `ENOSPC` of a full spool.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// Mounted at `at`, or why not (no root, or a container without `CAP_SYS_ADMIN`).
+    fn mount(at: std::path::PathBuf, size: &str) -> Result<Tmpfs, String> {
+        if ringmx::privileges::current_uid() != 0 {
+            return Err("not root".into());
+        }
+        std::fs::create_dir_all(&at).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "ringmx-test"])
+            .arg(&at)
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(Tmpfs(at))
+    }
+
+    /// Writes a file until the file system refuses it; returns its path.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 64 << 10];
+        loop {
+            match f.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+                    break;
+                }
+            }
+        }
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Recipients delivered while the spool's file system is full: their done marks cannot be
+/// written, and are written once it has room again, so the messages leave the queue and a
+/// restart does not deliver them a second time (soak problem 4: the marks were dropped, the
+/// messages stayed queued for ever). Needs to mount a tmpfs (root): where it cannot, it says
+/// so and asserts nothing, as the uring tests do where the kernel lacks io_uring.
+fn done_marks_a_full_disk_refused_are_written_once_it_has_room() {
+    // The next hop holds its reply to every RCPT until the disk is full: each message is
+    // delivered at its first attempt, so no delivery state file is there to be removed, which
+    // would give the marks the room back.
+    let gate = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let open = gate.clone();
+    let hop = NextHop::start(Script {
+        rcpt: Some(Box::new(move |_| {
+            while !open.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            "250 2.1.5 Ok".to_string()
+        })),
+        ..Script::default()
+    });
+    let dir = TempDir::new("full");
+    let fs = match Tmpfs::mount(dir.0.join("fs"), "4m") {
+        Ok(fs) => fs,
+        Err(why) => {
+            eprintln!("skipped: cannot mount the tmpfs a full disk is made of ({why})");
+            return;
+        }
+    };
+    let spool = fs.0.join("spool");
+    let cfg = config(&dir, "spool_segment_size = 262144\n");
+    let relay = format!("smtp:{}", hop.addr);
+    let args = [
+        "--hostname",
+        "mx.test",
+        "--relay-to",
+        &relay,
+        "--config",
+        &cfg,
+        "--spool",
+        spool.to_str().unwrap(),
+    ];
+    let server = Server::start(&args);
+    let ids: Vec<String> = (0..3)
+        .map(|i| {
+            send(
+                &server,
+                "a@client.test",
+                // Two: the files format writes a done file only while one is left to do.
+                &["b@x.test", "c@x.test"],
+                &format!("Subject: full\r\nX-Seq: {i}\r\n\r\nhi\r\n"),
+            )
+        })
+        .collect();
+    let deadline = Instant::now() + WAIT;
+    while hop.mails.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "never delivered\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let filler = fs.fill();
+    gate.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(hop.wait_for(ids.len(), WAIT).len(), ids.len(), "{}", server.log());
+    server.wait_for_log("cannot mark recipients done; trying again");
+    std::fs::remove_file(filler).unwrap();
+    server.wait_for_log("recipients marked done after failed tries");
+    let stopped = server.stop();
+    stopped.assert_clean();
+    assert_eq!(stopped.stats["delivery.delivered"], 2 * ids.len() as u64);
+    assert!(
+        stopped.stats["delivery.mark_failures"] >= 1,
+        "{:?}",
+        stopped.stats
+    );
+    assert_eq!(stopped.stats["delivery.marks_pending"], 0);
+    // Read by the tool from the stopped spool, then started again on it: nothing is left to
+    // deliver a second time.
+    let (ok, list) = queue(&spool, &["list"]);
+    assert!(ok && list.is_empty(), "{list}");
+    let server = Server::start(&args);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(hop.got().len(), ids.len(), "delivered again after the restart");
     server.stop().assert_clean();
 }
 

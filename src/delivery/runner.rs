@@ -29,6 +29,11 @@ use std::time::{Duration, Instant, SystemTime};
 /// How often the log is compacted.
 const COMPACT_EVERY: Duration = Duration::from_secs(30);
 
+/// How long done marks that could not be written (a full spool file system) wait before they
+/// are tried again: often enough that they land soon after space comes back, seldom enough
+/// that a full disk costs one failed write and one log line a second, not one per turn.
+const MARK_RETRY: Duration = Duration::from_secs(1);
+
 /// What the runner is told.
 pub(crate) enum Control {
     Request(Request, Sender<Result<String, String>>),
@@ -57,7 +62,11 @@ pub struct Runner {
     /// Committed messages beyond `delivery_active_limit`, waiting for room.
     backlog: VecDeque<String>,
     due: BinaryHeap<Reverse<(u64, String)>>,
+    /// Done marks not yet durable: this turn's, and those a failed write left behind. Their
+    /// messages have left the schedule, so they are not delivered again while they wait.
     marks: Vec<(String, usize)>,
+    /// After a failed write, the marks wait until then.
+    marks_retry: Option<Instant>,
     jitter: Jitter,
     stats: Stats,
     compacted: Instant,
@@ -92,6 +101,7 @@ impl Runner {
             backlog: VecDeque::new(),
             due: BinaryHeap::new(),
             marks: Vec::new(),
+            marks_retry: None,
             jitter: Jitter::default(),
             stats: Stats::default(),
             compacted: Instant::now(),
@@ -138,7 +148,7 @@ impl Runner {
                     Err(_) => break,
                 }
             }
-            self.flush_marks();
+            self.flush_marks(Instant::now());
             self.run_due();
             self.compact();
         };
@@ -151,7 +161,14 @@ impl Runner {
                 Err(_) => break,
             }
         }
-        self.flush_marks();
+        self.flush_marks(Instant::now() + MARK_RETRY);
+        if !self.marks.is_empty() {
+            // Not marked, so delivered again after the restart: a duplicate, never a loss.
+            tracing::error!(
+                marks = self.marks.len(),
+                "stopping with recipients delivered but not marked done"
+            );
+        }
         self.dsn_spool.finish();
         self.stats.queue_size = (self.msgs.len() + self.backlog.len()) as u64;
         self.stats
@@ -485,16 +502,33 @@ impl Runner {
         }
     }
 
-    fn flush_marks(&mut self) {
-        if self.marks.is_empty() {
+    /// Makes the marks durable in one batch. A failure (ENOSPC) keeps them for another try:
+    /// dropped, the delivered recipients would stay pending in the spool for ever and be
+    /// delivered again at the next start.
+    fn flush_marks(&mut self, now: Instant) {
+        if self.marks.is_empty() || self.marks_retry.is_some_and(|at| now < at) {
             return;
         }
-        if let Err(e) = self.queue.mark_done_many(&self.marks) {
-            // Not marked, so delivered again after a restart: a duplicate, never a loss.
-            tracing::error!(error = %e, marks = self.marks.len(), "cannot mark recipients done");
-        }
         self.stats.mark_batches += 1;
-        self.marks.clear();
+        match self.queue.mark_done_many(&self.marks) {
+            Ok(()) => {
+                if self.marks_retry.take().is_some() {
+                    tracing::info!(
+                        marks = self.marks.len(),
+                        "recipients marked done after failed tries"
+                    );
+                }
+                self.marks.clear();
+            }
+            Err(e) => {
+                // Marks are idempotent and the spool skips those of messages it no longer
+                // has, so trying the whole batch again is safe.
+                self.stats.mark_failures += 1;
+                self.marks_retry = Some(now + MARK_RETRY);
+                tracing::error!(error = %e, marks = self.marks.len(), "cannot mark recipients done; trying again");
+            }
+        }
+        self.stats.marks_pending = self.marks.len() as u64;
     }
 
     fn until_due(&self) -> Duration {

@@ -97,6 +97,9 @@ pub struct Stats {
     pub deleted: u64,
     /// Durable batches of done marks.
     pub mark_batches: u64,
+    /// Batches whose write failed (kept and tried again), and the marks waiting now.
+    pub mark_failures: u64,
+    pub marks_pending: u64,
     pub queue_size: u64,
     pub oldest_age_secs: u64,
     dests: BTreeMap<String, DestStats>,
@@ -131,6 +134,8 @@ impl Stats {
             "dsn_sent": self.dsn_sent,
             "deleted": self.deleted,
             "mark_batches": self.mark_batches,
+            "mark_failures": self.mark_failures,
+            "marks_pending": self.marks_pending,
             "queue_size": self.queue_size,
             "oldest_age_secs": self.oldest_age_secs,
             "destinations": dests,

@@ -434,6 +434,18 @@ fn deliveries(e: &mut Exposition, d: &delivery::Stats) {
         "Deferred recipients failed because max_queue_lifetime_secs passed.",
         d.expired,
     );
+    e.single(
+        "ringmx_delivery_mark_failures_total",
+        Kind::Counter,
+        "Batches of done marks the spool could not write (kept and tried again a second later).",
+        d.mark_failures,
+    );
+    e.single(
+        "ringmx_delivery_marks_pending",
+        Kind::Gauge,
+        "Recipients delivered whose done mark is not yet durable (a restart now would deliver them again).",
+        d.marks_pending,
+    );
     {
         let mut f = e.family(
             "ringmx_delivery_seconds",

@@ -521,8 +521,16 @@ impl LogSpool {
             let payload: Vec<u8> = rcpts.iter().flat_map(|r| r.to_le_bytes()).collect();
             record::append(&mut buf, Kind::Done, *msg, &payload);
         }
-        f.write_all(&buf)?;
-        f.sync_data()?;
+        let before = f.metadata()?.len();
+        if let Err(e) = f.write_all(&buf).and_then(|()| f.sync_data()) {
+            // A write cut short by ENOSPC leaves a torn record, and recovery stops reading a
+            // done file at its first bad record: every mark appended after it would be lost.
+            // Cut it off, so the caller's retry appends whole records after whole records.
+            if let Err(cut) = f.set_len(before) {
+                tracing::error!(file = %path.display(), error = %cut, "cannot cut a failed append off a done file");
+            }
+            return Err(e);
+        }
         if created {
             File::open(&self.dir)?.sync_all()?;
         }
