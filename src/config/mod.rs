@@ -152,9 +152,8 @@ limits! {
     bdat_discard_limit: u64 = 32 << 20, 0, 1 << 30;
     /// Milliseconds between the greeting's first line (`220-`) and the rest; a client that
     /// talks meanwhile is refused (`554 5.5.1`, postscreen's pregreet test). 0 = off, the
-    /// default: it costs every client the delay. The worker's timer wheel has one-second
-    /// slots, so the rest comes at the first whole second of the wheel at or after the delay:
-    /// between `greet_delay_ms` and one second more (300 ms waits about 1 s).
+    /// default: it costs every client the delay. The worker's timer wheel has 100 ms slots,
+    /// so the rest comes between `greet_delay_ms` and 100 ms more.
     greet_delay_ms: u64 = 0, 0, 30_000;
     }
 
