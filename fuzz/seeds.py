@@ -143,9 +143,44 @@ def envelope(msg_id, recipients, tls=False):
     return e
 
 
+def varint(v):
+    out = b""
+    while v >= 0x80:
+        out += bytes([v & 0x7F | 0x80])
+        v >>= 7
+    return out + bytes([v])
+
+
+def extents(runs):
+    # record.rs: (gap since the previous run's end, length) per run of a message's records.
+    out, end = b"", 0
+    for start, stop in runs:
+        out += varint(start - end) + varint(stop - start)
+        end = stop
+    return out
+
+
+def interleaved(head):
+    # Two messages whose records interleave, each with the extents record of its runs.
+    recs = [(2, 1, envelope(b"0ABC", [b"c@d.example"])), (2, 2, envelope(b"0ABD", [b"e@f.example"]))]
+    recs += [(3, 1, b"Received: x\r\n\r\none"), (3, 1, b"more"), (3, 2, b"two" * 9), (3, 1, b"last")]
+    seg, runs = head, {1: [], 2: []}
+    for kind, msg, payload in recs:
+        r = runs[msg]
+        if r and r[-1][1] == len(seg):
+            r[-1] = (r[-1][0], len(seg) + 20 + len(payload))
+        else:
+            r.append((len(seg), len(seg) + 20 + len(payload)))
+        seg += record(kind, msg, payload)
+    for msg, data in ((1, 26), (2, 27)):
+        seg += record(6, msg, extents(runs[msg])) + record(4, msg, struct.pack("<QQ", data, data))
+    return seg
+
+
 def spool_scan(out):
     # The first octet: bit 0 a done file, bit 1 the CRCs set by the target, the rest the
-    # zeros appended (see the target). Record kinds: 1 segment, 2 envelope, 3 data, 4 end, 5 done.
+    # zeros appended (see the target). Record kinds: 1 segment, 2 envelope, 3 data, 4 end,
+    # 5 done, 6 extents.
     head = record(1, 0, b"ringmx-log-1" + struct.pack("<Q", 7))
     body = b"Received: from x\r\n\r\nhello\r\n"
     one = record(2, 1, envelope(b"0ABC", [b"c@d.example"])) + record(3, 1, body)
@@ -158,6 +193,7 @@ def spool_scan(out):
     write(out, "spool_scan", "segment-sealed", b"\x02" + head + one)
     write(out, "spool_scan", "torn", b"\x00" + head + one + two[:30])
     write(out, "spool_scan", "unfinished", b"\x00" + head + two + record(3, 2, b"y" * 10))
+    write(out, "spool_scan", "extents", b"\x02" + interleaved(head) + b"\x00" * 16)
     done = record(5, 1, b"") + record(5, 2, struct.pack("<II", 0, 1))
     write(out, "spool_scan", "done", b"\x01" + done + b"\x00" * 20)
 

@@ -148,8 +148,9 @@ fn check(bytes: &[u8], done_file: bool, s: &Scanned, data_seen: &[(u64, Vec<u8>)
     );
 
     // Each message found is its records: from the first to the last, their octets, their
-    // data before its end; and one that counts as committed is an envelope first and an end
-    // last.
+    // data before its end, its last extents record before its end; and one that counts as
+    // committed is an envelope first and an end last, with at most one extents record, just
+    // before the end, listing exactly the runs of its envelope and data records.
     let mut numbers: Vec<u64> = messages.iter().map(|(_, _, r)| r.msg).collect();
     numbers.sort_unstable();
     numbers.dedup();
@@ -159,6 +160,11 @@ fn check(bytes: &[u8], done_file: bool, s: &Scanned, data_seen: &[(u64, Vec<u8>)
         assert!(last_offset < Some(found.offset), "messages out of order");
         last_offset = Some(found.offset);
         let own: Vec<_> = messages.iter().filter(|(_, _, r)| r.msg == found.msg).collect();
+        let extents = (messages.iter().zip(&before_end))
+            .filter(|((_, _, r), &before)| before && r.msg == found.msg && r.kind == Kind::Extents)
+            .map(|((off, _, _), _)| *off as u64)
+            .last();
+        assert_eq!(found.extents, extents);
         assert!(!own.is_empty(), "message {} has no record", found.msg);
         let (first, last) = (own[0], own[own.len() - 1]);
         assert_eq!(found.offset, first.0 as u64);
@@ -188,6 +194,26 @@ fn check(bytes: &[u8], done_file: bool, s: &Scanned, data_seen: &[(u64, Vec<u8>)
             assert!(record::decode_envelope(own[0].2.payload).is_some());
             let (_, ended_data) = found.ended.unwrap();
             assert_eq!(ended_data, data_octets);
+            let lists: Vec<_> = own.iter().filter(|(_, _, r)| r.kind == Kind::Extents).collect();
+            assert!(lists.len() <= 1);
+            if let Some((_, _, list)) = lists.first() {
+                assert_eq!(kinds[kinds.len() - 2], Kind::Extents);
+                let mut runs: Vec<(u64, u64)> = Vec::new();
+                for (off, used, r) in &own {
+                    if !matches!(r.kind, Kind::Envelope | Kind::Data) {
+                        continue;
+                    }
+                    let (start, end) = (*off as u64, (off + used) as u64);
+                    match runs.last_mut() {
+                        Some(run) if run.1 == start => run.1 = end,
+                        _ => runs.push((start, end)),
+                    }
+                }
+                let mut cursor = record::ExtentCursor::default();
+                let listed: Vec<(u64, u64)> = std::iter::from_fn(|| cursor.next(list.payload)).collect();
+                assert!(cursor.finished(list.payload));
+                assert_eq!(listed, runs, "the extents are not the message's records");
+            }
         }
     }
 }

@@ -1,6 +1,6 @@
 //! A worker's log committer: appends each message's records to the worker's segment as they stream, and makes every message that ended since the last flush durable with one `fdatasync` per segment.
 
-use super::record::Kind;
+use super::record::{ExtentList, Kind};
 use super::segment::Segment;
 use super::{Committed, LogSpool};
 use crate::spool::format::received_header;
@@ -24,6 +24,8 @@ struct Open {
     data: u64,
     /// Octets of its own records so far: the records of other messages come between them.
     octets: u64,
+    /// Where those records are, for its `Extents` record.
+    extents: ExtentList,
 }
 
 /// Full segments that may keep their descriptor open: past this, the one written longest ago
@@ -182,6 +184,7 @@ impl Committer {
             size: 0,
             data: 0,
             octets: 0,
+            extents: ExtentList::default(),
         };
         if let Err(e) = self.current_segment() {
             tracing::error!(id = %open.meta.id, error = %e, "spool segment unavailable");
@@ -193,11 +196,14 @@ impl Committer {
         let seg = self.segments.current.as_mut().expect("created above");
         open.offset = seg.offset();
         open.octets = seg.push(Kind::Envelope, msg, &self.record);
+        open.extents.add(open.offset, open.octets);
         let seq = seg.seq;
         open.data = header.len() as u64;
+        let at = seg.offset();
         match seg.push_data(msg, &header) {
             Ok(octets) => {
                 open.octets += octets;
+                open.extents.add(at, octets);
                 open.seq = Some(seq);
                 *self.in_progress.entry(seq).or_default() += 1;
             }
@@ -290,11 +296,17 @@ impl Batching for Committer {
                 let Some(seq) = open.seq else { return };
                 let msg = open.msg;
                 let written = match self.segments.get(seq) {
-                    Some(seg) => seg.push_data(msg, &data),
+                    Some(seg) => {
+                        let at = seg.offset();
+                        seg.push_data(msg, &data).map(|octets| (at, octets))
+                    }
                     None => Err(io::Error::other("segment retired")),
                 };
                 match written {
-                    Ok(octets) => open.octets += octets,
+                    Ok((at, octets)) => {
+                        open.octets += octets;
+                        open.extents.add(at, octets);
+                    }
                     Err(e) => self.retire(seq, &e),
                 }
             }
@@ -322,21 +334,29 @@ impl Batching for Committer {
         !self.ended.is_empty()
     }
 
-    /// Appends the end record of every message that ended, writes each segment's buffer, and
-    /// `fdatasync`s each segment written to once; then registers the messages with the spool
-    /// and reports them to the worker, in the order they ended.
+    /// Appends the extents and end records of every message that ended, writes each segment's
+    /// buffer, and `fdatasync`s each segment written to once; then registers the messages with
+    /// the spool and reports them to the worker, in the order they ended.
     fn commit_batch(&mut self) {
         let started = std::time::Instant::now();
-        let batch = std::mem::take(&mut self.ended);
+        let mut batch = std::mem::take(&mut self.ended);
         let mut ends = Vec::with_capacity(batch.len());
-        for (_, open) in &batch {
+        for (_, open) in &mut batch {
             let end = open.seq.and_then(|seq| {
                 let seg = self.segments.get(seq)?;
+                let mut octets = open.octets;
+                // Just before the end record, after every record it lists: durable with it in
+                // this batch's sync, and committed by it.
+                let extents = open.extents.payload().map(|p| {
+                    let at = seg.offset();
+                    octets += seg.push(Kind::Extents, open.msg, p);
+                    at
+                });
                 let mut payload = [0u8; 16];
                 payload[..8].copy_from_slice(&open.size.to_le_bytes());
                 payload[8..].copy_from_slice(&open.data.to_le_bytes());
-                let octets = open.octets + seg.push(Kind::End, open.msg, &payload);
-                Some((seg.offset(), octets))
+                octets += seg.push(Kind::End, open.msg, &payload);
+                Some((seg.offset(), octets, extents))
             });
             ends.push(end);
         }
@@ -368,13 +388,14 @@ impl Batching for Committer {
         for ((key, open), end) in batch.into_iter().zip(ends) {
             let id = open.meta.id.clone();
             let ok = match (open.seq, end) {
-                (Some(seq), Some((end, octets))) if !failed.iter().any(|(f, _)| *f == seq) => {
+                (Some(seq), Some((end, octets, extents))) if !failed.iter().any(|(f, _)| *f == seq) => {
                     match super::key(&id) {
                         Some(key) => committed.push(Committed {
                             seq,
                             msg: open.msg,
                             offset: open.offset,
                             end,
+                            extents,
                             octets,
                             size: open.size,
                             key,

@@ -4,12 +4,16 @@
 //! creation), each preallocated to `spool_segment_size` so a commit never creates an inode or
 //! changes a size; and beside some of them `<seq>.done`, the done records of that segment's
 //! messages. A segment starts with a `Segment` record; a message is an `Envelope` record, its
-//! `Data` records (the `Received:` header first, then the body as it streamed in), and an
-//! `End` record, which commits it. Messages of one worker interleave in its segment.
+//! `Data` records (the `Received:` header first, then the body as it streamed in), an
+//! `Extents` record listing where those records are, and an `End` record, which commits it.
+//! Messages of one worker interleave in its segment, so a message is read back from the runs
+//! its `Extents` record lists, one `pread` each, and never touches the others' records; a
+//! message without one (segments written before it existed, or a message in more runs than
+//! [`record::MAX_EXTENTS`] holds) is read by walking its span and skipping the others'.
 //!
 //! - **Write** ([`committer`]): each worker's committer thread appends as jobs arrive and, per
-//!   batch, the end records of every message that ended, then one `fdatasync` per segment
-//!   written; only then are the ids reported and the `250`s sent.
+//!   batch, the extents and end records of every message that ended, then one `fdatasync` per
+//!   segment written; only then are the ids reported and the `250`s sent.
 //! - **Recover** ([`LogSpool::recover`], at start, under the spool lock): every segment is
 //!   scanned to its first record that does not check (CRC32C) and truncated there; messages
 //!   without an end record are dropped and logged; recovered segments are sealed, never
@@ -32,11 +36,12 @@ pub(super) use committer::Committer;
 
 use super::queue::{Queue, Queued};
 use super::MessageMeta;
-use record::Kind;
+use record::{ExtentCursor, ExtentList, Kind};
 use segment::{done_name, parse_name, segment_name, Segment};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,6 +63,7 @@ pub(super) struct Committed {
     pub msg: u64,
     pub offset: u64,
     pub end: u64,
+    pub extents: Option<u64>,
     pub octets: u64,
     pub size: u64,
     pub key: Key,
@@ -87,8 +93,14 @@ pub(super) fn key(id: &str) -> Option<Key> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum DoneSet {
     Small { count: u8, bits: u64 },
-    Large(Box<[bool]>),
+    Large(Box<Flags>),
 }
+
+/// The flags of a message with more than 64 recipients, behind a thin pointer: a slice's own
+/// (pointer and length) would make every [`Entry`] 8 octets larger for the rare message
+/// that has them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Flags(Box<[bool]>);
 
 impl DoneSet {
     fn new(count: usize) -> DoneSet {
@@ -98,28 +110,28 @@ impl DoneSet {
                 bits: 0,
             }
         } else {
-            DoneSet::Large(vec![false; count].into_boxed_slice())
+            DoneSet::Large(Box::new(Flags(vec![false; count].into_boxed_slice())))
         }
     }
 
     fn len(&self) -> usize {
         match self {
             DoneSet::Small { count, .. } => usize::from(*count),
-            DoneSet::Large(v) => v.len(),
+            DoneSet::Large(v) => v.0.len(),
         }
     }
 
     fn get(&self, i: usize) -> bool {
         match self {
             DoneSet::Small { bits, .. } => bits >> i & 1 == 1,
-            DoneSet::Large(v) => v[i],
+            DoneSet::Large(v) => v.0[i],
         }
     }
 
     fn set(&mut self, i: usize) {
         match self {
             DoneSet::Small { bits, .. } => *bits |= 1 << i,
-            DoneSet::Large(v) => v[i] = true,
+            DoneSet::Large(v) => v.0[i] = true,
         }
     }
 
@@ -158,6 +170,10 @@ struct Entry {
     /// written at the same time lie between them too.
     offset: u64,
     end: u64,
+    /// Its `Extents` record, which lists where its own records are; 0 (the offset of the
+    /// segment's first record, never a message's) if it has none, and is read by walking
+    /// from `offset` to `end`. Not an `Option`: that would take 8 more octets per message.
+    extents: u64,
     /// Octets of its own records: what it keeps of its segment, and what a copy takes.
     octets: u64,
     size: u64,
@@ -366,6 +382,7 @@ impl LogSpool {
                     msg: found.msg,
                     offset: found.offset,
                     end: found.end,
+                    extents: found.extents.unwrap_or(0),
                     octets: found.octets,
                     size: found.ended.expect("committed").0,
                     done: flags,
@@ -464,6 +481,7 @@ impl LogSpool {
                 msg: c.msg,
                 offset: c.offset,
                 end: c.end,
+                extents: c.extents.unwrap_or(0),
                 octets: c.octets,
                 size: c.size,
                 done: DoneSet::new(c.recipients),
@@ -640,8 +658,8 @@ impl LogSpool {
         Ok(victims.len())
     }
 
-    /// Copies `entries` into `seg` (envelope, data, end, under new message numbers) and makes
-    /// them durable.
+    /// Copies `entries` into `seg` (envelope, data, extents, end, under new message numbers)
+    /// and makes them durable.
     fn copy_live(&self, seg: &mut Segment, entries: Vec<(Key, Entry)>) -> io::Result<Vec<(Key, Entry)>> {
         let mut moved = Vec::with_capacity(entries.len());
         let mut chunk = vec![0u8; record::MAX_PAYLOAD];
@@ -661,16 +679,24 @@ impl LogSpool {
                 data += got as u64;
                 seg.push_data(n, &chunk[..got])?;
             }
+            // A copy's records are contiguous (nothing else is written to this segment), so
+            // walking its span would read nothing foreign either; it gets its extents (one run)
+            // all the same, so that every message this version writes is read one way and the
+            // walk is left to segments written before `Extents` records existed.
+            let mut extents = ExtentList::default();
+            extents.add(offset, seg.offset() - offset);
+            let at = seg.offset();
+            seg.push(Kind::Extents, n, extents.payload().expect("a copy has records"));
             let mut payload = [0u8; 16];
             payload[..8].copy_from_slice(&e.size.to_le_bytes());
             payload[8..].copy_from_slice(&data.to_le_bytes());
             seg.push(Kind::End, n, &payload);
-            // A copy's records are contiguous: nothing else is written to this segment.
             let copy = Entry {
                 seq: seg.seq,
                 msg: n,
                 offset,
                 end: seg.offset(),
+                extents: at,
                 octets: seg.offset() - offset,
                 ..e
             };
@@ -729,29 +755,47 @@ impl LogSpool {
     /// The envelope of a committed message, read back from its first record.
     fn envelope(&self, e: &Entry) -> io::Result<MessageMeta> {
         let file = File::open(self.dir.join(segment_name(e.seq)))?;
-        let mut header = [0u8; record::HEADER];
-        file.read_exact_at(&mut header, e.offset)?;
-        let len = record::payload_len(&header).map_err(|_| damaged())?;
-        let mut buf = vec![0u8; record::HEADER + len];
-        file.read_exact_at(&mut buf, e.offset)?;
-        match record::decode(&buf) {
-            Ok((rec, _)) if rec.kind == Kind::Envelope && rec.msg == e.msg => {
-                record::decode_envelope(rec.payload).ok_or_else(damaged)
-            }
-            _ => Err(damaged()),
-        }
+        let payload = read_record(&file, e.offset, Kind::Envelope, e.msg)?;
+        record::decode_envelope(&payload).ok_or_else(damaged)
     }
 
-    /// The stored octets of a committed message (trace header, then body).
+    /// The stored octets of a committed message (trace header, then body): its own records
+    /// at the runs its `Extents` record lists, or for a message without one, every record of
+    /// its span.
     fn reader(&self, e: &Entry) -> io::Result<MessageReader> {
         let mut file = File::open(self.dir.join(segment_name(e.seq)))?;
-        file.seek(SeekFrom::Start(e.offset))?;
+        let records = if e.extents == 0 {
+            file.seek(SeekFrom::Start(e.offset))?;
+            Records::Walk {
+                file: BufReader::with_capacity(WINDOW, file.take(e.end - e.offset)),
+                record: Vec::new(),
+            }
+        } else {
+            let list = read_record(&file, e.extents, Kind::Extents, e.msg)?;
+            // Its runs must be the records before it: the message's octets less its own and
+            // the end record's.
+            let listed = e
+                .octets
+                .checked_sub(record::framed(list.len()) as u64 + record::END_RECORD)
+                .ok_or_else(damaged)?;
+            if !record::extents_fit(&list, e.offset, listed, e.extents) {
+                return Err(damaged());
+            }
+            Records::Extents(Extents {
+                file,
+                list,
+                cursor: ExtentCursor::default(),
+                at: 0,
+                end: 0,
+                window: Vec::new(),
+                window_at: 0,
+                envelope: true,
+            })
+        };
         Ok(MessageReader {
-            file: BufReader::with_capacity(1 << 16, file.take(e.end - e.offset)),
             msg: e.msg,
-            payload: Vec::new(),
-            at: 0,
-            record: Vec::new(),
+            records,
+            ready: 0..0,
         })
     }
 
@@ -768,55 +812,183 @@ fn damaged() -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, "damaged spool record")
 }
 
+/// What a reader reads of a segment at once: a run of a message's records up to this in one
+/// `pread`, a longer one in pieces this large (or one record's, if larger).
+const WINDOW: usize = 1 << 16;
+
+/// The payload of the record at `offset` of `file`, which must check and be a `kind` record of
+/// message `msg`.
+fn read_record(file: &File, offset: u64, kind: Kind, msg: u64) -> io::Result<Vec<u8>> {
+    let mut header = [0u8; record::HEADER];
+    file.read_exact_at(&mut header, offset).map_err(eof_damaged)?;
+    let len = record::payload_len(&header).map_err(|_| damaged())?;
+    let mut buf = vec![0u8; record::HEADER + len];
+    file.read_exact_at(&mut buf, offset).map_err(eof_damaged)?;
+    match record::decode(&buf) {
+        Ok((rec, _)) if rec.kind == kind && rec.msg == msg => {
+            buf.drain(..record::HEADER);
+            Ok(buf)
+        }
+        _ => Err(damaged()),
+    }
+}
+
+/// A record the index says is there but the segment is too short for: damage (the segment
+/// was cut behind the server's back), not the end of the message.
+fn eof_damaged(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        damaged()
+    } else {
+        e
+    }
+}
+
 fn not_found(id: &str) -> io::Error {
     io::Error::new(io::ErrorKind::NotFound, format!("no message {id} in the spool"))
 }
 
-/// A message's octets from its `Data` records, skipping the records of other messages
-/// interleaved with them unread (their framing was checked at commit or recovery); every
-/// record of its own has its CRC checked again as it is read.
+/// A message's octets from its `Data` records; every record of its own has its CRC and its
+/// message number checked again as it is read.
 struct MessageReader {
-    file: BufReader<io::Take<File>>,
     msg: u64,
-    payload: Vec<u8>,
-    at: usize,
-    /// The record being read, kept for the next.
-    record: Vec<u8>,
+    records: Records,
+    /// The part of the current data payload not yet handed out, in the buffer of `records`.
+    ready: Range<usize>,
+}
+
+/// Where a reader takes a message's records from.
+enum Records {
+    /// Its own records only, at the runs of its `Extents` record.
+    Extents(Extents),
+    /// A message without an `Extents` record (written before they existed): every record
+    /// from its first to just past its end, skipping the others' unread (their framing was
+    /// checked at commit or recovery).
+    Walk {
+        file: BufReader<io::Take<File>>,
+        /// The record being read, kept for the next.
+        record: Vec<u8>,
+    },
+}
+
+/// The runs of a message's records, read one `pread` per run (or per [`WINDOW`] of a long
+/// one): the records of other messages between them are never read.
+struct Extents {
+    file: File,
+    /// The `Extents` payload, checked ([`record::extents_fit`]) when the reader was made.
+    list: Vec<u8>,
+    cursor: ExtentCursor,
+    /// The next record, and the end of the run it is in.
+    at: u64,
+    end: u64,
+    /// Octets of the segment from `window_at`.
+    window: Vec<u8>,
+    window_at: u64,
+    /// The first record, still to come, is the envelope (read apart by `LogSpool::envelope`).
+    envelope: bool,
+}
+
+impl Extents {
+    /// The window range holding `[self.at, self.at + need)`, read first if it does not; `need`
+    /// lies within the run.
+    fn window(&mut self, need: usize) -> io::Result<Range<usize>> {
+        let held = self.window_at + self.window.len() as u64;
+        if self.at < self.window_at || self.at + need as u64 > held {
+            let len = ((self.end - self.at) as usize).min(WINDOW).max(need);
+            self.window.resize(len, 0);
+            self.file
+                .read_exact_at(&mut self.window, self.at)
+                .map_err(eof_damaged)?;
+            self.window_at = self.at;
+        }
+        let from = (self.at - self.window_at) as usize;
+        Ok(from..from + need)
+    }
+
+    /// The window range of the next data payload, or `None` after the last run.
+    fn next(&mut self, msg: u64) -> io::Result<Option<Range<usize>>> {
+        loop {
+            if self.at == self.end {
+                match self.cursor.next(&self.list) {
+                    Some((start, end)) => (self.at, self.end) = (start, end),
+                    None => return Ok(None),
+                }
+            }
+            let room = self.end - self.at;
+            if room < record::HEADER as u64 {
+                return Err(damaged());
+            }
+            let head = self.window(record::HEADER)?;
+            let len = record::payload_len(&self.window[head]).map_err(|_| damaged())?;
+            let whole = record::framed(len);
+            if whole as u64 > room {
+                return Err(damaged());
+            }
+            let range = self.window(whole)?;
+            let (rec, _) = record::decode(&self.window[range.clone()]).map_err(|_| damaged())?;
+            let kind = rec.kind;
+            if rec.msg != msg {
+                return Err(damaged());
+            }
+            self.at += whole as u64;
+            match (std::mem::take(&mut self.envelope), kind) {
+                (true, Kind::Envelope) => {}
+                (false, Kind::Data) => return Ok(Some(range.start + record::HEADER..range.end)),
+                _ => return Err(damaged()),
+            }
+        }
+    }
+}
+
+/// The next record of the walk: the range of its data payload in `record`, or `None` at the
+/// message's end.
+fn walk_next(
+    file: &mut BufReader<io::Take<File>>,
+    record: &mut Vec<u8>,
+    msg: u64,
+) -> io::Result<Option<Range<usize>>> {
+    loop {
+        let mut header = [0u8; record::HEADER];
+        match file.read_exact(&mut header) {
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+            r => r?,
+        }
+        let len = record::payload_len(&header).map_err(|_| damaged())?;
+        if record::header_msg(&header) != msg {
+            file.seek_relative(len as i64)?;
+            continue;
+        }
+        record.clear();
+        record.extend_from_slice(&header);
+        record.resize(record::HEADER + len, 0);
+        file.read_exact(&mut record[record::HEADER..])?;
+        let (rec, _) = record::decode(record).map_err(|_| damaged())?;
+        match rec.kind {
+            Kind::Data => return Ok(Some(record::HEADER..record.len())),
+            Kind::End => return Ok(None),
+            _ => {}
+        }
+    }
 }
 
 impl Read for MessageReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.at == self.payload.len() {
-            let mut header = [0u8; record::HEADER];
-            match self.file.read_exact(&mut header) {
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
-                r => r?,
+        while self.ready.is_empty() {
+            let next = match &mut self.records {
+                Records::Extents(x) => x.next(self.msg)?,
+                Records::Walk { file, record } => walk_next(file, record, self.msg)?,
+            };
+            match next {
+                Some(range) => self.ready = range,
+                None => return Ok(0),
             }
-            let len = record::payload_len(&header).map_err(|_| damaged())?;
-            if record::header_msg(&header) != self.msg {
-                self.file.seek_relative(len as i64)?;
-                continue;
-            }
-            let mut buf = std::mem::take(&mut self.record);
-            buf.clear();
-            buf.extend_from_slice(&header);
-            buf.resize(record::HEADER + len, 0);
-            self.file.read_exact(&mut buf[record::HEADER..])?;
-            let (rec, _) = record::decode(&buf).map_err(|_| damaged())?;
-            match rec.kind {
-                Kind::Data => {
-                    self.payload.clear();
-                    self.payload.extend_from_slice(rec.payload);
-                    self.at = 0;
-                }
-                Kind::End => return Ok(0),
-                _ => {}
-            }
-            self.record = buf;
         }
-        let n = out.len().min(self.payload.len() - self.at);
-        out[..n].copy_from_slice(&self.payload[self.at..self.at + n]);
-        self.at += n;
+        let buf = match &self.records {
+            Records::Extents(x) => &x.window,
+            Records::Walk { record, .. } => record,
+        };
+        let n = out.len().min(self.ready.len());
+        out[..n].copy_from_slice(&buf[self.ready.start..self.ready.start + n]);
+        self.ready.start += n;
         Ok(n)
     }
 }

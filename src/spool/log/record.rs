@@ -14,6 +14,11 @@
 //! A preallocated segment reads as zeros past its last record, and an all-zero header fails
 //! its CRC (CRC32C of zeros is not zero), so the first header that does not check is where the
 //! log ends: either its clean end, or a torn or corrupt tail.
+//!
+//! An `Extents` payload lists where a message's `Envelope` and `Data` records lie in its
+//! segment, so a reader preads them and nothing of the messages interleaved with them: runs of
+//! adjacent records as pairs of LEB128 varints, (gap since the previous run's end, or since the
+//! segment's start for the first; the run's length), in order, every run non-empty.
 
 use super::super::{MessageMeta, TlsInfo};
 use std::borrow::Cow;
@@ -43,6 +48,10 @@ pub enum Kind {
     /// In a segment's done file: recipients of a message done (u32 indices), or, with no
     /// payload, the whole message.
     Done = 5,
+    /// Just before its `End`: where the message's envelope and data records are (see the
+    /// module doc). Optional: segments written before it existed have none, and a message
+    /// whose runs outgrow [`MAX_EXTENTS`] is written without.
+    Extents = 6,
 }
 
 impl Kind {
@@ -53,6 +62,7 @@ impl Kind {
             3 => Kind::Data,
             4 => Kind::End,
             5 => Kind::Done,
+            6 => Kind::Extents,
             _ => return None,
         })
     }
@@ -140,6 +150,136 @@ pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), Stop> {
         },
         HEADER + len,
     ))
+}
+
+/// The octets of an `End` record (its payload: the size and the data octets, u64 each).
+pub const END_RECORD: u64 = (HEADER + 16) as u64;
+
+/// The largest `Extents` payload a writer keeps for one message in flight: about two thousand
+/// runs, which a 25 MiB message sent in 16 KiB chunks, each one interleaved, still fits in. It
+/// bounds what a message that drips in tiny chunks between others' costs the committer; past
+/// it the message is written without its extents and read by walking its span, as before.
+pub const MAX_EXTENTS: usize = 16 << 10;
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn get_varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = *buf.get(*pos)?;
+        *pos += 1;
+        // The tenth octet may hold only the top bit of a u64.
+        if shift == 63 && b > 1 {
+            return None;
+        }
+        v |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// A message's own records, noted as they are appended: adjacent ones coalesce into one run,
+/// and a run is encoded once the next record lands elsewhere, so a message in flight holds a
+/// few octets per run of its records, at most [`MAX_EXTENTS`].
+#[derive(Debug, Default)]
+pub struct ExtentList {
+    encoded: Vec<u8>,
+    /// Where the last encoded run ends.
+    encoded_end: u64,
+    /// The run still growing: its start and end.
+    run: Option<(u64, u64)>,
+    /// Outgrew [`MAX_EXTENTS`]: the message goes without.
+    overflow: bool,
+}
+
+impl ExtentList {
+    /// Notes records of `octets` at `offset`, just after every record noted before.
+    pub fn add(&mut self, offset: u64, octets: u64) {
+        if octets == 0 || self.overflow {
+            return;
+        }
+        match &mut self.run {
+            Some((_, end)) if *end == offset => *end += octets,
+            run => {
+                if let Some(done) = run.replace((offset, offset + octets)) {
+                    self.close(done);
+                }
+            }
+        }
+    }
+
+    fn close(&mut self, (start, end): (u64, u64)) {
+        put_varint(&mut self.encoded, start - self.encoded_end);
+        put_varint(&mut self.encoded, end - start);
+        self.encoded_end = end;
+        if self.encoded.len() > MAX_EXTENTS {
+            self.overflow = true;
+            self.encoded = Vec::new();
+        }
+    }
+
+    /// The `Extents` payload of what was noted; `None` if it outgrew [`MAX_EXTENTS`] or holds
+    /// nothing.
+    pub fn payload(&mut self) -> Option<&[u8]> {
+        if let Some(run) = self.run.take() {
+            if !self.overflow {
+                self.close(run);
+            }
+        }
+        (!self.overflow && !self.encoded.is_empty()).then_some(&self.encoded[..])
+    }
+}
+
+/// Reads the runs of an `Extents` payload one at a time, so a reader keeps the payload and a
+/// position rather than a list.
+#[derive(Debug, Default, Clone)]
+pub struct ExtentCursor {
+    pos: usize,
+    end: u64,
+}
+
+impl ExtentCursor {
+    /// The next run of `payload` (start, end); `None` after the last or where it does not parse
+    /// ([`ExtentCursor::finished`] tells which).
+    pub fn next(&mut self, payload: &[u8]) -> Option<(u64, u64)> {
+        let mut pos = self.pos;
+        let start = self.end.checked_add(get_varint(payload, &mut pos)?)?;
+        let len = get_varint(payload, &mut pos)?;
+        let end = start.checked_add(len).filter(|_| len > 0)?;
+        (self.pos, self.end) = (pos, end);
+        Some((start, end))
+    }
+
+    /// Whether every run of `payload` was read.
+    pub fn finished(&self, payload: &[u8]) -> bool {
+        self.pos == payload.len()
+    }
+}
+
+/// Whether an `Extents` payload describes a message whose first record is at `first`, whose
+/// records before it take `octets`, and which lies before `before` (the `Extents` record's own
+/// offset): it parses, its first run starts at `first`, its runs add up to `octets` and end
+/// before `before`. With every record in the runs checked as the message's own when read, that
+/// makes the runs exactly its records: none missing, none foreign.
+pub fn extents_fit(payload: &[u8], first: u64, octets: u64, before: u64) -> bool {
+    let mut cursor = ExtentCursor::default();
+    let (mut sum, mut last) = (0u64, None);
+    while let Some((start, end)) = cursor.next(payload) {
+        if last.is_none() && start != first {
+            return false;
+        }
+        sum += end - start;
+        last = Some(end);
+    }
+    cursor.finished(payload) && sum == octets && last.is_some_and(|end| end <= before)
 }
 
 /// The payload of a segment's first record.
@@ -352,6 +492,69 @@ mod tests {
                 assert!(decode_envelope(&p[..cut]).is_none(), "cut at {cut}");
             }
         }
+    }
+
+    /// Every run read back from an extents payload.
+    fn runs(payload: &[u8]) -> Option<Vec<(u64, u64)>> {
+        let mut cursor = ExtentCursor::default();
+        let mut out = Vec::new();
+        while let Some(run) = cursor.next(payload) {
+            out.push(run);
+        }
+        cursor.finished(payload).then_some(out)
+    }
+
+    #[test]
+    fn extents_coalesce_adjacent_records_and_read_back_as_runs() {
+        let mut list = ExtentList::default();
+        // An envelope and a data record back to back, others' records, then three more of
+        // its own in two runs, the last far into a large segment.
+        for (at, len) in [(28, 100), (128, 50), (900, 30), (930, 70), (1 << 40, 1 << 20)] {
+            list.add(at, len);
+        }
+        let payload = list.payload().unwrap().to_vec();
+        let want = vec![(28, 178), (900, 1000), (1 << 40, (1 << 40) + (1 << 20))];
+        assert_eq!(runs(&payload), Some(want));
+        assert!(extents_fit(&payload, 28, 150 + 100 + (1 << 20), 1 << 41));
+        // Another first record, other octets, or runs reaching past the extents record.
+        assert!(!extents_fit(&payload, 29, 150 + 100 + (1 << 20), 1 << 41));
+        assert!(!extents_fit(&payload, 28, 150 + 100 + (1 << 20) - 1, 1 << 41));
+        assert!(!extents_fit(&payload, 28, 150 + 100 + (1 << 20), 1 << 40));
+        // A cut payload never parses as a whole.
+        for cut in 0..payload.len() {
+            assert!(
+                !extents_fit(&payload[..cut], 28, 150 + 100 + (1 << 20), 1 << 41),
+                "cut at {cut}"
+            );
+        }
+        // An empty run, a varint past 64 bits, a run past the end of the offsets.
+        assert_eq!(runs(&[5, 0]), None);
+        assert_eq!(
+            runs(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 1]),
+            None
+        );
+        assert_eq!(
+            runs(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 1]),
+            None
+        );
+        assert_eq!(ExtentList::default().payload(), None);
+    }
+
+    #[test]
+    fn a_message_in_more_runs_than_the_bound_goes_without_extents() {
+        let mut list = ExtentList::default();
+        let mut at = 1u64 << 30;
+        while list.encoded.len() <= MAX_EXTENTS - 16 {
+            list.add(at, 1 << 14);
+            at += 1 << 15;
+        }
+        assert!(list.payload().is_some());
+        let mut list = ExtentList::default();
+        for i in 0..MAX_EXTENTS as u64 {
+            list.add(i * 100, 50);
+        }
+        assert_eq!(list.encoded.len(), 0, "what outgrew the bound is given back");
+        assert_eq!(list.payload(), None);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Reading a segment back, record by record, until the first one that does not check: what recovery, `spool check`, `spool export` and the reader share.
 
-use super::record::{self, Kind, Stop, HEADER};
+use super::record::{self, ExtentList, Kind, Stop, HEADER};
 use crate::spool::MessageMeta;
 use std::collections::HashMap;
 use std::fs::File;
@@ -21,8 +21,12 @@ pub struct Found {
     pub data: u64,
     /// From its `End` record: the size without the trace header, and the data octets.
     pub ended: Option<(u64, u64)>,
+    /// The offset of its `Extents` record, if it has one (segments written before that record
+    /// existed do not).
+    pub extents: Option<u64>,
     /// Records in an order no writer produces (data before the envelope, anything after the
-    /// end, a second envelope, an envelope that does not parse).
+    /// end, a second envelope, an envelope that does not parse, data after the extents, or
+    /// extents that are not exactly its records before them).
     pub bad: bool,
 }
 
@@ -84,6 +88,9 @@ fn scan_from(
         done: Vec::new(),
     };
     let mut index: HashMap<u64, usize> = HashMap::new();
+    // Each message's runs of records, noted as the committer notes them, so its `Extents`
+    // record must be exactly what is rebuilt here.
+    let mut runs: Vec<ExtentList> = Vec::new();
     let mut buf = vec![0u8; HEADER];
     let mut offset = 0u64;
     loop {
@@ -149,8 +156,10 @@ fn scan_from(
                 octets: 0,
                 data: 0,
                 ended: None,
+                extents: None,
                 bad: false,
             });
+            runs.push(ExtentList::default());
             out.messages.len() - 1
         });
         let m = &mut out.messages[i];
@@ -165,14 +174,16 @@ fn scan_from(
                 if m.meta.is_some() || m.data > 0 {
                     m.bad = true;
                 }
+                runs[i].add(start, used as u64);
                 m.meta = record::decode_envelope(rec.payload);
                 m.bad |= m.meta.is_none();
             }
             Kind::Data => {
-                if m.meta.is_none() {
+                if m.meta.is_none() || m.extents.is_some() {
                     m.bad = true;
                 }
                 m.data += rec.payload.len() as u64;
+                runs[i].add(start, used as u64);
                 with_data(rec.msg, rec.payload);
             }
             Kind::End => {
@@ -183,6 +194,12 @@ fn scan_from(
                 });
                 m.bad |= ended.is_none();
                 m.ended = ended.or(Some((0, u64::MAX)));
+            }
+            Kind::Extents => {
+                if m.meta.is_none() || m.extents.is_some() || runs[i].payload() != Some(rec.payload) {
+                    m.bad = true;
+                }
+                m.extents = Some(start);
             }
             Kind::Segment | Kind::Done => unreachable!("handled above"),
         }
