@@ -10,6 +10,8 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -227,7 +229,8 @@ struct Sent {
 }
 
 /// Sends messages over one connection until the server goes away.
-fn load(addr: SocketAddr, round: usize, thread: usize, seed: u64) -> Sent {
+/// Sends messages until the connection fails, counting each acknowledgement in `acks`.
+fn load(addr: SocketAddr, round: usize, thread: usize, seed: u64, acks: &AtomicUsize) -> Sent {
     let mut rng = Rng(seed);
     let mut sent = Sent::default();
     let Ok(mut c) = Sender::connect(addr) else {
@@ -244,7 +247,10 @@ fn load(addr: SocketAddr, round: usize, thread: usize, seed: u64) -> Sent {
         // makes it back.
         sent.in_flight = Some(m);
         match c.queued() {
-            Ok(id) => sent.acked.push((id, sent.in_flight.take().unwrap())),
+            Ok(id) => {
+                sent.acked.push((id, sent.in_flight.take().unwrap()));
+                acks.fetch_add(1, Ordering::SeqCst);
+            }
             Err(_) => return sent,
         }
     }
@@ -290,14 +296,27 @@ fn kills_under_load_lose_no_acknowledged_message_and_keep_no_partial_one() {
     let mut server = spool.serve("2");
     for round in 0..ROUNDS {
         let addr = server.addr;
+        let acks = Arc::new(AtomicUsize::new(0));
         let clients: Vec<_> = (0..THREADS)
             .map(|t| {
                 let seed = rng.next();
-                thread::spawn(move || load(addr, round, t, seed))
+                let acks = acks.clone();
+                thread::spawn(move || load(addr, round, t, seed, &acks))
             })
             .collect();
+        // The load is under way (a first message acknowledged: on a loaded machine that can
+        // take longer than the shortest delay), then the kill comes at an arbitrary moment of
+        // it: that moment is what is tested.
+        let started = std::time::Instant::now();
+        while acks.load(Ordering::SeqCst) == 0 {
+            assert!(
+                started.elapsed() < CLIENT_LIMIT,
+                "round {round}: no message acknowledged\n{}",
+                server.log()
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
         let delay = Duration::from_millis(200 + rng.below(1300));
-        // The kill comes at an arbitrary moment of the load: that moment is what is tested.
         thread::sleep(delay);
         let log = kill(server);
         let mut in_flight = Vec::new();
