@@ -1,4 +1,4 @@
-//! Delivery end to end: the real `ringmx serve` relaying to a scripted next hop over SMTP and LMTP, on both spool formats: byte-exact arrival, dot-stuffing, per-recipient replies, retries with backoff, notifications, the queue tool, a restart keeping the schedule, and `kill -9` during delivery.
+//! Delivery end to end: the real `ringmx serve` relaying to a scripted next hop over SMTP and LMTP, on both spool formats: byte-exact arrival, dot-stuffing, per-recipient replies, retries with backoff, a dead destination deferred without connecting, notifications, the queue tool, a restart keeping the schedule, and `kill -9` during delivery.
 
 #[macro_use]
 mod serverkit;
@@ -20,6 +20,7 @@ on_backends_and_formats!(
         lmtp_replies_per_recipient_after_the_data,
         a_close_mid_data_defers_and_the_retry_delivers,
         down_at_start_then_up,
+        a_dead_destination_costs_one_probe_per_timer_and_revives,
         the_queue_tool_holds_lists_flushes_releases_and_deletes,
         a_restart_keeps_the_schedule,
         kill_during_delivery_loses_nothing,
@@ -377,6 +378,133 @@ fn down_at_start_then_up() {
     let stopped = server.stop();
     assert!(stopped.stats["delivery.deferred"] >= 1);
     assert_eq!(stopped.stats["delivery.delivered"], 1);
+}
+
+/// The `ringmx queue list --json` lines of a running or stopped server.
+fn listed(spool: &Path) -> Vec<serde_json::Value> {
+    let (ok, json) = queue(spool, &["list", "--json"]);
+    assert!(ok, "{json}");
+    json.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// `ringmx queue stats` of a running server: the destination's counters.
+fn destination_stats(spool: &Path, dest: &str) -> serde_json::Value {
+    let (ok, json) = queue(spool, &["stats"]);
+    assert!(ok, "{json}");
+    let stats: serde_json::Value = serde_json::from_str(&json).unwrap();
+    stats["destinations"][dest].clone()
+}
+
+/// Every listed message has its one recipient deferred with the refused connection's error.
+fn all_deferred_by_the_refusal(list: &[serde_json::Value], n: usize) -> bool {
+    list.len() == n
+        && list.iter().all(|m| {
+            let r = &m["recipients"][0];
+            r["state"] == "deferred"
+                && r["reply"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("4.4.1 connect to"))
+        })
+}
+
+fn a_dead_destination_costs_one_probe_per_timer_and_revives() {
+    const N: usize = 200;
+    const DEAD_SECS: u64 = 2;
+    const CONCURRENCY: u64 = 2;
+    // Nothing listens on the port until the next hop starts: each connection is refused.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dest = format!("smtp:{port}");
+    let dir = TempDir::new("dead");
+    let spool = dir.0.join("spool");
+    let cfg = dir.0.join("dead.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "min_backoff_secs = {DEAD_SECS}\nmax_backoff_secs = {DEAD_SECS}\nrelay_idle_secs = 1\n\
+             destination_dead_secs = {DEAD_SECS}\ndestination_concurrency = {CONCURRENCY}\n"
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let args = [
+        "--hostname",
+        "mx.test",
+        "--relay-to",
+        &dest,
+        "--config",
+        cfg,
+        "--spool",
+        spool.to_str().unwrap(),
+    ];
+    let server = Server::start(&args);
+    let started = Instant::now();
+    let mut c = server.connect_greeted();
+    for i in 0..N {
+        send_on(
+            &mut c,
+            "a@client.test",
+            &["b@x.test"],
+            &format!("Subject: n\r\nX-Seq: {i}\r\n\r\nhi\r\n"),
+        );
+    }
+    drop(c);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if all_deferred_by_the_refusal(&listed(&spool), N) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{:?}\n{}",
+            listed(&spool),
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let d = destination_stats(&spool, &dest);
+    let elapsed = started.elapsed().as_secs();
+    // The first cohort (one attempt per thread of the pool), then one probe per dead timer;
+    // everything else is deferred without a connection.
+    let bound = CONCURRENCY + elapsed / DEAD_SECS + 1;
+    let failures = d["connection_failures"].as_u64().unwrap();
+    let dead = d["dead_deferrals"].as_u64().unwrap();
+    assert!(
+        failures >= 1 && failures <= bound,
+        "{failures} connection failures in {elapsed} s: {d}"
+    );
+    assert!(dead + failures >= N as u64, "{d}");
+    eprintln!("dead destination: {N} messages deferred in {elapsed} s with {failures} connection attempts");
+    // The state files keep the attempts across a stop: the stopped server's spool says so.
+    server.stop().assert_clean();
+    let offline = listed(&spool);
+    assert!(all_deferred_by_the_refusal(&offline, N), "{offline:?}");
+    assert!(
+        offline.iter().all(|m| m["attempts"].as_u64().unwrap() >= 1),
+        "{offline:?}"
+    );
+    // Back up: at the latest after the timer, the probe is answered and everything goes, once.
+    let hop = NextHop::start_on(TcpListener::bind(port).unwrap(), Script::default());
+    let server = Server::start(&args);
+    let got = hop.wait_for(N, WAIT);
+    assert_eq!(got.len(), N, "{}", server.log());
+    wait_for_empty_queue(&server);
+    let stopped = server.stop();
+    stopped.assert_clean();
+    let mut seqs: Vec<usize> = hop
+        .got()
+        .iter()
+        .filter_map(|g| {
+            let t = String::from_utf8_lossy(&g.data).into_owned();
+            t.split("X-Seq: ").nth(1)?.split("\r\n").next()?.parse().ok()
+        })
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (0..N).collect::<Vec<_>>(), "each message exactly once");
+    assert_eq!(stopped.stats["delivery.delivered"], N as u64);
+    assert_eq!(
+        stopped.stats[&format!("delivery.destinations.{dest}.health.alive")],
+        1
+    );
 }
 
 fn the_queue_tool_holds_lists_flushes_releases_and_deletes() {

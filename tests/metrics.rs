@@ -1,4 +1,4 @@
-//! The real `ringmx serve` with `--metrics-listen`: the counters a scrape shows equal what a bounded client mix did, a scrape during load parses, and hostile HTTP clients get their status or the timeout while a real scrape and SMTP keep working.
+//! The real `ringmx serve` with `--metrics-listen`: the counters a scrape shows equal what a bounded client mix did, a scrape during load parses, a dead destination and the queue's gauges show while the queue runner is busy, and hostile HTTP clients get their status or the timeout while a real scrape and SMTP keep working.
 
 #[macro_use]
 mod serverkit;
@@ -11,7 +11,11 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 on_backends_and_formats!(
-    formats: [counters_match_the_clients_mix, delivery_counters_follow_the_next_hop],
+    formats: [
+        counters_match_the_clients_mix,
+        delivery_counters_follow_the_next_hop,
+        a_dead_destination_shows_and_the_queue_gauge_follows_the_drain,
+    ],
     backends: [hostile_clients_stay_bounded],
 );
 
@@ -480,5 +484,101 @@ fn delivery_counters_follow_the_next_hop() {
     let inf = buckets.iter().find(|b| b.less_than.is_infinite()).unwrap();
     assert_eq!(inf.count, recipients, "one measurement per delivered recipient");
     assert!(buckets.windows(2).all(|w| w[0].count <= w[1].count), "cumulative");
+    server.stop().assert_clean();
+}
+
+/// Polls scrapes (bounded) until `done` holds for one; returns it.
+fn scrape_until(
+    server: &Server,
+    metrics: SocketAddr,
+    what: &str,
+    done: impl Fn(&prometheus_parse::Scrape) -> bool,
+) -> prometheus_parse::Scrape {
+    let deadline = Instant::now() + serverkit::LIMIT;
+    loop {
+        let asked = Instant::now();
+        let s = scrape(metrics);
+        // The queue's gauges are read from the runner's atomics: a scrape never waits on a
+        // busy runner longer than its bounded wait for the other counters.
+        assert!(
+            asked.elapsed() < ringmx::metrics::DELIVERY_WAIT + ringmx::metrics::SNAPSHOT_WAIT,
+            "a scrape took {:?}",
+            asked.elapsed()
+        );
+        if done(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{what}: {}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn a_dead_destination_shows_and_the_queue_gauge_follows_the_drain() {
+    const N: usize = 200;
+    // Nothing listens on the port until the next hop starts.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = serverkit::TempDir::new("metrics-dead");
+    let cfg = dir.0.join("ringmx.toml");
+    std::fs::write(
+        &cfg,
+        "min_backoff_secs = 1\nmax_backoff_secs = 1\ndestination_concurrency = 2\n",
+    )
+    .unwrap();
+    let relay = format!("smtp:{port}");
+    let server = Server::start(&[
+        "--relay-to",
+        &relay,
+        "--config",
+        cfg.to_str().unwrap(),
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+    let metrics = metrics_addr(&server);
+    let started = Instant::now();
+    let mut c = server.connect_greeted();
+    assert!(c.cmd("EHLO c.example").starts_with("250"));
+    for _ in 0..N {
+        assert!(c.cmd("MAIL FROM:<a@b.example>").starts_with("250"));
+        assert!(c.cmd("RCPT TO:<c@d.example>").starts_with("250"));
+        assert!(c.cmd("DATA").starts_with("354"));
+        assert!(c.cmd("Subject: x\r\n\r\nbody\r\n.").starts_with("250 2.0.0"));
+    }
+    assert!(c.cmd("QUIT").starts_with("221"));
+    let d = [("destination", relay.as_str())];
+    let dead = [d[0], ("state", "dead")];
+    let s = scrape_until(&server, metrics, "all queued, the destination dead", |s| {
+        value(s, "ringmx_queue_messages", &[]) == N as f64
+            && s.samples.iter().any(|m| {
+                m.metric == "ringmx_delivery_destination_state"
+                    && m.labels.get("state") == Some("dead")
+                    && m.labels.get("destination") == Some(relay.as_str())
+            })
+            && value(s, "ringmx_delivery_destination_state", &dead) == 1.0
+    });
+    assert!(value(&s, "ringmx_delivery_dead_deferrals_total", &d) >= 1.0);
+    // The first cohort (the pool's 2 threads), then one probe per second (the dead timer).
+    let bound = 2 + started.elapsed().as_secs() + 1;
+    let failures = value(&s, "ringmx_delivery_connection_failures_total", &d);
+    assert!(
+        failures >= 1.0 && failures <= bound as f64,
+        "{failures} connection failures for {N} messages, at most {bound} expected"
+    );
+    let hop = NextHop::start_on(std::net::TcpListener::bind(port).unwrap(), Script::default());
+    let alive = [d[0], ("state", "alive")];
+    let s = scrape_until(
+        &server,
+        metrics,
+        "the queue drained, the destination alive",
+        |s| {
+            value(s, "ringmx_queue_messages", &[]) == 0.0
+                && value(s, "ringmx_delivery_destination_state", &alive) == 1.0
+        },
+    );
+    assert_eq!(hop.got().len(), N);
+    assert_eq!(value(&s, "ringmx_queue_oldest_age_seconds", &[]), 0.0);
+    assert_eq!(value(&s, "ringmx_delivery_destination_state", &dead), 0.0);
     server.stop().assert_clean();
 }

@@ -247,6 +247,12 @@ limits! {
     min_backoff_secs: u64 = 300, 1, 86_400;
     /// The longest wait between two attempts (Postfix's `maximal_backoff_time`).
     max_backoff_secs: u64 = 4000, 1, 86_400;
+    /// Seconds a destination stays dead after a connection to it failed: its recipients are
+    /// deferred at once with that connection's error, without connecting, then one probe
+    /// decides. 0 takes `min_backoff_secs`, as Postfix's qmgr does (a dead destination is
+    /// suspended for `minimal_backoff_time`); at most `min_backoff_secs`, so a probe comes no
+    /// later than the first retry of a deferred recipient.
+    destination_dead_secs: u64 = 0, 0, 86_400;
     /// Seconds a message may stay queued before its deferred recipients fail (Postfix's
     /// `maximal_queue_lifetime`, 5 days; RFC 5321 §4.5.4.1: at least 4-5 days).
     max_queue_lifetime_secs: u64 = 432_000, 1, 30 * 86_400;
@@ -466,6 +472,19 @@ pub struct DeliveryConfig {
     /// PEM roots for `relay_tls = "require"`; without, `/etc/ssl/certs/ca-certificates.crt`.
     pub relay_tls_ca_file: Option<PathBuf>,
     pub limits: DeliveryLimits,
+}
+
+impl DeliveryLimits {
+    /// How long a destination stays dead after a failed connection: `destination_dead_secs`,
+    /// or with 0 `min_backoff_secs` (Postfix suspends a dead destination for
+    /// `minimal_backoff_time`).
+    pub fn destination_dead(&self) -> std::time::Duration {
+        let secs = match self.destination_dead_secs {
+            0 => self.min_backoff_secs,
+            n => n,
+        };
+        std::time::Duration::from_secs(secs)
+    }
 }
 
 impl Default for DeliveryConfig {
@@ -704,6 +723,37 @@ mod tests {
             );
             assert!(!spec.doc.is_empty(), "{} has no reason", spec.name);
         }
+    }
+
+    #[test]
+    fn destination_dead_secs_follows_min_backoff_and_may_not_exceed_it() {
+        let config = ServerConfig::from_toml("min_backoff = 7\nmax_backoff = 60\n").unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.delivery.limits.destination_dead_secs, 0);
+        assert_eq!(
+            config.delivery.limits.destination_dead(),
+            std::time::Duration::from_secs(7)
+        );
+        let config =
+            ServerConfig::from_toml("min_backoff = 7\nmax_backoff = 60\ndestination_dead_secs = 3\n")
+                .unwrap();
+        config.validate().unwrap();
+        assert_eq!(
+            config.delivery.limits.destination_dead(),
+            std::time::Duration::from_secs(3)
+        );
+        let equal = ServerConfig::from_toml("min_backoff = 7\nmax_backoff = 60\ndestination_dead_secs = 7\n")
+            .unwrap();
+        equal.validate().unwrap();
+        let longer =
+            ServerConfig::from_toml("min_backoff = 7\nmax_backoff = 60\ndestination_dead_secs = 8\n")
+                .unwrap();
+        let err = longer.validate().unwrap_err();
+        assert_eq!(err.key(), "destination_dead_secs");
+        assert!(err.to_string().contains("min_backoff_secs"), "{err}");
+        let over = ServerConfig::from_toml("destination_dead_secs = 86401\n").unwrap();
+        assert_eq!(over.validate().unwrap_err().key(), "destination_dead_secs");
+        assert!(ServerConfig::from_toml("destination_dead_secs = -1\n").is_err());
     }
 
     #[test]

@@ -16,6 +16,12 @@ impl ServerConfig {
                 needs: "a value no greater than `max_backoff_secs`",
             });
         }
+        if self.delivery.limits.destination_dead_secs > self.delivery.limits.min_backoff_secs {
+            return Err(ConfigError::Requires {
+                key: "destination_dead_secs",
+                needs: "a value no greater than `min_backoff_secs` (0 takes it)",
+            });
+        }
         if let Some(dest) = &self.delivery.relay_to {
             if let Err(why) = dest.parse::<crate::delivery::Dest>() {
                 return Err(ConfigError::Invalid {

@@ -12,6 +12,7 @@
 mod client;
 pub mod control;
 mod dsn;
+mod health;
 mod log;
 mod message;
 mod pool;
@@ -23,7 +24,7 @@ mod stats;
 mod transfer;
 
 pub use route::{Dest, Protocol, Routes};
-pub use stats::{DestStats, Stats};
+pub use stats::{DestStats, QueueGauges, Stats};
 
 use crate::config::{DeliveryLimits, RelayTls, ServerConfig};
 use crate::spool::{Backing, FilesQueue, LogSpool, Queue, Spool};
@@ -96,6 +97,7 @@ impl ReloadHandle {
 pub struct Delivery {
     feed: Sender<String>,
     control: Sender<Control>,
+    gauges: Arc<QueueGauges>,
     thread: Option<JoinHandle<Stats>>,
     socket: PathBuf,
 }
@@ -111,8 +113,9 @@ impl Wake for NoWake {
 /// destination, `destination_concurrency` connections, each with its socket, the message it
 /// sends and a moment's open of its envelope; the notifications' committer (its log segments,
 /// or a message's two files with the directory); the queue runner's own opens (a compaction's
-/// copy and source with the directory, a state file and its directory); the control socket
-/// and one client of it. Counted at start: routes added by a reload are not.
+/// copy and source with the directory, a state file it reads); the state writer's (a state
+/// file and its directory); the control socket and one client of it. Counted at start: routes
+/// added by a reload are not.
 pub fn descriptors(config: &ServerConfig) -> u64 {
     let d = &config.delivery;
     let Ok(routes) = Routes::new(d.relay_to.as_deref(), &d.routes) else {
@@ -123,7 +126,7 @@ pub fn descriptors(config: &ServerConfig) -> u64 {
     }
     let connections = routes.destinations() as u64 * d.limits.destination_concurrency as u64;
     let notifications = crate::spool::log::COMMITTER_DESCRIPTORS.max(3);
-    connections * 3 + notifications + 4 + 2
+    connections * 3 + notifications + 4 + 2 + 2
 }
 
 impl Delivery {
@@ -158,8 +161,20 @@ impl Delivery {
         .map_err(|e| format!("cannot start the notifications' spool writer: {e}"))?;
         let states = state::StateStore::open(&config.spool)
             .map_err(|e| format!("spool {}: {e}", config.spool.display()))?;
+        let writer = state::Writer::start(states.clone())
+            .map_err(|e| format!("cannot start the delivery state writer: {e}"))?;
+        let gauges = Arc::new(QueueGauges::default());
         let runner = Runner::new(
-            queue, log, states, routes, shared, committed, control_rx, dsn_spool,
+            queue,
+            log,
+            states,
+            writer,
+            routes,
+            shared,
+            committed,
+            control_rx,
+            dsn_spool,
+            gauges.clone(),
         );
         let thread = std::thread::Builder::new()
             .name("ringmx-queue".into())
@@ -174,6 +189,7 @@ impl Delivery {
         Ok(Some(Delivery {
             feed,
             control,
+            gauges,
             thread: Some(thread),
             socket,
         }))
@@ -205,7 +221,10 @@ impl Delivery {
 
     /// A handle the metrics thread asks the runner's counters with.
     pub fn stats_source(&self) -> StatsSource {
-        StatsSource(self.control.clone())
+        StatsSource {
+            control: self.control.clone(),
+            gauges: self.gauges.clone(),
+        }
     }
 
     /// Stops the runner: deliveries in flight get up to `grace` to finish and be marked;
@@ -223,17 +242,26 @@ impl Delivery {
     }
 }
 
-/// Asks the running queue runner for its counters, from another thread.
+/// Asks the running queue runner for its counters, from another thread; reads the queue's
+/// gauges it publishes without asking.
 #[derive(Clone)]
-pub struct StatsSource(Sender<Control>);
+pub struct StatsSource {
+    control: Sender<Control>,
+    gauges: Arc<QueueGauges>,
+}
 
 impl StatsSource {
     /// Asks the runner for its counters; the answer arrives on the returned channel between
     /// the runner's other work. None once the runner has stopped.
     pub fn ask(&self) -> Option<crossbeam_channel::Receiver<Stats>> {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        self.0.send(Control::Snapshot(tx)).ok()?;
+        self.control.send(Control::Snapshot(tx)).ok()?;
         Some(rx)
+    }
+
+    /// The queue's size and its oldest message's age in seconds, as of the runner's last turn.
+    pub fn queue(&self) -> (u64, u64) {
+        self.gauges.read(std::time::SystemTime::now())
     }
 }
 

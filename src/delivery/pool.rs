@@ -2,23 +2,24 @@
 //!
 //! The queue runner hands each [`Work`] (one message, up to `destination_recipients` of its
 //! recipients) to the destination's channel; whichever thread is free takes it. The outcome
-//! goes back to the runner as an [`Outcome`]. A destination whose connection just failed is
-//! *dead* for a moment: work that was already waiting then is deferred with the same reason at
-//! once instead of every message waiting for its own connect timeout (Postfix's
-//! dead-destination marking); work handed over later (a flush, a release) tries again.
+//! goes back to the runner as an [`Outcome`], which says how far the attempt got
+//! ([`Attempt`]): the runner judges the destination's health by it (`health.rs`) and hands
+//! nothing more to a dead one but its probe. Work that was already waiting here when a
+//! connection failed is deferred with the same reason at once, until `destination_dead_secs`
+//! pass or a connection succeeds, instead of every message waiting for its own connect
+//! timeout (Postfix's dead-destination marking); work handed over after the failure (the
+//! runner's probe, a flush, a release) tries again.
 
 use super::client::{ClientSettings, Conn, Failure};
 use super::reply::Reply;
 use super::route::Dest;
 use super::transfer::{self, Message};
+use crate::config::DeliveryLimits;
 use crate::spool::Queue;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// How long a destination stays dead after a connection to it failed.
-const DEAD_FOR: Duration = Duration::from_secs(1);
 
 /// A message's recipients for one destination.
 #[derive(Debug)]
@@ -40,8 +41,25 @@ pub struct Outcome {
     pub id: String,
     pub dest: Arc<Dest>,
     pub replies: Vec<(usize, Reply)>,
-    /// The connection failed (rather than the destination answering): counted apart.
-    pub connection_failed: bool,
+    pub attempt: Attempt,
+}
+
+/// How far an attempt got: what the runner learns of its destination's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// The next hop answered each recipient (whatever the replies say): it is alive.
+    Answered,
+    /// No session could be opened (refused, timed out, a refusing greeting, EHLO or
+    /// STARTTLS): Postfix's failed cohort, which marks the destination dead.
+    ConnectFailed,
+    /// An open session broke during the transaction (a pooled connection may have been closed
+    /// by the peer while idle): a failure, but no proof the destination is down.
+    Lost,
+    /// Not tried: the destination was dead when a thread took the work; every recipient is
+    /// deferred with its last connection error.
+    Dead,
+    /// Not tried: the message could not be read (deleted meanwhile, or unreadable).
+    Unread,
 }
 
 /// What every thread of a destination shares.
@@ -54,6 +72,8 @@ struct Shared {
     threads: AtomicUsize,
     limit: usize,
     idle: Duration,
+    /// How long the destination stays dead after a failed connection (`destination_dead_secs`).
+    dead_for: Duration,
     stop: Arc<AtomicBool>,
     /// Since and until when the destination is dead, and why.
     dead: Mutex<Option<(Instant, Instant, Reply)>>,
@@ -73,8 +93,7 @@ impl Pool {
         settings: Arc<ClientSettings>,
         queue: Arc<dyn Queue>,
         outcomes: Sender<Outcome>,
-        limit: usize,
-        idle: Duration,
+        limits: &DeliveryLimits,
         stop: Arc<AtomicBool>,
     ) -> Pool {
         let (tx, work) = crossbeam_channel::unbounded();
@@ -87,8 +106,9 @@ impl Pool {
                 work,
                 outcomes,
                 threads: AtomicUsize::new(0),
-                limit,
-                idle,
+                limit: limits.destination_concurrency,
+                idle: Duration::from_secs(limits.relay_idle_secs),
+                dead_for: limits.destination_dead(),
                 stop,
                 dead: Mutex::new(None),
                 connections: AtomicUsize::new(0),
@@ -173,42 +193,47 @@ fn run(s: &Shared) {
 
 /// One work item: a connection (kept or new), the transaction, each recipient's reply.
 fn deliver(s: &Shared, conn: &mut Option<Conn>, work: Work) -> Outcome {
-    let defer_all = |reply: Reply| Outcome {
+    let defer_all = |reply: Reply, attempt: Attempt| Outcome {
         id: work.id.clone(),
         dest: s.dest.clone(),
         replies: work.rcpts.iter().map(|(i, _)| (*i, reply.clone())).collect(),
-        connection_failed: true,
+        attempt,
     };
     let mut body = match s.queue.content(&work.id) {
         Ok(body) => body,
         Err(e) => {
             // Deleted meanwhile (`queue delete`), or unreadable: nothing is sent.
-            return defer_all(Reply::local(451, format!("4.3.0 cannot read the message: {e}")));
+            let reply = Reply::local(451, format!("4.3.0 cannot read the message: {e}"));
+            return defer_all(reply, Attempt::Unread);
         }
     };
     if conn.is_none() {
         if let Some((since, until, reply)) = s.dead.lock().map_or(None, |d| d.clone()) {
             if work.queued <= since && Instant::now() < until {
-                return defer_all(reply);
+                return defer_all(reply, Attempt::Dead);
             }
         }
         match Conn::open(&s.dest, &s.settings) {
             Ok(c) => {
                 s.connections.fetch_add(1, Ordering::Relaxed);
+                // Alive again: what waits here is tried, not deferred with the old error.
+                if let Ok(mut dead) = s.dead.lock() {
+                    *dead = None;
+                }
                 *conn = Some(c);
             }
             Err(f) => {
                 let reply = failure_reply(&s.dest, &f, "connect to");
                 if let Ok(mut dead) = s.dead.lock() {
                     let now = Instant::now();
-                    *dead = Some((now, now + DEAD_FOR, reply.clone()));
+                    *dead = Some((now, now + s.dead_for, reply.clone()));
                 }
-                return defer_all(reply);
+                return defer_all(reply, Attempt::ConnectFailed);
             }
         }
     }
     let Some(c) = conn.as_mut() else {
-        return defer_all(Reply::local(451, "4.4.1 no connection"));
+        return defer_all(Reply::local(451, "4.4.1 no connection"), Attempt::ConnectFailed);
     };
     let msg = Message {
         from: &work.from,
@@ -222,11 +247,11 @@ fn deliver(s: &Shared, conn: &mut Option<Conn>, work: Work) -> Outcome {
             id: work.id.clone(),
             dest: s.dest.clone(),
             replies: work.rcpts.iter().map(|(i, _)| *i).zip(replies).collect(),
-            connection_failed: false,
+            attempt: Attempt::Answered,
         },
         Err(f) => {
             *conn = None;
-            defer_all(failure_reply(&s.dest, &f, "lost connection with"))
+            defer_all(failure_reply(&s.dest, &f, "lost connection with"), Attempt::Lost)
         }
     }
 }

@@ -6,16 +6,24 @@
 //! ([`Queue::mark_done_many`]). A message leaves the spool only once every recipient is done
 //! or failed and the notification for the failed ones is committed: at least once, never
 //! zero times.
+//!
+//! Each destination has a [`Health`]: after a failed connection it is dead for
+//! `destination_dead_secs`, and its recipients that come due are deferred at once with that
+//! connection's error, without reaching the pool; then one probe decides (Postfix's
+//! dead-destination marking). A deferral costs this thread a channel send to the state
+//! [`Writer`], never a file write, and every turn ends by publishing the queue's size to
+//! [`QueueGauges`], which scrapes read without asking.
 
 use super::control::{Listed, Request};
 use super::dsn;
+use super::health::{Admit, Health, Then};
 use super::log::{self, Status};
 use super::message::{Msg, Rcpt};
-use super::pool::{Outcome, Pool, Work};
+use super::pool::{Attempt, Outcome, Pool, Work};
 use super::reply::Reply;
 use super::route::{Dest, Routes};
-use super::state::{backoff, unix_now, Jitter, State, StateStore};
-use super::stats::Stats;
+use super::state::{backoff, unix_now, Jitter, State, StateStore, Writer};
+use super::stats::{QueueGauges, Stats};
 use super::Shared;
 use crate::spool::{Job, LogSpool, MessageMeta, Queue, Queued, Spool};
 use crossbeam_channel::{Receiver, Sender};
@@ -28,6 +36,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// How often the log is compacted.
 const COMPACT_EVERY: Duration = Duration::from_secs(30);
+/// How often the oldest message's arrival is looked for again (a pass over the schedule) for
+/// [`QueueGauges`]; its age itself is computed at each scrape.
+const OLDEST_EVERY: Duration = Duration::from_secs(1);
 
 /// How long done marks that could not be written (a full spool file system) wait before they
 /// are tried again: often enough that they land soon after space comes back, seldom enough
@@ -48,10 +59,15 @@ pub(crate) enum Control {
 pub struct Runner {
     queue: Arc<dyn Queue>,
     log: Option<Arc<LogSpool>>,
+    /// Read from this thread (a message taken in); written only through `writer`.
     states: StateStore,
+    writer: Writer,
     routes: Routes,
     shared: Arc<Shared>,
     pools: HashMap<Arc<Dest>, Pool>,
+    /// Kept across reloads (the pools are not): a destination stays dead, and parked work
+    /// stays parked, whatever the routes now say.
+    health: HashMap<Arc<Dest>, Health>,
     outcomes_tx: Sender<Outcome>,
     outcomes: Receiver<Outcome>,
     committed: Receiver<String>,
@@ -69,6 +85,8 @@ pub struct Runner {
     marks_retry: Option<Instant>,
     jitter: Jitter,
     stats: Stats,
+    gauges: Arc<QueueGauges>,
+    oldest_looked: Option<Instant>,
     compacted: Instant,
 }
 
@@ -78,20 +96,24 @@ impl Runner {
         queue: Arc<dyn Queue>,
         log: Option<Arc<LogSpool>>,
         states: StateStore,
+        writer: Writer,
         routes: Routes,
         shared: Arc<Shared>,
         committed: Receiver<String>,
         control: Receiver<Control>,
         dsn_spool: Spool,
+        gauges: Arc<QueueGauges>,
     ) -> Runner {
         let (outcomes_tx, outcomes) = crossbeam_channel::unbounded();
         Runner {
             queue,
             log,
             states,
+            writer,
             routes,
             shared,
             pools: HashMap::new(),
+            health: HashMap::new(),
             outcomes_tx,
             outcomes,
             committed,
@@ -104,6 +126,8 @@ impl Runner {
             marks_retry: None,
             jitter: Jitter::default(),
             stats: Stats::default(),
+            gauges,
+            oldest_looked: None,
             compacted: Instant::now(),
         }
     }
@@ -151,8 +175,17 @@ impl Runner {
             self.flush_marks(Instant::now());
             self.run_due();
             self.compact();
+            self.publish();
         };
         self.shared.stop.store(true, Ordering::SeqCst);
+        // Parked work never reached a pool: its messages are tried again at the next start.
+        for health in self.health.values_mut() {
+            for work in health.take_parked() {
+                if let Some(m) = self.msgs.get_mut(&work.id) {
+                    m.in_flight = m.in_flight.saturating_sub(1);
+                }
+            }
+        }
         let deadline = Instant::now() + grace;
         while self.msgs.values().any(|m| m.in_flight > 0) {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -170,8 +203,24 @@ impl Runner {
             );
         }
         self.dsn_spool.finish();
+        self.writer.finish();
         self.stats.queue_size = (self.msgs.len() + self.backlog.len()) as u64;
+        for (dest, health) in &self.health {
+            self.stats.dest(dest).health = health.name();
+        }
         self.stats
+    }
+
+    /// The queue's size for scrapes, and its oldest arrival at most every [`OLDEST_EVERY`].
+    fn publish(&mut self) {
+        self.gauges
+            .set_messages((self.msgs.len() + self.backlog.len()) as u64);
+        // An empty queue has no oldest message at once; otherwise the pass waits its second.
+        if self.msgs.is_empty() || self.oldest_looked.is_none_or(|at| at.elapsed() >= OLDEST_EVERY) {
+            self.oldest_looked = Some(Instant::now());
+            self.gauges
+                .set_oldest(self.msgs.values().map(|m| m.received).min());
+        }
     }
 
     /// The queue as the spool has it at start, with each message's saved state.
@@ -199,6 +248,7 @@ impl Runner {
             self.admit(q, state, None);
         }
         tracing::info!(messages = n, "delivery queue loaded");
+        self.publish();
     }
 
     /// A message just committed.
@@ -231,14 +281,15 @@ impl Runner {
         }
     }
 
-    /// Hands every recipient not done, failed or in flight to its destination.
+    /// Hands every recipient not done, failed or in flight to its destination: to its pool
+    /// when alive, deferred at once when dead, parked beside the probe when probing.
     fn dispatch(&mut self, id: &str) {
         let Some(msg) = self.msgs.get_mut(id) else { return };
         if msg.held || msg.in_flight > 0 {
             return;
         }
         let mut by_dest: HashMap<Arc<Dest>, Vec<(usize, Vec<u8>)>> = HashMap::new();
-        let mut unroutable = false;
+        let mut deferred_here = false;
         for (i, r) in msg.state.iter_mut().enumerate() {
             if !matches!(r, Rcpt::Pending | Rcpt::Deferred(_)) {
                 continue;
@@ -261,26 +312,43 @@ impl Runner {
                         status: Status::Deferred,
                     });
                     *r = Rcpt::Deferred(reply);
-                    unroutable = true;
+                    deferred_here = true;
                 }
             }
         }
         let per = self.shared.limits.destination_recipients;
+        let now = Instant::now();
         for (dest, rcpts) in by_dest {
-            let pool = self.pools.entry(dest.clone()).or_insert_with(|| {
-                Pool::new(
-                    dest.clone(),
-                    self.shared.client.clone(),
-                    self.queue.clone(),
-                    self.outcomes_tx.clone(),
-                    self.shared.limits.destination_concurrency,
-                    Duration::from_secs(self.shared.limits.relay_idle_secs),
-                    self.shared.stop.clone(),
-                )
-            });
-            for chunk in rcpts.chunks(per) {
+            let health = self.health.entry(dest.clone()).or_insert(Health::Alive);
+            let admit = health.admit(id, now);
+            if let Admit::Defer(reply) = &admit {
+                // Postfix's qmgr defers a dead destination's recipients with its last error,
+                // without a delivery agent: no connection, no thread, no wait.
+                for (i, addr) in &rcpts {
+                    log::recipient(&log::Outcome {
+                        id,
+                        rcpt: addr,
+                        relay: Some(&dest),
+                        reply,
+                        received: msg.received,
+                        attempts: msg.attempts + 1,
+                        status: Status::Deferred,
+                    });
+                    msg.state[*i] = Rcpt::Deferred(reply.clone());
+                }
+                let d = self.stats.dest(&dest);
+                d.deferred += rcpts.len() as u64;
+                d.dead_deferrals += rcpts.len() as u64;
+                deferred_here = true;
+                continue;
+            }
+            let pool = self
+                .pools
+                .entry(dest.clone())
+                .or_insert_with(|| new_pool(&dest, &self.shared, &self.queue, &self.outcomes_tx));
+            for (n, chunk) in rcpts.chunks(per).enumerate() {
                 msg.in_flight += 1;
-                pool.submit(Work {
+                let work = Work {
                     id: id.to_string(),
                     from: msg.from.clone(),
                     size: msg.size,
@@ -288,17 +356,73 @@ impl Runner {
                     smtputf8: msg.smtputf8,
                     rcpts: chunk.to_vec(),
                     queued: Instant::now(),
-                });
+                };
+                // The probe is one work item: the message's other chunks wait with the rest.
+                let send = matches!(admit, Admit::Send) || (admit == Admit::Probe && n == 0);
+                if send {
+                    pool.submit(work);
+                } else if let Some(work) = health.park(work) {
+                    pool.submit(work);
+                }
             }
         }
-        if unroutable && msg.in_flight == 0 {
+        if deferred_here && msg.in_flight == 0 {
             self.settle(id);
         }
     }
 
-    /// The replies of one work item.
+    /// The replies of one work item, and what they say of the destination's health.
     fn outcome(&mut self, o: Outcome) {
+        let then = self.health.entry(o.dest.clone()).or_insert(Health::Alive).learn(
+            &o.id,
+            o.attempt,
+            o.replies.first().map(|(_, r)| r),
+            Instant::now(),
+            self.shared.limits.destination_dead(),
+        );
+        let dest = o.dest.clone();
+        self.replies(o);
+        match then {
+            Then::Nothing => {}
+            Then::Submit(parked) => {
+                let pool = self
+                    .pools
+                    .entry(dest.clone())
+                    .or_insert_with(|| new_pool(&dest, &self.shared, &self.queue, &self.outcomes_tx));
+                for mut work in parked {
+                    work.queued = Instant::now();
+                    pool.submit(work);
+                }
+            }
+            Then::Probe(mut work) => {
+                work.queued = Instant::now();
+                self.pools
+                    .entry(dest.clone())
+                    .or_insert_with(|| new_pool(&dest, &self.shared, &self.queue, &self.outcomes_tx))
+                    .submit(work);
+            }
+            Then::Defer(parked, reply) => {
+                for work in parked {
+                    self.replies(Outcome {
+                        id: work.id,
+                        dest: dest.clone(),
+                        replies: work.rcpts.iter().map(|(i, _)| (*i, reply.clone())).collect(),
+                        attempt: Attempt::Dead,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Each recipient's reply of one work item into its message; the message settled when
+    /// its last work item is back.
+    fn replies(&mut self, o: Outcome) {
         let dest = self.stats.dest(&o.dest);
+        match o.attempt {
+            Attempt::ConnectFailed | Attempt::Lost => dest.connection_failures += 1,
+            Attempt::Dead => dest.dead_deferrals += o.replies.len() as u64,
+            Attempt::Answered | Attempt::Unread => {}
+        }
         let Some(msg) = self.msgs.get_mut(&o.id) else {
             return;
         };
@@ -334,9 +458,6 @@ impl Runner {
                     Rcpt::Deferred(reply)
                 }
             };
-        }
-        if o.connection_failed {
-            dest.connection_failures += 1;
         }
         msg.in_flight = msg.in_flight.saturating_sub(1);
         if msg.in_flight == 0 {
@@ -389,9 +510,7 @@ impl Runner {
             );
             msg.next_attempt = unix_now() + wait.as_secs().max(1);
             self.stats.deferred += deferred;
-            if let Err(e) = self.states.save(id, &msg.state_file(), false) {
-                tracing::warn!(id, error = %e, "cannot save the delivery state");
-            }
+            self.writer.save(id, msg.state_file());
             self.due.push(Reverse((msg.next_attempt, id.to_string())));
             return;
         }
@@ -419,7 +538,7 @@ impl Runner {
             self.marks.push((id.to_string(), i));
         }
         self.msgs.remove(id);
-        self.states.remove(id);
+        self.writer.remove(id);
         self.stats.completed += 1;
         self.refill();
     }
@@ -579,7 +698,9 @@ impl Runner {
                 });
                 // Each pool's threads keep the settings they were started with: the pools
                 // are let go (their threads finish the work already handed to them, then
-                // end) and new ones start with the new settings on the next dispatch.
+                // end; their outcomes still come here) and new ones start with the new
+                // settings on the next dispatch. Health is kept: a dead destination is not
+                // revived by a reload.
                 self.pools.clear();
                 None
             }
@@ -611,6 +732,9 @@ impl Runner {
             d.threads = pool.threads() as u64;
             d.waiting = pool.waiting() as u64;
         }
+        for (dest, health) in &self.health {
+            stats.dest(dest).health = health.name();
+        }
         stats
     }
 
@@ -634,6 +758,9 @@ impl Runner {
                     Some(id) => return Err(format!("no message {id} in the queue")),
                     None => self.msgs.keys().cloned().collect(),
                 };
+                for health in self.health.values_mut() {
+                    health.revive();
+                }
                 let mut n = 0;
                 for id in ids {
                     let Some(m) = self.msgs.get_mut(&id) else { continue };
@@ -652,8 +779,8 @@ impl Runner {
             Request::Hold(id) => {
                 let m = self.msgs.get_mut(&id).ok_or("gone")?;
                 m.held = true;
-                self.states
-                    .save(&id, &m.state_file(), true)
+                self.writer
+                    .save_durable(&id, m.state_file())
                     .map_err(|e| e.to_string())?;
                 Ok(format!("held {id}\n"))
             }
@@ -661,8 +788,8 @@ impl Runner {
                 let m = self.msgs.get_mut(&id).ok_or("gone")?;
                 m.held = false;
                 m.next_attempt = 0;
-                self.states
-                    .save(&id, &m.state_file(), true)
+                self.writer
+                    .save_durable(&id, m.state_file())
                     .map_err(|e| e.to_string())?;
                 self.dispatch(&id);
                 Ok(format!("released {id}\n"))
@@ -671,7 +798,7 @@ impl Runner {
                 self.queue.delete(&id).map_err(|e| e.to_string())?;
                 self.msgs.remove(&id);
                 self.backlog.retain(|b| *b != id);
-                self.states.remove(&id);
+                self.writer.remove(&id);
                 self.stats.deleted += 1;
                 self.refill();
                 Ok(format!("deleted {id}\n"))
@@ -679,4 +806,16 @@ impl Runner {
             Request::Stats => Ok(self.snapshot(now).json().to_string() + "\n"),
         }
     }
+}
+
+/// A destination's pool with the settings in force.
+fn new_pool(dest: &Arc<Dest>, shared: &Shared, queue: &Arc<dyn Queue>, outcomes: &Sender<Outcome>) -> Pool {
+    Pool::new(
+        dest.clone(),
+        shared.client.clone(),
+        queue.clone(),
+        outcomes.clone(),
+        &shared.limits,
+        shared.stop.clone(),
+    )
 }

@@ -1,11 +1,17 @@
-//! Delivery's counters: messages queued and completed, recipients delivered, deferred and bounced, notifications sent, the queue's size and oldest age, and per destination its outcomes, connections and delivery latency (end of data to the next hop's `250`).
+//! Delivery's counters: messages queued and completed, recipients delivered, deferred and bounced, notifications sent, the queue's size and oldest age, and per destination its outcomes, connections, health and delivery latency (end of data to the next hop's `250`).
+//!
+//! The queue's size and oldest age are also published to [`QueueGauges`], atomics the runner
+//! stores at the end of every turn, so a scrape reads them without waiting for the runner: a
+//! runner busy with a long turn left `ringmx_queue_messages` at its last answer for 80 s in
+//! the soak while messages were being delivered.
 
 use super::route::Dest;
 use crate::metrics::histogram::Histogram;
 use hdrhistogram::Histogram as Hdr;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// One destination's counters.
 #[derive(Debug, Clone)]
@@ -15,6 +21,10 @@ pub struct DestStats {
     pub failed: u64,
     /// Work items whose connection failed (refused, broken, timed out).
     pub connection_failures: u64,
+    /// Recipients deferred without a connection because the destination was dead.
+    pub dead_deferrals: u64,
+    /// `alive`, `dead` or `probing` (`health.rs`).
+    pub health: &'static str,
     pub connections: u64,
     pub threads: u64,
     pub waiting: u64,
@@ -29,6 +39,8 @@ impl Default for DestStats {
             deferred: 0,
             failed: 0,
             connection_failures: 0,
+            dead_deferrals: 0,
+            health: "alive",
             connections: 0,
             threads: 0,
             waiting: 0,
@@ -67,6 +79,13 @@ impl DestStats {
             "deferred": self.deferred,
             "failed": self.failed,
             "connection_failures": self.connection_failures,
+            "dead_deferrals": self.dead_deferrals,
+            // As numbers, one per state: the stats file holds counters and gauges only.
+            "health": {
+                "alive": u64::from(self.health == "alive"),
+                "dead": u64::from(self.health == "dead"),
+                "probing": u64::from(self.health == "probing"),
+            },
             "connections": self.connections,
             "threads": self.threads,
             "waiting": self.waiting,
@@ -140,5 +159,40 @@ impl Stats {
             "oldest_age_secs": self.oldest_age_secs,
             "destinations": dests,
         })
+    }
+}
+
+/// The queue's size and its oldest message's arrival, stored by the runner, read by scrapes.
+#[derive(Debug, Default)]
+pub struct QueueGauges {
+    messages: AtomicU64,
+    /// Seconds since the epoch; 0: no message.
+    oldest: AtomicU64,
+}
+
+impl QueueGauges {
+    /// The queue's size now.
+    pub fn set_messages(&self, messages: u64) {
+        self.messages.store(messages, Ordering::Relaxed);
+    }
+
+    /// When the oldest queued message arrived, if any.
+    pub fn set_oldest(&self, oldest: Option<SystemTime>) {
+        let at = oldest
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs().max(1));
+        self.oldest.store(at, Ordering::Relaxed);
+    }
+
+    /// Messages queued, and the oldest one's age at `now` in seconds (0 for none).
+    pub fn read(&self, now: SystemTime) -> (u64, u64) {
+        let oldest = self.oldest.load(Ordering::Relaxed);
+        let age = match oldest {
+            0 => 0,
+            at => now
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs().saturating_sub(at)),
+        };
+        (self.messages.load(Ordering::Relaxed), age)
     }
 }

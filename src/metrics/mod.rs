@@ -150,6 +150,7 @@ impl Collector {
     }
 
     fn render(&self, e: &mut Exposition, r: &Report, delivery: Option<&delivery::Stats>) {
+        let queue = self.sources.delivery.as_ref().map(StatsSource::queue);
         let s = &self.sources;
         e.family(
             "ringmx_build_info",
@@ -212,8 +213,24 @@ impl Collector {
             "When the configuration in force was put in force (the start, or the last reload applied).",
             crate::reload::LAST_APPLIED.load(Relaxed),
         );
+        if let Some((messages, oldest)) = queue {
+            // From the runner's gauges, not its answer: a busy runner cannot leave them stale.
+            e.single(
+                "ringmx_queue_messages",
+                Kind::Gauge,
+                "Messages in the delivery queue.",
+                messages,
+            );
+            e.single(
+                "ringmx_queue_oldest_age_seconds",
+                Kind::Gauge,
+                "Age of the oldest message in the delivery queue.",
+                oldest,
+            );
+        }
         if let Some(d) = delivery {
             deliveries(e, d);
+            health(e, d);
         }
         process(e);
     }
@@ -398,18 +415,6 @@ fn io(e: &mut Exposition, io: &IoStats) {
 }
 
 fn deliveries(e: &mut Exposition, d: &delivery::Stats) {
-    e.single(
-        "ringmx_queue_messages",
-        Kind::Gauge,
-        "Messages in the delivery queue.",
-        d.queue_size,
-    );
-    e.single(
-        "ringmx_queue_oldest_age_seconds",
-        Kind::Gauge,
-        "Age of the oldest message in the delivery queue.",
-        d.oldest_age_secs,
-    );
     {
         let mut f = e.family(
             "ringmx_delivery_recipients_total",
@@ -475,11 +480,35 @@ fn deliveries(e: &mut Exposition, d: &delivery::Stats) {
         |s| s.connection_failures,
     );
     per_dest(
+        "ringmx_delivery_dead_deferrals_total",
+        Kind::Counter,
+        "Recipients deferred without a connection because the destination was dead (its last connection error as the reason).",
+        |s| s.dead_deferrals,
+    );
+    per_dest(
         "ringmx_delivery_threads",
         Kind::Gauge,
         "Delivery threads of the destination's pool.",
         |s| s.threads,
     );
+}
+
+/// Each destination's health, one sample per state (1 for the one it is in), as a Prometheus
+/// state set.
+fn health(e: &mut Exposition, d: &delivery::Stats) {
+    let mut f = e.family(
+        "ringmx_delivery_destination_state",
+        Kind::Gauge,
+        "The destination's health: alive, dead (recipients deferred without a connection) or probing (one delivery decides).",
+    );
+    for (dest, s) in d.dests() {
+        for state in ["alive", "dead", "probing"] {
+            f.sample(
+                &[("destination", dest), ("state", state)],
+                u64::from(s.health == state),
+            );
+        }
+    }
 }
 
 /// The process's own figures, from `/proc/self` (the names of Prometheus's client libraries).
