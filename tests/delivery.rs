@@ -26,7 +26,10 @@ on_backends_and_formats!(
         kill_during_delivery_loses_nothing,
         done_marks_a_full_disk_refused_are_written_once_it_has_room,
     ],
-    backends: [a_reload_sends_new_deliveries_by_the_new_route],
+    backends: [
+        a_reload_sends_new_deliveries_by_the_new_route,
+        reloads_under_load_keep_the_next_hop_within_destination_concurrency
+    ],
 );
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -851,5 +854,81 @@ fn a_reload_sends_new_deliveries_by_the_new_route() {
         1,
         "the old next hop got only the first"
     );
+    server.stop().assert_clean();
+}
+
+/// SIGHUPs while deliveries are under way do not add connections: the next hop never has more
+/// than `destination_concurrency` sessions from ringmx at once (each reload used to start a
+/// new pool beside the old one, whose threads went on: up to the limit more per reload, and
+/// their memory), and every message arrives once.
+fn reloads_under_load_keep_the_next_hop_within_destination_concurrency() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let gate = Arc::new(AtomicBool::new(false));
+    let (inside, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (open, now, most) = (gate.clone(), inside.clone(), peak.clone());
+    // Each session holds its RCPT reply until the gate opens, so the sessions the next hop
+    // has at once are those waiting in it.
+    let hop = NextHop::start(Script {
+        rcpt: Some(Box::new(move |_| {
+            let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(n, Ordering::SeqCst);
+            while !open.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            now.fetch_sub(1, Ordering::SeqCst);
+            "250 2.1.5 Ok".to_string()
+        })),
+        ..Script::default()
+    });
+    let dir = TempDir::new("reload-load");
+    let body = |i: usize| {
+        format!(
+            "relay_to = \"smtp:{}\"\ndestination_concurrency = 2\nmax_errors = {}\n",
+            hop.addr,
+            10 + i
+        )
+    };
+    let conf = config(&dir, &body(0));
+    let server = Server::start(&["--hostname", "mx.test", "--config", &conf]);
+    let mut c = server.connect_greeted();
+    let mut sent = 0;
+    let mut send_some = |c: &mut Client, n: usize| {
+        for _ in 0..n {
+            send_on(
+                c,
+                "a@client.test",
+                &["b@x.test"],
+                &format!("Subject: r\r\nX-Seq: {sent}\r\n\r\nhi\r\n"),
+            );
+            sent += 1;
+        }
+    };
+    send_some(&mut c, 6);
+    let deadline = Instant::now() + WAIT;
+    while inside.load(Ordering::SeqCst) < 2 {
+        assert!(Instant::now() < deadline, "{}", server.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for round in 1..=3 {
+        config(&dir, &body(round));
+        server.signal(libc::SIGHUP);
+        let deadline = Instant::now() + WAIT;
+        while server.log().matches("configuration reloaded").count() < round {
+            assert!(Instant::now() < deadline, "{}", server.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Dispatched after the reload: with a pool per reload, these started new sessions.
+        send_some(&mut c, 2);
+    }
+    // Time for any extra session to open and reach its RCPT.
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(peak.load(Ordering::SeqCst), 2, "sessions at once at the next hop");
+    gate.store(true, Ordering::SeqCst);
+    let got = hop.wait_for(sent, WAIT);
+    assert_eq!(got.len(), sent, "{}", server.log());
+    wait_for_empty_queue(&server);
+    assert_eq!(hop.got().len(), sent, "a message arrived twice");
+    assert!(peak.load(Ordering::SeqCst) <= 2);
     server.stop().assert_clean();
 }

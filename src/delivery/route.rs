@@ -113,9 +113,12 @@ impl Routes {
 
     /// Distinct destinations: each may have `destination_concurrency` connections at once.
     pub fn destinations(&self) -> usize {
-        let all: std::collections::HashSet<&Dest> =
-            self.default.iter().chain(self.domains.values()).collect();
-        all.len()
+        self.all().len()
+    }
+
+    /// Every destination routed to.
+    pub fn all(&self) -> std::collections::HashSet<&Dest> {
+        self.default.iter().chain(self.domains.values()).collect()
     }
 
     /// The destination of `recipient` (`local@domain`): its domain, then each parent as

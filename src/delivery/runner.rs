@@ -696,12 +696,16 @@ impl Runner {
                     stop: self.shared.stop.clone(),
                     ..shared
                 });
-                // Each pool's threads keep the settings they were started with: the pools
-                // are let go (their threads finish the work already handed to them, then
-                // end; their outcomes still come here) and new ones start with the new
-                // settings on the next dispatch. Health is kept: a dead destination is not
-                // revived by a reload.
-                self.pools.clear();
+                // A pool stays while its destination is still routed to, and takes the new
+                // settings for its next transactions: its threads and their count (at most
+                // `destination_concurrency` connections) carry over. A destination no longer
+                // routed to loses its pool: its threads finish what was handed to them, then
+                // end. Health is kept: a dead destination is not revived by a reload.
+                let routed = self.routes.all();
+                self.pools.retain(|dest, _| routed.contains(&**dest));
+                for pool in self.pools.values() {
+                    pool.reconfigure(self.shared.client.clone(), &self.shared.limits);
+                }
                 None
             }
             Control::Request(req, reply) => {
