@@ -25,6 +25,7 @@ on_backends_and_formats!(
         a_restart_keeps_the_schedule,
         kill_during_delivery_loses_nothing,
         done_marks_a_full_disk_refused_are_written_once_it_has_room,
+        a_queued_message_unreadable_for_want_of_descriptors_is_delivered_after,
     ],
     backends: [
         a_reload_sends_new_deliveries_by_the_new_route,
@@ -930,5 +931,83 @@ fn reloads_under_load_keep_the_next_hop_within_destination_concurrency() {
     wait_for_empty_queue(&server);
     assert_eq!(hop.got().len(), sent, "a message arrived twice");
     assert!(peak.load(Ordering::SeqCst) <= 2);
+    server.stop().assert_clean();
+}
+
+/// Messages waiting beyond `delivery_active_limit` that cannot be read when their turn comes
+/// (the server out of descriptors: `EMFILE`) are tried again, and delivered once descriptors
+/// are back; they used to leave the schedule and wait in the spool until a restart (7,273 in
+/// the soak's descriptor exhaustion, the queue gauge at 0).
+fn a_queued_message_unreadable_for_want_of_descriptors_is_delivered_after() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let gate = Arc::new(AtomicBool::new(false));
+    let open = gate.clone();
+    // The first RCPT waits for the gate: everything else queues behind its session.
+    let hop = NextHop::start(Script {
+        rcpt: Some(Box::new(move |_| {
+            while !open.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            "250 2.1.5 Ok".to_string()
+        })),
+        ..Script::default()
+    });
+    let dir = TempDir::new("emfile");
+    let conf = config(
+        &dir,
+        &format!(
+            "relay_to = \"smtp:{}\"\ndestination_concurrency = 1\ndelivery_active_limit = 16\n",
+            hop.addr
+        ),
+    );
+    let server = Server::start(&["--hostname", "mx.test", "--config", &conf]);
+    let total = 20;
+    let mut c = server.connect_greeted();
+    for i in 0..total {
+        send_on(
+            &mut c,
+            "a@client.test",
+            &["b@x.test"],
+            &format!("Subject: e\r\nX-Seq: {i}\r\n\r\nhi\r\n"),
+        );
+    }
+    drop(c);
+    let deadline = Instant::now() + WAIT;
+    while hop.mails.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "{}", server.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Every descriptor number below the limit is in use: the server can open nothing more.
+    let fds = Path::new("/proc").join(server.pid().to_string()).join("fd");
+    let used: std::collections::HashSet<u64> = std::fs::read_dir(&fds)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let lowest_free = (0..).find(|n| !used.contains(n)).unwrap();
+    let mut saved = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit(2) on the server, a child of this process, reading its limits into a
+    // valid rlimit.
+    let rc = unsafe { libc::prlimit(server.pid(), libc::RLIMIT_NOFILE, std::ptr::null(), &mut saved) };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    let low = libc::rlimit {
+        rlim_cur: lowest_free,
+        rlim_max: saved.rlim_max,
+    };
+    // SAFETY: as above, setting the soft limit from a valid rlimit; the hard one stays.
+    let rc = unsafe { libc::prlimit(server.pid(), libc::RLIMIT_NOFILE, &low, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    gate.store(true, Ordering::SeqCst);
+    server.wait_for_log("cannot read a queued message; trying again");
+    // SAFETY: as above, the saved limits put back.
+    let rc = unsafe { libc::prlimit(server.pid(), libc::RLIMIT_NOFILE, &saved, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    let got = hop.wait_for(total, WAIT);
+    assert_eq!(got.len(), total, "{}", server.log());
+    wait_for_empty_queue(&server);
+    assert_eq!(hop.got().len(), total, "a message arrived twice");
     server.stop().assert_clean();
 }

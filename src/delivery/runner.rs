@@ -40,9 +40,10 @@ const COMPACT_EVERY: Duration = Duration::from_secs(30);
 /// [`QueueGauges`]; its age itself is computed at each scrape.
 const OLDEST_EVERY: Duration = Duration::from_secs(1);
 
-/// How long done marks that could not be written (a full spool file system) wait before they
-/// are tried again: often enough that they land soon after space comes back, seldom enough
-/// that a full disk costs one failed write and one log line a second, not one per turn.
+/// How long done marks that could not be written (a full spool file system), or a queued
+/// message that could not be read (no descriptor left), wait before they are tried again:
+/// often enough that they go on soon after the cause is gone, seldom enough that it costs
+/// one failed try and one log line a second, not one per turn.
 const MARK_RETRY: Duration = Duration::from_secs(1);
 
 /// What the runner is told.
@@ -83,6 +84,8 @@ pub struct Runner {
     marks: Vec<(String, usize)>,
     /// After a failed write, the marks wait until then.
     marks_retry: Option<Instant>,
+    /// After a queued message could not be read (EMFILE, EIO), the backlog waits until then.
+    read_retry: Option<Instant>,
     jitter: Jitter,
     stats: Stats,
     gauges: Arc<QueueGauges>,
@@ -124,6 +127,7 @@ impl Runner {
             due: BinaryHeap::new(),
             marks: Vec::new(),
             marks_retry: None,
+            read_retry: None,
             jitter: Jitter::default(),
             stats: Stats::default(),
             gauges,
@@ -173,6 +177,7 @@ impl Runner {
                 }
             }
             self.flush_marks(Instant::now());
+            self.refill();
             self.run_due();
             self.compact();
             self.publish();
@@ -263,7 +268,12 @@ impl Runner {
         }
         match self.queue.get(&id) {
             Ok(q) => self.admit(q, None, Some(Instant::now())),
-            Err(e) => tracing::error!(id, error = %e, "cannot read a committed message"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::error!(id, error = %e, "cannot read a committed message; trying again");
+                self.backlog.push_back(id);
+                self.read_retry = Some(Instant::now() + MARK_RETRY);
+            }
         }
     }
 
@@ -607,7 +617,12 @@ impl Runner {
     }
 
     /// Brings messages waiting beyond the active limit into the schedule.
+    /// Also every turn: after a read failed, the backlog is tried again a second later.
     fn refill(&mut self) {
+        if self.read_retry.is_some_and(|at| Instant::now() < at) {
+            return;
+        }
+        self.read_retry = None;
         while self.msgs.len() < self.shared.limits.delivery_active_limit {
             let Some(id) = self.backlog.pop_front() else { break };
             match self.queue.get(&id) {
@@ -616,7 +631,15 @@ impl Runner {
                     self.admit(q, state, None);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => tracing::error!(id, error = %e, "cannot read a queued message"),
+                Err(e) => {
+                    // Kept at the head of the backlog: dropped from the schedule, an
+                    // acknowledged message would wait in the spool until a restart (the
+                    // soak's descriptor exhaustion left 7,273 so, the queue gauge at 0).
+                    tracing::error!(id, error = %e, "cannot read a queued message; trying again");
+                    self.backlog.push_front(id);
+                    self.read_retry = Some(Instant::now() + MARK_RETRY);
+                    break;
+                }
             }
         }
     }
