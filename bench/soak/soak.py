@@ -1317,6 +1317,13 @@ def judge(run):
                                d["duplicates_after_downstream_kill"]))
     checks["drained"] = (run.drain_s is not None, "queue empty and sessions closed %s"
                          % ("after %.1f s" % run.drain_s if run.drain_s is not None else "never"))
+    if run.drain_s is not None:
+        # Drained by the queue gauge, so nothing acknowledged may be left in the spool: a
+        # message the runner let go of (a read failing with EMFILE) waits there until a
+        # restart while the gauge says 0.
+        checks["none_stranded"] = (d["acked_still_queued"] == 0,
+                                   "%d acknowledged still in the spool after the queue emptied"
+                                   % d["acked_still_queued"])
     checks["server_exit"] = (run.server_exit == 0, "SIGTERM exit status %s after %s s"
                              % (run.server_exit, getattr(run.server, "stop_s", None)))
     if run.fault in ("none", "sighup", "downstream_4xx"):
