@@ -688,6 +688,23 @@ fn kill_during_delivery_loses_nothing() {
     server.stop().assert_clean();
 }
 
+/// A next hop that holds its reply to every RCPT until the flag it returns is set.
+fn held_next_hop() -> (NextHop, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let gate = std::sync::Arc::new(AtomicBool::new(false));
+    let open = gate.clone();
+    let hop = NextHop::start(Script {
+        rcpt: Some(Box::new(move |_| {
+            while !open.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            "250 2.1.5 Ok".to_string()
+        })),
+        ..Script::default()
+    });
+    (hop, gate)
+}
+
 /// A tmpfs of its own, unmounted when dropped: the real `ENOSPC` of a full spool.
 struct Tmpfs(std::path::PathBuf);
 
@@ -744,17 +761,7 @@ fn done_marks_a_full_disk_refused_are_written_once_it_has_room() {
     // The next hop holds its reply to every RCPT until the disk is full: each message is
     // delivered at its first attempt, so no delivery state file is there to be removed, which
     // would give the marks the room back.
-    let gate = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let open = gate.clone();
-    let hop = NextHop::start(Script {
-        rcpt: Some(Box::new(move |_| {
-            while !open.load(std::sync::atomic::Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            "250 2.1.5 Ok".to_string()
-        })),
-        ..Script::default()
-    });
+    let (hop, gate) = held_next_hop();
     let dir = TempDir::new("full");
     let fs = match Tmpfs::mount(dir.0.join("fs"), "4m") {
         Ok(fs) => fs,
@@ -939,20 +946,9 @@ fn reloads_under_load_keep_the_next_hop_within_destination_concurrency() {
 /// are back; they used to leave the schedule and wait in the spool until a restart (7,273 in
 /// the soak's descriptor exhaustion, the queue gauge at 0).
 fn a_queued_message_unreadable_for_want_of_descriptors_is_delivered_after() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-    let gate = Arc::new(AtomicBool::new(false));
-    let open = gate.clone();
+    use std::sync::atomic::Ordering;
     // The first RCPT waits for the gate: everything else queues behind its session.
-    let hop = NextHop::start(Script {
-        rcpt: Some(Box::new(move |_| {
-            while !open.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            "250 2.1.5 Ok".to_string()
-        })),
-        ..Script::default()
-    });
+    let (hop, gate) = held_next_hop();
     let dir = TempDir::new("emfile");
     let conf = config(
         &dir,
