@@ -13,6 +13,22 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+/// The envelope of a one-recipient message `id`, for the tests that write records themselves.
+fn meta(id: &str) -> MessageMeta {
+    MessageMeta {
+        id: id.into(),
+        helo: b"client.example".to_vec(),
+        esmtp: true,
+        smtputf8: false,
+        client: "192.0.2.7:40000".parse().unwrap(),
+        mail_from: b"sender@client.example".to_vec(),
+        mail_params: Vec::new(),
+        recipients: vec![b"r0@mx.test".to_vec()],
+        received: SystemTime::now(),
+        tls: None,
+    }
+}
+
 const HOST: &str = "mx.test";
 
 /// The smallest segment the configuration allows, so a few messages fill several.
@@ -653,18 +669,6 @@ fn slow_messages_pinning_many_full_segments_hold_a_bounded_number_of_descriptors
     let dir = Scratch::new("slow");
     let (log, _) = LogSpool::recover(&dir.0, SEGMENT).unwrap();
     let mut spool = start(&log);
-    let meta = |id: &str| MessageMeta {
-        id: id.to_string(),
-        helo: b"client.example".to_vec(),
-        esmtp: true,
-        smtputf8: false,
-        client: "192.0.2.7:40000".parse().unwrap(),
-        mail_from: b"sender@client.example".to_vec(),
-        mail_params: Vec::new(),
-        recipients: vec![b"r0@mx.test".to_vec()],
-        received: SystemTime::now(),
-        tls: None,
-    };
     let mut want: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut bodies: BTreeMap<u64, (String, Vec<u8>)> = BTreeMap::new();
     // A message that fills the segment it starts in, committed: each slow message starts
@@ -872,18 +876,6 @@ fn a_segment_written_before_extents_records_recovers_reads_and_compacts() {
     use record::Kind;
     let dir = Scratch::new("old-format");
     fs::create_dir_all(dir.log()).unwrap();
-    let meta = |id: &str| MessageMeta {
-        id: id.into(),
-        helo: b"client.example".to_vec(),
-        esmtp: true,
-        smtputf8: false,
-        client: "192.0.2.7:40000".parse().unwrap(),
-        mail_from: b"sender@client.example".to_vec(),
-        mail_params: Vec::new(),
-        recipients: vec![b"r0@mx.test".to_vec()],
-        received: SystemTime::now(),
-        tls: None,
-    };
     // Two messages interleaved, as the committer wrote them before `Extents` records: a small
     // one and a large one.
     let (small, large) = (
