@@ -174,7 +174,7 @@ struct Merge {
     done: Vec<bool>,
     pending: BTreeMap<u64, Pending>,
     intervals: Vec<IntervalRow>,
-    /// When the last worker to finish so far reported its end.
+    /// The latest end of the workers finished so far ([`engine::Done::end`]).
     end: Instant,
 }
 
@@ -209,10 +209,10 @@ impl Merge {
         p.hists.add(&r.corrected);
         p.counters.add(&r.counters);
         self.last[r.worker] = Some(r.interval);
-        if let Some(b) = r.done {
+        if let Some(d) = r.done {
             self.done[r.worker] = true;
-            self.backlog += b;
-            self.end = Instant::now();
+            self.backlog += d.backlog;
+            self.end = self.end.max(d.end);
         }
     }
 

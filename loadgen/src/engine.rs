@@ -70,8 +70,19 @@ pub struct Report {
     /// The end-of-data replies of the messages acknowledged in the interval, a line each
     /// (with `--out`: acked.txt).
     pub acked: Vec<u8>,
-    /// Last report of this worker; carries the sessions still queued in open loop.
-    pub done: Option<u64>,
+    /// Last report of this worker.
+    pub done: Option<Done>,
+}
+
+/// What a worker's last report adds.
+pub struct Done {
+    /// Open loop: the sessions scheduled that never got a slot.
+    pub backlog: u64,
+    /// Where the worker's part of the run ends for its rates: when its last session ended,
+    /// but not before it stopped starting sessions. The drain's wait for sessions it then
+    /// aborts (a slowloris the server still holds) is no time the server served anything:
+    /// counted in, a 10 s step with a 5 s `--timeout` would report two thirds of its rate.
+    pub end: Instant,
 }
 
 struct Worker {
@@ -99,6 +110,8 @@ struct Worker {
     big: Option<Arc<BigMsg>>,
     /// acked.txt lines of this interval, when `--out` is set.
     acked: Option<Vec<u8>>,
+    /// When a session last ended other than by the drain's abort.
+    last_end: Instant,
 }
 
 pub fn run_worker(id: usize, shared: Arc<Shared>, slots: usize, tx: Sender<Report>) -> std::io::Result<()> {
@@ -137,6 +150,7 @@ pub fn run_worker(id: usize, shared: Arc<Shared>, slots: usize, tx: Sender<Repor
         timers: Timers::new(slots),
         big: None,
         acked: cfg.out.is_some().then(Vec::new),
+        last_end: shared.start,
         shared,
     };
     w.run(&tx)
@@ -177,7 +191,9 @@ impl Worker {
             self.on_events(&events);
         }
         let backlog = t.backlog(shared.stop_at);
-        self.report(tx, t.interval, Some(backlog));
+        let stopped_starting = t.drain_until.map_or(self.last_end, |d| d - shared.cfg.timeout);
+        let end = self.last_end.max(stopped_starting);
+        self.report(tx, t.interval, Some(Done { backlog, end }));
         Ok(())
     }
 
@@ -270,7 +286,7 @@ impl Worker {
         }
     }
 
-    fn report(&mut self, tx: &Sender<Report>, interval: u64, done: Option<u64>) {
+    fn report(&mut self, tx: &Sender<Report>, interval: u64, done: Option<Done>) {
         let caps = if self.caps_reported { None } else { self.caps_seen };
         self.caps_reported |= caps.is_some();
         let r = Report {
@@ -385,6 +401,9 @@ impl Worker {
             Some(Failure::Refused) => cc.refused += 1,
             Some(Failure::Tls) => cc.tls += 1,
             Some(Failure::Aborted) => cc.aborted += 1,
+        }
+        if failure != Some(Failure::Aborted) {
+            self.last_end = now;
         }
         self.free.push(slot);
     }

@@ -252,3 +252,49 @@ fn a_permissive_server_gets_the_other_answers_and_relay_from_inside_is_caught() 
     let t = std::fs::read_to_string(dir.join("mismatches/relay-relay-1.txt")).unwrap();
     assert!(t.contains("expected: 554 5.7.1") && t.contains("S: 250"), "{t}");
 }
+
+#[test]
+fn rates_leave_out_the_drain_spent_on_connections_the_server_still_holds() {
+    // The default command timeout (RFC 5321 §4.5.3.2: 5 minutes) holds a slowloris
+    // connection past the run: the drain waits one --timeout for it, then aborts it.
+    let config = "domains = [\"example.com\"]\nrecipients = \"{dir}/recipients\"\n";
+    let server = Ringmx::start("held", false, config, &[("recipients", &recipients())]);
+    let dir = temp_dir("ringmx-held-rate");
+    let (target, out) = (server.target(), dir.to_str().unwrap().to_string());
+    let args = [
+        "--target",
+        &target,
+        "--mix",
+        "valid=3,slowloris=1",
+        "--rate",
+        "40",
+        "--duration",
+        "2s",
+        "--timeout",
+        "4s",
+        "--slowloris-interval",
+        "100ms",
+        "--threads",
+        "1",
+        "--seed",
+        "5",
+        "--quiet",
+        "--out",
+        &out,
+    ];
+    let o = run(&args, LIMIT);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = summary(&dir);
+    assert_eq!(u(&s, "errors.total"), 0, "{s:#}");
+    let held = u(&s, "classes.slowloris.sessions");
+    assert!(held > 0 && u(&s, "sessions.aborted") == held, "{s:#}");
+    // The run ends with its last valid session, not 4 s later with the aborts.
+    let elapsed = s["elapsed_s"].as_f64().unwrap();
+    assert!((2.0..3.0).contains(&elapsed), "elapsed_s {elapsed}");
+    let rate = s["throughput"]["sessions_per_s"].as_f64().unwrap();
+    let completed = u(&s, "sessions.completed") as f64;
+    assert!(
+        (rate - completed / elapsed).abs() < 1e-6 && rate > 20.0,
+        "{rate} sessions/s"
+    );
+}
