@@ -105,6 +105,11 @@ pub struct Args {
     /// Length of each --sweep step.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub step_duration: Duration,
+    /// Before the first --sweep step, run this long at its rate and keep none of it: a fresh
+    /// server's first seconds (its pools, spool files and directories being made) are no
+    /// point of its capacity curve.
+    #[arg(long, value_parser = parse_duration)]
+    pub sweep_warmup: Option<Duration>,
     /// Error budget for --sweep, percent of sessions with any error.
     #[arg(long, default_value = "0.1")]
     pub error_budget: f64,

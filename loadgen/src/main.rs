@@ -66,6 +66,7 @@ fn main() {
             step,
             slo,
             step_duration: args.step_duration,
+            warmup: args.sweep_warmup,
             budget_pct: args.error_budget,
         });
     let cfg = match args.into_config() {

@@ -35,9 +35,21 @@ struct SweepOut<'a> {
     slo_us: u64,
     error_budget_pct: f64,
     step_duration_s: f64,
+    /// The warm-up run at the first step's rate, reported but not a step (`None`: no warm-up).
+    warmup: Option<Warmup>,
     /// Highest offered rate whose step met both the SLO and the error budget.
     capacity: Option<f64>,
     steps: &'a [StepResult],
+}
+
+/// What the warm-up measured: shown, so that a slow start is seen, but no step of the curve.
+#[derive(Debug, Serialize)]
+struct Warmup {
+    offered: f64,
+    duration_s: f64,
+    p99_us: u64,
+    sessions: u64,
+    errors: u64,
 }
 
 /// What a sweep is asked for: `--sweep FROM:TO:STEP`, `--slo`, `--step-duration`, `--error-budget`.
@@ -48,6 +60,8 @@ pub struct Plan {
     pub step: f64,
     pub slo: Slo,
     pub step_duration: Duration,
+    /// `--sweep-warmup`: an unkept run at `from` before the first step.
+    pub warmup: Option<Duration>,
     pub budget_pct: f64,
 }
 
@@ -62,6 +76,28 @@ pub fn run(
     let slo_us = u64::try_from(plan.slo.max.as_micros()).unwrap_or(u64::MAX);
     let mut steps: Vec<StepResult> = vec![];
     let mut capacity = None;
+    let warmup = if let Some(length) = plan.warmup {
+        let c = run_step(&step_config(base, plan.from, length))?;
+        let r = StepResult::of(plan.from, &c, &plan, slo_us);
+        if !base.quiet {
+            eprintln!(
+                "sweep: warm-up {:.0}/s for {:?}: p99 {:.3} ms, errors {} (not a step)",
+                plan.from,
+                length,
+                r.p99_us as f64 / 1000.0,
+                r.errors
+            );
+        }
+        Some(Warmup {
+            offered: plan.from,
+            duration_s: length.as_secs_f64(),
+            p99_us: r.p99_us,
+            sessions: r.sessions,
+            errors: r.errors,
+        })
+    } else {
+        None
+    };
     let n = ((plan.to - plan.from) / plan.step).floor() as u64;
     for k in 0..=n {
         let rate = plan.from + plan.step * k as f64;
@@ -84,6 +120,7 @@ pub fn run(
         slo_us,
         error_budget_pct: plan.budget_pct,
         step_duration_s: plan.step_duration.as_secs_f64(),
+        warmup,
         capacity,
         steps: &steps,
     };
@@ -277,6 +314,7 @@ mod tests {
                 max: Duration::from_millis(50),
             },
             step_duration: Duration::from_secs(1),
+            warmup: None,
             budget_pct: 0.1,
         };
         let mut offered = vec![];
@@ -289,5 +327,32 @@ mod tests {
         })
         .unwrap();
         assert_eq!(offered, [100.0, 200.0, 300.0]);
+
+        // A warm-up runs first, at the first rate for its own length, and is no step: a
+        // warm-up that broke the objective does not end the sweep.
+        let mut runs = vec![];
+        let warm = Plan {
+            warmup: Some(Duration::from_secs(3)),
+            ..plan
+        };
+        run(&cfg, warm, |c| {
+            runs.push((c.rate.unwrap(), c.duration.unwrap()));
+            Ok(step(if runs.len() == 1 || c.rate.unwrap() >= 300.0 {
+                80_000
+            } else {
+                10_000
+            }))
+        })
+        .unwrap();
+        let secs = Duration::from_secs;
+        assert_eq!(
+            runs,
+            [
+                (100.0, secs(3)),
+                (100.0, secs(1)),
+                (200.0, secs(1)),
+                (300.0, secs(1))
+            ]
+        );
     }
 }
