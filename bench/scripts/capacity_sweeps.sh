@@ -9,9 +9,10 @@
 # `554 5.7.1`), per-client limits off (every client is 127.0.0.x), the spool on the real file
 # system in a fresh directory, no delivery (a store-only frontend). Each sweep is open loop,
 # STEP_S seconds per step, from its FROM to TO by STEP until p99 corrected session latency
-# exceeds 500 ms or errors exceed 0.1% of sessions. Slowloris sessions count in their own
-# `held` phase, not in session latency; those the server has not closed when a step ends are
-# counted as aborted, not as errors.
+# exceeds 500 ms or errors exceed 0.1% of sessions, after a warm-up of STEP_S at FROM that is
+# no step (a fresh server's first seconds, slower, would otherwise break the first step).
+# Slowloris sessions count in their own `held` phase, not in session latency; those the
+# server has not closed when a step ends are counted as aborted, not as errors.
 # The load generator runs on the same two cores with one thread (--threads 1).
 # Usage: bash bench/scripts/capacity_sweeps.sh [probe]   (from the workspace root)
 #   probe: one short sweep per TLS setting and spool (2 workers, 4 s steps) to pick ranges.
@@ -37,16 +38,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The ranges (sessions/s offered), from one probe run (see tuning/capacity/README.md).
+# The ranges (sessions/s offered): the runs of 2026-12-03 broke inside them (tuning/capacity/README.md).
 declare -A RANGE=(
-    [plain-log-w1]=${RANGE_PLAIN_LOG_W1:-300:1500:200}
-    [plain-log-w2]=${RANGE_PLAIN_LOG_W2:-300:1800:250}
-    [plain-files-w1]=${RANGE_PLAIN_FILES_W1:-100:400:50}
-    [plain-files-w2]=${RANGE_PLAIN_FILES_W2:-200:1000:150}
-    [tls-log-w1]=${RANGE_TLS_LOG_W1:-150:750:100}
-    [tls-log-w2]=${RANGE_TLS_LOG_W2:-150:900:125}
-    [tls-files-w1]=${RANGE_TLS_FILES_W1:-100:310:35}
-    [tls-files-w2]=${RANGE_TLS_FILES_W2:-100:310:35}
+    [plain-log-w1]=${RANGE_PLAIN_LOG_W1:-1000:4000:500}
+    [plain-log-w2]=${RANGE_PLAIN_LOG_W2:-2000:5000:500}
+    [plain-files-w1]=${RANGE_PLAIN_FILES_W1:-600:2600:200}
+    [plain-files-w2]=${RANGE_PLAIN_FILES_W2:-600:2600:200}
+    [tls-log-w1]=${RANGE_TLS_LOG_W1:-1000:3500:500}
+    [tls-log-w2]=${RANGE_TLS_LOG_W2:-1500:4500:500}
+    [tls-files-w1]=${RANGE_TLS_FILES_W1:-600:2600:200}
+    [tls-files-w2]=${RANGE_TLS_FILES_W2:-600:2600:200}
 )
 
 printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' >"$TMP/leaf.ext"
@@ -119,6 +120,7 @@ sweep() {
         "$LOADGEN" --target "127.0.0.1:$PORT" --threads 1 --rcpts 1:5 $SIZES "${mix[@]}" \
         --source-ips 127.0.0.2-127.0.0.30 --timeout 5s \
         --sweep "$range" --slo p99=500ms --error-budget 0.1 --step-duration "${step}s" \
+        --sweep-warmup "${step}s" \
         --out "$TMP/$name" --quiet | tail -n 20
     server_cpu=$(awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$SERVER/stat")
     gen_cpu=$(awk '{ printf "%.2f", $1 + $2 }' "$TMP/$name.time")
@@ -137,14 +139,19 @@ if [ "$MODE" = probe ]; then
     exit 0
 fi
 
-: >"$OUT/mix-cpu.jsonl"
+# SWEEPS="plain-files-w1 tls-files-w2 ..." runs only those again (their files and lines of
+# mix-cpu.jsonl replaced, the others kept), e.g. with a wider RANGE_…; the default runs all.
+SWEEPS=${SWEEPS:-all}
+if [ "$SWEEPS" = all ]; then : >"$OUT/mix-cpu.jsonl"; fi
 for tls in plain tls; do
     for spool in log files; do
         for w in 1 2; do
             name=$tls-$spool-w$w
+            if [ "$SWEEPS" != all ] && [[ " $SWEEPS " != *" $name "* ]]; then continue; fi
             sweep "$name" "$tls" "$spool" "$w" "${RANGE[$name]}" "$STEP_S"
             cp "$TMP/$name/sweep.json" "$OUT/mix-$name.json"
-            cat "$TMP/$name/cpu.json" >>"$OUT/mix-cpu.jsonl"
+            grep -v "\"name\": \"$name\"" "$OUT/mix-cpu.jsonl" >"$TMP/cpu.jsonl" || true
+            cat "$TMP/cpu.jsonl" "$TMP/$name/cpu.json" >"$OUT/mix-cpu.jsonl"
         done
     done
 done
