@@ -1,5 +1,6 @@
 //! `ringmx spool export` and `ringmx spool check`: the operator's view of a spool in either format, read-only, safe beside a running server.
 
+use super::log::record::Stop;
 use super::log::{scan, LogSpool, LOG_DIR};
 use super::{FilesQueue, Queue};
 use std::fmt::Write as _;
@@ -94,11 +95,11 @@ pub fn check(spool: &Path) -> io::Result<Checked> {
                 if ok {
                     String::new()
                 } else {
-                    format!(", DAMAGED at octet {} ({:?})", s.end, s.stop)
+                    format!(", {}", problem(&s))
                 }
             );
         } else if !ok {
-            let _ = writeln!(c.report, "{name}: DAMAGED at octet {} ({:?})", s.end, s.stop);
+            let _ = writeln!(c.report, "{name}: {}", problem(&s));
         }
         if !ok {
             c.problems += 1;
@@ -151,4 +152,15 @@ pub fn check(spool: &Path) -> io::Result<Checked> {
         }
     );
     Ok(c)
+}
+
+/// What is wrong where a scan stopped short of its file's end.
+fn problem(s: &scan::Scanned) -> String {
+    match s.stop {
+        Stop::Unknown(kind) => format!(
+            "a record of kind {kind} at octet {}, unknown to this build (written by a newer ringmx?)",
+            s.end
+        ),
+        stop => format!("DAMAGED at octet {} ({stop:?})", s.end),
+    }
 }

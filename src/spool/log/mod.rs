@@ -36,7 +36,7 @@ pub(super) use committer::Committer;
 
 use super::queue::{Queue, Queued};
 use super::MessageMeta;
-use record::{ExtentCursor, ExtentList, Kind};
+use record::{ExtentCursor, ExtentList, Kind, Stop};
 use segment::{done_name, parse_name, segment_name, Segment};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
@@ -304,6 +304,9 @@ impl LogSpool {
                 Err(e) => return Err(e),
             };
             report.segments += 1;
+            if writable {
+                refuse_newer(&seg_path, &scanned)?;
+            }
             let torn = !scanned.clean_tail || scanned.seq != Some(seq);
             if torn && writable {
                 report.truncated += 1;
@@ -329,6 +332,9 @@ impl LogSpool {
                     Err(e) if !writable && e.kind() == io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(e),
                 };
+                if writable {
+                    refuse_newer(&done_path, &d)?;
+                }
                 if writable && d.len != d.end {
                     let f = OpenOptions::new().write(true).open(&done_path)?;
                     f.set_len(d.end)?;
@@ -805,6 +811,26 @@ impl LogSpool {
             size: e.size,
             done: e.done.to_vec(),
         })
+    }
+}
+
+/// Recovery cuts a segment at its first record that does not check, which is right for a
+/// torn write; a record that checks but is of a kind this build does not know was written by
+/// a newer ringmx, and the messages after it may have been acknowledged. The spool is left
+/// as it is and the server does not start: run the version that wrote it, or drain it first.
+fn refuse_newer(path: &Path, scanned: &scan::Scanned) -> io::Result<()> {
+    match scanned.stop {
+        Stop::Unknown(kind) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} holds a record of kind {kind} at octet {}, unknown to this build: written by a \
+                 newer ringmx? Not cutting it (the messages after it may be acknowledged); start \
+                 the version that wrote it, and drain or export the spool before going back",
+                path.display(),
+                scanned.end
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -103,10 +103,15 @@ pub enum Stop {
     Corrupt,
     /// A header that checks but whose payload is cut off by the end of the data.
     Short,
+    /// A whole record whose CRC checks but whose kind this build does not know: one written
+    /// by a newer ringmx, never a torn write (that would have to match its CRC32C by chance).
+    /// What follows it may be acknowledged mail, so recovery refuses to cut the segment here.
+    Unknown(u8),
 }
 
-/// The length of the header at the start of `buf` if it frames a plausible record (a known
-/// kind, zero padding, a length within [`MAX_PAYLOAD`]); the CRC is checked by [`decode`].
+/// The length of the header at the start of `buf` if it frames a plausible record (a kind
+/// other than zero, zero padding, a length within [`MAX_PAYLOAD`]); the CRC, and whether the
+/// kind is one this build knows, are checked by [`decode`].
 pub fn payload_len(buf: &[u8]) -> Result<usize, Stop> {
     if buf.len() < HEADER {
         return Err(if buf.iter().all(|&b| b == 0) {
@@ -119,7 +124,7 @@ pub fn payload_len(buf: &[u8]) -> Result<usize, Stop> {
         return Err(Stop::End);
     }
     let len = u32::from_le_bytes(buf[4..8].try_into().expect("4 octets")) as usize;
-    if len > MAX_PAYLOAD || Kind::from_u8(buf[8]).is_none() || buf[9..12] != [0, 0, 0] {
+    if len > MAX_PAYLOAD || buf[8] == 0 || buf[9..12] != [0, 0, 0] {
         return Err(Stop::Corrupt);
     }
     Ok(len)
@@ -140,7 +145,7 @@ pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), Stop> {
     if crc32c::crc32c(&buf[4..HEADER + len]) != crc {
         return Err(Stop::Corrupt);
     }
-    let kind = Kind::from_u8(buf[8]).ok_or(Stop::Corrupt)?;
+    let kind = Kind::from_u8(buf[8]).ok_or(Stop::Unknown(buf[8]))?;
     let msg = u64::from_le_bytes(buf[12..20].try_into().expect("8 octets"));
     Ok((
         Record {
@@ -574,7 +579,30 @@ mod tests {
                 let mut bad = buf.clone();
                 bad[i] ^= 1 << bit;
                 assert!(decode(&bad).is_err(), "flip of bit {bit} in octet {i} passed");
+                assert!(
+                    !matches!(decode(&bad), Err(Stop::Unknown(_))),
+                    "a torn record of a newer kind"
+                );
             }
         }
+    }
+
+    #[test]
+    fn a_whole_record_of_a_kind_this_build_does_not_know_is_told_from_a_torn_one() {
+        let mut buf = Vec::new();
+        append(&mut buf, Kind::Data, 7, b"hello");
+        buf[8] = 200;
+        let crc = crc32c::crc32c(&buf[4..]);
+        buf[..4].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(payload_len(&buf), Ok(5));
+        assert_eq!(decode(&buf), Err(Stop::Unknown(200)));
+        // Its CRC is what tells it from damage: without it, it is corrupt.
+        buf[0] ^= 1;
+        assert_eq!(decode(&buf), Err(Stop::Corrupt));
+        // Kind zero was never assigned: a header with it frames nothing.
+        let mut zero = Vec::new();
+        append(&mut zero, Kind::Data, 7, b"hello");
+        zero[8] = 0;
+        assert_eq!(payload_len(&zero), Err(Stop::Corrupt));
     }
 }

@@ -7,7 +7,7 @@ use crate::wake::Wake;
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs;
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -919,6 +919,59 @@ fn a_segment_written_before_extents_records_recovers_reads_and_compacts() {
     let (log, report) = LogSpool::recover(&dir.0, SEGMENT).unwrap();
     assert_eq!((report.messages, report.dropped), (1, 0), "{report:?}");
     assert!(read(&*log, "0SMA11") == small.concat());
+}
+
+#[test]
+fn a_record_of_a_newer_kind_stops_recovery_and_leaves_the_segment_as_it_was() {
+    use record::Kind;
+    let dir = Scratch::new("newer-kind");
+    fs::create_dir_all(dir.log()).unwrap();
+    let message = |seg: &mut Vec<u8>, msg: u64, id: &str, body: &[u8]| {
+        let mut env = Vec::new();
+        record::encode_envelope(&meta(id), &mut env);
+        record::append(seg, Kind::Envelope, msg, &env);
+        record::append(seg, Kind::Data, msg, body);
+        let n = (body.len() as u64).to_le_bytes();
+        record::append(seg, Kind::End, msg, &[n, n].concat());
+    };
+    let mut seg = Vec::new();
+    record::append(&mut seg, Kind::Segment, 0, &record::segment_payload(1));
+    message(&mut seg, 1, "0SMA11", &bytes(1, 500));
+    // What a later build might write between messages: a whole record, its CRC good, of a kind
+    // this build has never heard of; after it, a message that build acknowledged.
+    let at = seg.len();
+    record::append(&mut seg, Kind::Data, 2, b"a record of kind 99");
+    seg[at + 8] = 99;
+    let crc = crc32c::crc32c(&seg[at + 4..]);
+    seg[at..at + 4].copy_from_slice(&crc.to_le_bytes());
+    message(&mut seg, 3, "0BYTES", &bytes(3, 700));
+    let path = dir.log().join(super::segment::segment_name(1));
+    fs::write(&path, &seg).unwrap();
+
+    let e = LogSpool::recover(&dir.0, SEGMENT)
+        .err()
+        .expect("recovery refuses the newer record");
+    assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+    assert!(e.to_string().contains(&format!("kind 99 at octet {at}")), "{e}");
+    assert!(fs::read(&path).unwrap() == seg, "the segment was changed");
+    // `ringmx spool check` names it for what it is.
+    let checked = tool::check(&dir.0).unwrap();
+    assert_eq!(checked.problems, 1, "{}", checked.report);
+    assert!(
+        checked
+            .report
+            .contains(&format!("kind 99 at octet {at}, unknown")),
+        "{}",
+        checked.report
+    );
+
+    // The same octets with the CRC broken are a torn record: cut there, as before.
+    seg[at] ^= 1;
+    fs::write(&path, &seg).unwrap();
+    let (log, report) = LogSpool::recover(&dir.0, SEGMENT).unwrap();
+    assert_eq!((report.messages, report.truncated), (1, 1), "{report:?}");
+    assert!(read(&*log, "0SMA11") == bytes(1, 500));
+    assert_eq!(fs::metadata(&path).unwrap().len(), at as u64);
 }
 
 #[test]
