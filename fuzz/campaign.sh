@@ -6,7 +6,9 @@
 # coverage of the target's parser module (`cargo fuzz coverage`, then llvm-cov over the
 # minimized corpus), and writes the target's row of fuzz/CAMPAIGN.md from what it measured.
 # TARGETS="a b" picks targets (default all, fastest first); MAX_TIME=SECONDS stops each run
-# sooner (its row says how many it ran);
+# sooner (its row says how many it ran); JOBS=N runs each target as N libFuzzer jobs at once
+# (-jobs=N -workers=N, each EXECS/N executions, one shared corpus): its row sums their
+# executions and rates, and its time is the whole run's;
 # COVERAGE_ONLY=1 skips the runs: it minimizes the corpus as it stands and measures it.
 # A crash stops that target (libFuzzer's artifact is under fuzz/artifacts/TARGET/, named in
 # the row) and the campaign goes on with the next.
@@ -18,6 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 EXECS=${1:-10000000}
+JOBS=${JOBS:-1}
 TARGETS=${TARGETS:-"reply proxy data spool_scan recipients config session tls_session"}
 TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
 BIN=$PWD/target/$TRIPLE/release
@@ -124,13 +127,26 @@ for t in $TARGETS; do
     # lets such pauses pass and still ends a real hang (every target's unit takes < 1 s).
     TIMEFORMAT='%R %U %S'
     status=0
-    { time nice -n 19 "$BIN/$t" -runs="$EXECS" -max_total_time="${MAX_TIME:-0}" \
+    runs=$EXECS
+    jobs=()
+    if [ "$JOBS" -gt 1 ]; then
+        runs=$(((EXECS + JOBS - 1) / JOBS))
+        jobs=(-jobs="$JOBS" -workers="$JOBS")
+        rm -f fuzz-[0-9]*.log
+    fi
+    { time nice -n 19 "$BIN/$t" -runs="$runs" -max_total_time="${MAX_TIME:-0}" "${jobs[@]}" \
         -print_final_stats=1 -timeout=600 -artifact_prefix="artifacts/$t/" \
         "corpus/$t" "$WORK/seeds/$t" >"$log" 2>&1 || status=$?; } 2>"$WORK/$t.time"
+    if [ "$JOBS" -gt 1 ]; then
+        # Each job writes its own log (fuzz-N.log, in the working directory), and libFuzzer's
+        # parent prints it into $log when the job exits: $log has every job's final stats once.
+        rm -f fuzz-[0-9]*.log
+    fi
     read -r wall user sys <"$WORK/$t.time"
     cpu=$(python3 -c "print(round($user + $sys))")
-    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
-    rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n 1)
+    # The sum over the jobs (one line each; a single run has one).
+    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | awk '{ s += $1 } END { if (NR) print s }')
+    rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | awk '{ s += $1 } END { if (NR) print s }')
     crashes=0
     if [ "$status" -ne 0 ]; then
         artifact=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -n 1)
